@@ -1,0 +1,74 @@
+"""Loss terms and activation functions against direct computations."""
+
+import torch
+
+from tsae_core import losses
+from tsae_core.activations import BatchTopK, TopK
+
+
+def test_reconstruction_is_masked_mean_of_squared_norm():
+    g = torch.Generator().manual_seed(0)
+    x, r = torch.randn(10, 4, generator=g), torch.randn(10, 4, generator=g)
+    mask = torch.tensor([True] * 7 + [False] * 3)
+    expected = ((x[:7] - r[:7]) ** 2).sum(-1).mean()
+    assert torch.allclose(losses.reconstruction(x, r, mask), expected, rtol=1e-6)
+
+
+def test_fvu_zero_for_perfect_and_one_for_mean():
+    x = torch.randn(50, 8, generator=torch.Generator().manual_seed(1))
+    mask = torch.ones(50, dtype=torch.bool)
+    assert losses.fraction_unexplained(x, x, mask) < 1e-10
+    mean = x.mean(0, keepdim=True).expand_as(x)
+    assert abs(float(losses.fraction_unexplained(x, mean, mask)) - 1.0) < 1e-5
+
+
+def test_l1_is_weighted_by_decoder_norm():
+    f = torch.tensor([[1.0, 2.0, 0.0]])
+    W = torch.tensor([[3.0, 4.0], [0.0, 0.5], [10.0, 0.0]])  # norms 5, 0.5, 10
+    assert torch.allclose(losses.l1_decoder_weighted(f, W, torch.tensor([True])), torch.tensor(5.0 + 1.0))
+
+
+def test_aux_k_zero_without_dead_latents_and_positive_with():
+    g = torch.Generator().manual_seed(2)
+    resid, pre, W = torch.randn(32, 6, generator=g), torch.randn(32, 12, generator=g), torch.randn(12, 6, generator=g)
+    mask = torch.ones(32, dtype=torch.bool)
+    assert losses.aux_k(resid, pre, torch.zeros(12, dtype=torch.bool), W, 3, mask) == 0
+    dead = torch.zeros(12, dtype=torch.bool)
+    dead[:4] = True
+    pre = pre.requires_grad_()
+    loss = losses.aux_k(resid, pre, dead, W, 3, mask)
+    assert loss > 0
+    loss.backward()
+    assert pre.grad[:, 4:].abs().sum() == 0, "only dead latents receive AuxK gradient"
+    assert pre.grad[:, :4].abs().sum() > 0
+
+
+def test_topk_keeps_exactly_k_positive():
+    pre = torch.randn(20, 50, generator=torch.Generator().manual_seed(3)) + 3.0
+    f = TopK(5)(pre)
+    assert ((f > 0).sum(-1) == 5).all()
+    top = pre.topk(5, dim=-1).values
+    assert torch.allclose(f.sort(-1, descending=True).values[:, :5], top)
+
+
+def test_batchtopk_budget_and_threshold():
+    act = BatchTopK(k=4, d_sae=50)
+    act.train()
+    g = torch.Generator().manual_seed(4)
+    for _ in range(300):
+        pre = torch.randn(64, 50, generator=g)
+        f = act(pre)
+        assert int((f > 0).sum()) == 4 * 64  # k per token on average over the batch
+    act.eval()
+    l0 = (act(torch.randn(4096, 50, generator=g)) > 0).sum(-1).float().mean()
+    assert 3.0 < float(l0) < 5.0, "the inference threshold keeps L0 near k"
+
+
+def test_batchtopk_ignores_masked_tokens():
+    act = BatchTopK(k=2, d_sae=10)
+    act.train()
+    pre = torch.rand(8, 10)
+    pre[4:] += 100.0  # masked tokens with huge activations must not take the budget
+    mask = torch.tensor([True] * 4 + [False] * 4)
+    f = act(pre, mask)
+    assert (f[4:] == 0).all() and int((f[:4] > 0).sum()) == 8

@@ -1,0 +1,470 @@
+"""Typed, validated experiment parameters: one dataclass per section of a params YAML file.
+
+`load_config(path, overrides)` reads a YAML file, applies dotted overrides
+(``{"train.steps": 200}``), and builds an `ExperimentConfig`. Unknown keys, wrong types and
+out-of-range values raise `ConfigError` naming the key and the file, before any heavy work.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A params file or override is invalid; the message names the key and the file."""
+
+
+def _check(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}: {message}")
+
+
+# --------------------------------------------------------------------------------------------
+# Sections
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    name: str = "default"
+    """Run name; every artifact goes to `<out_dir>/<name>/`."""
+    seed: int = 0
+    """Master seed: every stage derives its own generators from it."""
+    out_dir: str = "runs"
+    """Directory holding runs, relative to the project root unless absolute."""
+    device: str = "auto"
+    """`auto` (CUDA when available, else CPU), `cpu`, `cuda` or `cuda:N`."""
+
+    def __post_init__(self) -> None:
+        _check(bool(self.name) and "/" not in self.name, "run.name", "must be a plain, non-empty name")
+        _check(
+            self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
+            "run.device",
+            f"must be auto, cpu, cuda or cuda:N, got {self.device!r}",
+        )
+
+
+@dataclass(frozen=True)
+class SyntheticConfig:
+    """The synthetic temporal benchmark: known feature directions with known temporal statistics."""
+
+    d_model: int = 64
+    """Dimension of the generated activations."""
+    n_fast: int = 160
+    """Features firing i.i.d. per token with Zipf-like frequencies."""
+    n_slow: int = 64
+    """Features following a two-state Markov chain within a document (persistent runs)."""
+    n_positional: int = 32
+    """Features whose firing probability depends on the position within the document."""
+    fast_max_rate: float = 0.04
+    """Firing probability of the most frequent fast feature."""
+    fast_min_rate: float = 0.002
+    """Firing probability of the rarest fast feature (Zipf-like between the two)."""
+    slow_min_run: float = 8.0
+    """Shortest mean run length (tokens) of a slow feature."""
+    slow_max_run: float = 64.0
+    """Longest mean run length (tokens) of a slow feature."""
+    slow_max_rate: float = 0.06
+    """Stationary firing probability of the most frequent slow feature."""
+    slow_min_rate: float = 0.004
+    """Stationary firing probability of the rarest slow feature."""
+    positional_width: int = 6
+    """Width (tokens) of the position window in which a positional feature fires."""
+    positional_rate: float = 0.5
+    """Firing probability of a positional feature inside its window."""
+    positional_max_position: int = 96
+    """Positional windows start anywhere in [0, positional_max_position)."""
+    hierarchy_boost: float = 0.0
+    """If > 0, each slow feature multiplies the rate of a few fast 'children' by (1 + boost) while on."""
+    magnitude_mean: float = 1.0
+    """Mean firing magnitude (magnitudes are log-normal, positive)."""
+    magnitude_spread: float = 0.3
+    """Standard deviation of log-magnitude."""
+    noise_std: float = 0.02
+    """Standard deviation per dimension of isotropic Gaussian noise."""
+    mean_doc_length: int = 96
+    """Mean document length in tokens (geometric lengths, at least 4)."""
+    rare_rate: float = 0.01
+    """Features with stationary rate below this are reported as 'rare'."""
+
+    def __post_init__(self) -> None:
+        for name in ("d_model", "mean_doc_length", "positional_width", "positional_max_position"):
+            _check(getattr(self, name) > 0, f"source.synthetic.{name}", "must be > 0")
+        for name in ("n_fast", "n_slow", "n_positional"):
+            _check(getattr(self, name) >= 0, f"source.synthetic.{name}", "must be >= 0")
+        _check(self.n_features > 0, "source.synthetic", "needs at least one feature")
+        for name in ("fast_max_rate", "fast_min_rate", "slow_max_rate", "slow_min_rate", "positional_rate"):
+            v = getattr(self, name)
+            _check(0.0 < v <= 1.0, f"source.synthetic.{name}", f"must be in (0, 1], got {v}")
+        _check(self.fast_min_rate <= self.fast_max_rate, "source.synthetic.fast_min_rate", "must be <= fast_max_rate")
+        _check(self.slow_min_rate <= self.slow_max_rate, "source.synthetic.slow_min_rate", "must be <= slow_max_rate")
+        _check(1.0 <= self.slow_min_run <= self.slow_max_run, "source.synthetic.slow_min_run", "need 1 <= slow_min_run <= slow_max_run")
+        _check(self.magnitude_mean > 0, "source.synthetic.magnitude_mean", "must be > 0")
+        for name in ("magnitude_spread", "noise_std", "hierarchy_boost"):
+            _check(getattr(self, name) >= 0, f"source.synthetic.{name}", "must be >= 0")
+
+    @property
+    def n_features(self) -> int:
+        return self.n_fast + self.n_slow + self.n_positional
+
+
+@dataclass(frozen=True)
+class SourceConfig:
+    kind: Literal["synthetic"] = "synthetic"
+    """Where activations come from."""
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    """Settings of the synthetic benchmark (used when kind == synthetic)."""
+
+
+@dataclass(frozen=True)
+class HarvestConfig:
+    context_size: int = 128
+    """Tokens per sequence (context)."""
+    n_train_sequences: int = 4096
+    """Sequences in the training split."""
+    n_eval_sequences: int = 512
+    """Held-out sequences in the eval split (disjoint from training)."""
+    sequences_per_shard: int = 512
+    """Sequences per shard file."""
+    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    """Storage dtype of activations."""
+
+    def __post_init__(self) -> None:
+        for name in ("context_size", "n_train_sequences", "n_eval_sequences", "sequences_per_shard"):
+            _check(getattr(self, name) > 0, f"harvest.{name}", "must be > 0")
+
+
+@dataclass(frozen=True)
+class VariantConfig:
+    """One SAE to train: an architecture (the variant) with an activation function."""
+
+    architecture: str = "standard"
+    """Variant name in the registry (`standard` is the token-wise SAE)."""
+    activation: Literal["relu", "topk", "batchtopk"] = "topk"
+    """Activation function: relu (L1 penalty), topk or batchtopk."""
+    d_sae: int = 512
+    """Dictionary size (number of latents)."""
+    k: int = 8
+    """Active latents per token for topk / batchtopk (mean per token for batchtopk)."""
+    l1_coefficient: float = 1.0
+    """L1 coefficient (relu only); the penalty is sum_i f_i * ||W_dec_i||."""
+    aux_k_coefficient: float = 1.0 / 32
+    """Weight of the AuxK dead-latent loss (topk / batchtopk); 0 disables it."""
+    aux_k: int = 0
+    """Dead latents used by AuxK; 0 means d_in // 2."""
+    lr: float = 0.0
+    """Learning rate; 0 means the recipe default (2e-4 for topk/batchtopk, 5e-5 for relu) scaled by lr_scale."""
+    options: dict[str, Any] = field(default_factory=dict)
+    """Variant-specific knobs, validated by the variant itself."""
+
+    def __post_init__(self) -> None:
+        _check(self.d_sae > 0, "d_sae", "must be > 0")
+        _check(0 < self.k <= self.d_sae, "k", f"must be in 1..d_sae ({self.d_sae}), got {self.k}")
+        _check(self.l1_coefficient >= 0, "l1_coefficient", "must be >= 0")
+        _check(self.aux_k_coefficient >= 0, "aux_k_coefficient", "must be >= 0")
+        _check(self.aux_k >= 0, "aux_k", "must be >= 0")
+        _check(self.lr >= 0 and self.lr == self.lr, "lr", "must be >= 0 (0: recipe default)")
+
+    @property
+    def default_lr(self) -> float:
+        return 5e-5 if self.activation == "relu" else 2e-4
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 3000
+    """Optimizer steps per variant."""
+    batch_sequences: int = 16
+    """Whole sequences per batch (tokens per batch = batch_sequences * context_size)."""
+    lr_scale: float = 1.0
+    """Multiplies every variant's recipe learning rate (small models tolerate more)."""
+    warmup_steps: int = 200
+    """Linear learning-rate warmup."""
+    decay_fraction: float = 0.2
+    """Linear decay of the learning rate to zero over this final fraction of steps."""
+    sparsity_warmup_fraction: float = 0.05
+    """Linear warmup of the sparsity coefficient over this initial fraction of steps."""
+    grad_clip: float = 1.0
+    """Global gradient-norm clip."""
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    """Adam betas."""
+    dead_after_tokens: int = 200_000
+    """A latent is dead after this many training tokens without firing."""
+    log_every: int = 25
+    """Steps between training-curve records."""
+    checkpoint_every: int = 500
+    """Steps between checkpoints (0 disables)."""
+    b_dec_init: Literal["geometric_median", "mean", "zeros"] = "geometric_median"
+    """Initial decoder bias."""
+
+    def __post_init__(self) -> None:
+        _check(self.steps > 0, "train.steps", "must be > 0")
+        _check(self.batch_sequences > 0, "train.batch_sequences", "must be > 0")
+        _check(self.lr_scale > 0, "train.lr_scale", "must be > 0")
+        _check(self.warmup_steps >= 0, "train.warmup_steps", "must be >= 0")
+        _check(0 <= self.decay_fraction <= 1, "train.decay_fraction", "must be in [0, 1]")
+        _check(0 <= self.sparsity_warmup_fraction <= 1, "train.sparsity_warmup_fraction", "must be in [0, 1]")
+        _check(self.grad_clip > 0, "train.grad_clip", "must be > 0")
+        _check(all(0 <= b < 1 for b in self.adam_betas), "train.adam_betas", "must be in [0, 1)")
+        _check(self.dead_after_tokens > 0, "train.dead_after_tokens", "must be > 0")
+        _check(self.log_every > 0, "train.log_every", "must be > 0")
+        _check(self.checkpoint_every >= 0, "train.checkpoint_every", "must be >= 0")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    batch_sequences: int = 64
+    """Sequences per evaluation batch."""
+    max_sequences: int = 0
+    """Evaluate at most this many eval-split sequences (0: all)."""
+    recovery_threshold: float = 0.9
+    """A true feature counts as recovered if some decoder row has cosine >= this."""
+    dense_threshold: float = 0.1
+    """A latent firing on more than this fraction of tokens counts as dense."""
+
+    def __post_init__(self) -> None:
+        _check(self.batch_sequences > 0, "eval.batch_sequences", "must be > 0")
+        _check(self.max_sequences >= 0, "eval.max_sequences", "must be >= 0")
+        _check(0 < self.recovery_threshold <= 1, "eval.recovery_threshold", "must be in (0, 1]")
+        _check(0 < self.dense_threshold <= 1, "eval.dense_threshold", "must be in (0, 1]")
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    n_clusters: int = 6
+    """Clusters of learned features (by their activation patterns)."""
+    max_lag: int = 16
+    """Autocorrelation lags used as temporal descriptors of a feature."""
+    max_sequences: int = 256
+    """Eval sequences used to describe features."""
+
+    def __post_init__(self) -> None:
+        _check(self.n_clusters >= 2, "cluster.n_clusters", "must be >= 2")
+        _check(self.max_lag >= 1, "cluster.max_lag", "must be >= 1")
+        _check(self.max_sequences > 0, "cluster.max_sequences", "must be > 0")
+
+
+@dataclass(frozen=True)
+class PlotConfig:
+    dpi: int = 120
+    """Resolution of saved PNG figures."""
+    figures_dir: str = "figures"
+    """Figures go to `<figures_dir>/<run name>/`, relative to the project root unless absolute."""
+
+    def __post_init__(self) -> None:
+        _check(self.dpi > 10, "plot.dpi", "must be > 10")
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    run: RunConfig = field(default_factory=RunConfig)
+    """Run identity, seed, output location."""
+    source: SourceConfig = field(default_factory=SourceConfig)
+    """Where activations come from."""
+    harvest: HarvestConfig = field(default_factory=HarvestConfig)
+    """How activations are stored."""
+    variants: dict[str, VariantConfig] = field(default_factory=lambda: {"topk": VariantConfig()})
+    """SAEs to train, by name."""
+    train: TrainConfig = field(default_factory=TrainConfig)
+    """Training recipe shared by all variants."""
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    """Evaluation settings."""
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    """Feature clustering settings."""
+    plot: PlotConfig = field(default_factory=PlotConfig)
+    """Figure settings."""
+
+    def __post_init__(self) -> None:
+        _check(len(self.variants) > 0, "variants", "list at least one SAE to train")
+        for name in self.variants:
+            _check(bool(name) and "/" not in name, f"variants.{name}", "must be a plain name")
+
+    # -- derived paths -----------------------------------------------------------------------
+    @property
+    def run_dir(self) -> Path:
+        return resolve_path(self.run.out_dir) / self.run.name
+
+    @property
+    def figures_dir(self) -> Path:
+        return resolve_path(self.plot.figures_dir) / self.run.name
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def hash(self, *sections: str) -> str:
+        """Content hash of the whole config, or of the named sections only."""
+        d = self.to_dict()
+        if sections:
+            d = {s: d[s] for s in sections}
+        return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------------------------
+# Project root and paths
+# --------------------------------------------------------------------------------------------
+
+
+def project_root() -> Path:
+    """The project checkout (holding `params/`) when the package is used from one, else the cwd."""
+    here = Path(__file__).resolve().parent.parent
+    return here if (here / "params").is_dir() else Path.cwd()
+
+
+def resolve_path(p: str | Path) -> Path:
+    p = Path(p).expanduser()
+    return p if p.is_absolute() else project_root() / p
+
+
+def find_params_file(path: str | Path) -> Path:
+    """A params file given as a path (absolute, relative to the cwd or to the project root)."""
+    p = Path(path).expanduser()
+    for candidate in (p, project_root() / p, project_root() / "params" / p):
+        if candidate.is_file():
+            return candidate.resolve()
+    raise ConfigError(
+        f"params file {str(path)!r} not found (looked in the current directory and in "
+        f"{project_root() / 'params'}); pass a path such as params/default.yaml"
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Building dataclasses from plain data, with errors that name the key
+# --------------------------------------------------------------------------------------------
+
+
+def _build(cls: type, data: Any, key: str) -> Any:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{key or 'top level'}: expected a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        where = f"{key}." if key else ""
+        raise ConfigError(
+            f"unknown key {where}{unknown[0]!s}; allowed keys{' of ' + key if key else ''}: {', '.join(sorted(names))}"
+        )
+    kwargs = {name: _convert(hints[name], value, f"{key}.{name}" if key else name) for name, value in data.items()}
+    try:
+        return cls(**kwargs)
+    except ConfigError as e:
+        msg = str(e)
+        raise ConfigError(msg if msg.startswith(key) or not key else f"{key}.{msg}") from None
+
+
+def _convert(tp: Any, value: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, key)
+    if tp is Any:
+        return value
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{key}: must be one of {', '.join(map(repr, args))}, got {value!r}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        for a in args:
+            try:
+                return _convert(a, value, key)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{key}: {value!r} does not match {tp}")
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {type(value).__name__}")
+        return {str(k): _convert(args[1], v, f"{key}.{k}") for k, v in value.items()}
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            raise ConfigError(f"{key}: expected a list of {len(args)} values, got {value!r}")
+        return tuple(_convert(a, v, f"{key}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        return [_convert(args[0], v, f"{key}[{i}]") for i, v in enumerate(value)]
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, float) and value.is_integer())):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return int(value)
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    raise ConfigError(f"{key}: unsupported type {tp}")  # pragma: no cover - a programming error
+
+
+# --------------------------------------------------------------------------------------------
+# Loading
+# --------------------------------------------------------------------------------------------
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """`"train.steps=200"` -> `("train.steps", 200)`; the value is read as YAML."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like key.sub=value")
+    key, raw = text.split("=", 1)
+    return key.strip(), yaml.safe_load(raw)
+
+
+def apply_overrides(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """Set dotted keys in a nested dict (a copy); intermediate mappings are created as needed."""
+    data = json.loads(json.dumps(data))
+    for dotted, value in overrides.items():
+        node = data
+        parts = dotted.split(".")
+        for part in parts[:-1]:
+            nxt = node.setdefault(part, {})
+            if not isinstance(nxt, dict):
+                raise ConfigError(f"override {dotted}: {part} is not a section")
+            node = nxt
+        node[parts[-1]] = value
+    return data
+
+
+def config_from_dict(data: dict[str, Any], origin: str = "<dict>") -> ExperimentConfig:
+    try:
+        data = dict(data or {})
+        variants = data.get("variants")
+        if isinstance(variants, dict):
+            data["variants"] = {name: ({} if spec is None else spec) for name, spec in variants.items()}
+        cfg = _build(ExperimentConfig, data, "")
+    except ConfigError as e:
+        raise ConfigError(f"{origin}: {e}") from None
+    from tsae_core.variants.registry import validate_variant  # late: variants import config
+
+    for name, v in cfg.variants.items():
+        try:
+            validate_variant(v)
+        except (ConfigError, ValueError) as e:
+            raise ConfigError(f"{origin}: variants.{name}: {e}") from None
+    return cfg
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> ExperimentConfig:
+    """Read, override and validate a params file. Raises `ConfigError` naming the key and file."""
+    file = find_params_file(path)
+    try:
+        data = yaml.safe_load(file.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{file}: not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{file}: the top level must be a mapping of sections")
+    return config_from_dict(apply_overrides(data, dict(overrides or {})), origin=str(file))

@@ -1,0 +1,248 @@
+"""The base sparse autoencoder, its named output, and its files.
+
+With x the raw activation and s the dataset scaling factor (so that E||s x|| = sqrt(d_in)):
+
+    x_n   = s x
+    pre   = (x_n - b_dec) W_enc + b_enc                       (B, T, F)
+    f     = act(pre)                                          relu | topk | batchtopk
+    x_n^  = f W_dec + b_dec ;   x^ = x_n^ / s                 (B, T, D)
+
+Weights live in the normalised space; `cfg.activation_scaling_factor` holds s (SAELens folds it
+into the weights on export). Temporal variants subclass `SAE`, add a term to the encoder or the
+decoder and add loss terms in `loss_terms`; they are registered in `variants/registry.py`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+from tsae_core import losses
+from tsae_core.activations import make_activation
+from tsae_core.config import VariantConfig
+from tsae_core.io import save_tensors, write_json, read_json, provenance
+
+SAE_WEIGHTS = "sae.safetensors"
+SAE_CFG = "cfg.json"
+
+
+@dataclass
+class SAEConfig:
+    """Everything needed to rebuild an SAE for inference (written to cfg.json)."""
+
+    architecture: str
+    activation: str
+    d_in: int
+    d_sae: int
+    k: int | None = None
+    activation_scaling_factor: float = 1.0
+    unit_norm_decoder: bool = True
+    l1_coefficient: float = 0.0
+    aux_k_coefficient: float = 0.0
+    aux_k: int = 0
+    source: dict[str, Any] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_variant(cls, v: VariantConfig, d_in: int, scaling_factor: float, source: dict[str, Any]) -> "SAEConfig":
+        return cls(
+            architecture=v.architecture,
+            activation=v.activation,
+            d_in=d_in,
+            d_sae=v.d_sae,
+            k=None if v.activation == "relu" else v.k,
+            activation_scaling_factor=float(scaling_factor),
+            # The L1 recipe weights the penalty by decoder norms instead of constraining them.
+            unit_norm_decoder=v.activation != "relu",
+            l1_coefficient=v.l1_coefficient if v.activation == "relu" else 0.0,
+            aux_k_coefficient=0.0 if v.activation == "relu" else v.aux_k_coefficient,
+            aux_k=v.aux_k or d_in // 2,
+            source=dict(source),
+            options=dict(v.options),
+        )
+
+
+@dataclass
+class SAEOutput:
+    """Named forward output. Normalised-space tensors are what the losses use."""
+
+    features: torch.Tensor  # (B, T, F) sparse codes
+    recon: torch.Tensor  # (B, T, D) reconstruction in raw units
+    pre_acts: torch.Tensor  # (B, T, F) pre-activations
+    x_normalized: torch.Tensor  # (B, T, D) s * x
+    recon_normalized: torch.Tensor  # (B, T, D) s * recon
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+@dataclass
+class LossContext:
+    """What a loss needs beyond the forward output: the batch structure and training state."""
+
+    mask_BT: torch.Tensor
+    doc_start_BT: torch.Tensor
+    sparsity_scale: float = 1.0
+    dead_F: torch.Tensor | None = None
+
+
+class SAE(nn.Module):
+    """Token-wise SAE (architecture `standard`); the base every temporal variant extends."""
+
+    def __init__(self, cfg: SAEConfig):
+        super().__init__()
+        self.cfg = cfg
+        d_in, d_sae = cfg.d_in, cfg.d_sae
+        self.W_enc = nn.Parameter(torch.empty(d_in, d_sae))
+        self.b_enc = nn.Parameter(torch.zeros(d_sae))
+        self.W_dec = nn.Parameter(torch.empty(d_sae, d_in))
+        self.b_dec = nn.Parameter(torch.zeros(d_in))
+        self.activation = make_activation(cfg.activation, cfg.k or 1, d_sae)
+        self.reset_parameters(torch.Generator().manual_seed(0))
+
+    # -- options -------------------------------------------------------------------------------
+    @classmethod
+    def validate_options(cls, v: VariantConfig) -> None:
+        """Reject variant options this architecture does not know (subclasses extend)."""
+        if v.options:
+            raise ValueError(f"architecture {v.architecture!r} takes no options, got {sorted(v.options)}")
+
+    # -- initialisation ------------------------------------------------------------------------
+    @torch.no_grad()
+    def reset_parameters(self, generator: torch.Generator, b_dec: torch.Tensor | None = None) -> None:
+        """Random unit decoder rows (norm 0.1 in the L1 recipe), encoder = decoder transpose."""
+        W = torch.randn(self.cfg.d_sae, self.cfg.d_in, generator=generator)
+        W = W / W.norm(dim=-1, keepdim=True)
+        if not self.cfg.unit_norm_decoder:
+            W = 0.1 * W
+        self.W_dec.copy_(W)
+        self.W_enc.copy_(W.T)
+        self.b_enc.zero_()
+        self.b_dec.copy_(b_dec if b_dec is not None else torch.zeros(self.cfg.d_in))
+
+    # -- forward -------------------------------------------------------------------------------
+    def encode_pre(self, x_n_BTD: torch.Tensor, doc_start_BT: torch.Tensor | None = None) -> torch.Tensor:
+        """Pre-activations; temporal variants add a term that uses earlier positions of the same
+        document (`doc_start_BT` marks where documents begin)."""
+        return (x_n_BTD - self.b_dec) @ self.W_enc + self.b_enc
+
+    def decode(self, features_BTF: torch.Tensor) -> torch.Tensor:
+        return features_BTF @ self.W_dec + self.b_dec
+
+    def forward(
+        self, x_BTD: torch.Tensor, mask_BT: torch.Tensor | None = None, doc_start_BT: torch.Tensor | None = None
+    ) -> SAEOutput:
+        """x (B, T, D) or (N, D) raw activations -> SAEOutput.
+
+        `mask_BT` (True = token counts) keeps excluded tokens out of batchtopk's budget;
+        `doc_start_BT` is used by temporal variants only."""
+        squeeze = x_BTD.dim() == 2
+        if squeeze:
+            x_BTD = x_BTD.unsqueeze(0)
+            mask_BT = None if mask_BT is None else mask_BT.unsqueeze(0)
+            doc_start_BT = None if doc_start_BT is None else doc_start_BT.unsqueeze(0)
+        s = self.cfg.activation_scaling_factor
+        x_n = x_BTD * s
+        pre = self.encode_pre(x_n, doc_start_BT)
+        B, T, F = pre.shape
+        mask_N = None if mask_BT is None else mask_BT.reshape(-1)
+        features = self.activation(pre.reshape(B * T, F), mask_N).view(B, T, F)
+        recon_n = self.decode(features)
+        out = SAEOutput(features, recon_n / s, pre, x_n, recon_n)
+        if squeeze:
+            out = SAEOutput(*(t.squeeze(0) for t in (out.features, out.recon, out.pre_acts, out.x_normalized, out.recon_normalized)))
+        return out
+
+    # -- losses --------------------------------------------------------------------------------
+    def loss_terms(self, out: SAEOutput, ctx: LossContext) -> dict[str, torch.Tensor]:
+        """Weighted loss terms by name; the training objective is their sum."""
+        D, F = self.cfg.d_in, self.cfg.d_sae
+        x_ND, recon_ND = out.x_normalized.reshape(-1, D), out.recon_normalized.reshape(-1, D)
+        mask_N = ctx.mask_BT.reshape(-1)
+        terms = {"recon": losses.reconstruction(x_ND, recon_ND, mask_N)}
+        if self.cfg.activation == "relu":
+            l1 = losses.l1_decoder_weighted(out.features.reshape(-1, F), self.W_dec, mask_N)
+            terms["l1"] = ctx.sparsity_scale * self.cfg.l1_coefficient * l1
+        elif self.cfg.aux_k_coefficient > 0 and ctx.dead_F is not None:
+            aux = losses.aux_k(x_ND - recon_ND, out.pre_acts.reshape(-1, F), ctx.dead_F, self.W_dec, self.cfg.aux_k, mask_N)
+            terms["aux_k"] = self.cfg.aux_k_coefficient * aux
+        return terms
+
+    # -- decoder-norm handling (unit-norm recipe) -----------------------------------------------
+    @torch.no_grad()
+    def remove_parallel_decoder_grad(self) -> None:
+        """Project out the gradient component along each (unit) decoder row before the step."""
+        if self.cfg.unit_norm_decoder and self.W_dec.grad is not None:
+            W = self.W_dec
+            self.W_dec.grad -= (self.W_dec.grad * W).sum(-1, keepdim=True) * W
+
+    @torch.no_grad()
+    def normalize_decoder(self) -> None:
+        if self.cfg.unit_norm_decoder:
+            self.W_dec /= self.W_dec.norm(dim=-1, keepdim=True).clamp_min(1e-8)
+
+    # -- files ---------------------------------------------------------------------------------
+    def weight_tensors(self) -> dict[str, torch.Tensor]:
+        """SAELens tensor names and orientation, `threshold` where the activation has one, and any
+        variant-specific tensors under their own names."""
+        tensors = {name: p.detach() for name, p in self.named_parameters()}
+        for name, b in self.named_buffers():
+            if name == "activation.threshold":
+                tensors["threshold"] = b
+            elif not name.startswith("activation."):
+                tensors[name] = b
+        return tensors
+
+    def load_weight_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        state = dict(tensors)
+        if "threshold" in state:
+            state["activation.threshold"] = state.pop("threshold")
+            state["activation.threshold_initialised"] = torch.ones((), dtype=torch.bool)
+        missing, unexpected = self.load_state_dict(state, strict=False)
+        missing = [m for m in missing if not m.startswith("activation.")]
+        if missing or unexpected:
+            raise ValueError(f"SAE weights do not match the config: missing {missing}, unexpected {unexpected}")
+
+
+def geometric_median(points_ND: torch.Tensor, iters: int = 50, eps: float = 1e-6) -> torch.Tensor:
+    """Weiszfeld iterations: argmin_y sum_i ||x_i - y||, robust to outlying tokens."""
+    y = points_ND.mean(0)
+    for _ in range(iters):
+        w = 1.0 / (points_ND - y).norm(dim=-1).clamp_min(eps)
+        y_next = (w.unsqueeze(-1) * points_ND).sum(0) / w.sum()
+        if (y_next - y).norm() < eps * max(1.0, float(y.norm())):
+            return y_next
+        y = y_next
+    return y
+
+
+def build_sae(cfg: SAEConfig) -> SAE:
+    from tsae_core.variants.registry import variant_class
+
+    return variant_class(cfg.architecture)(cfg)
+
+
+def save_sae(sae: SAE, directory: str | Path, extra_cfg: dict[str, Any] | None = None, config_hash: str | None = None) -> None:
+    """Write `sae.safetensors` and `cfg.json` atomically (the weights first, the cfg last)."""
+    directory = Path(directory)
+    save_tensors(directory / SAE_WEIGHTS, sae.weight_tensors(), metadata={"format": "pt"})
+    write_json(directory / SAE_CFG, {**dataclasses.asdict(sae.cfg), **(extra_cfg or {})}, stamp=provenance(config_hash))
+
+
+def load_sae(directory: str | Path, device: str | torch.device = "cpu") -> SAE:
+    """Load any variant from `saes/<variant>/`, in eval mode, ready for inference."""
+    directory = Path(directory)
+    cfg_path, weights_path = directory / SAE_CFG, directory / SAE_WEIGHTS
+    for p in (cfg_path, weights_path):
+        if not p.is_file():
+            raise FileNotFoundError(f"{p} is missing: train this SAE first (tsae run PARAMS --only train)")
+    raw = read_json(cfg_path)
+    names = {f.name for f in dataclasses.fields(SAEConfig)}
+    cfg = SAEConfig(**{k: v for k, v in raw.items() if k in names})
+    sae = build_sae(cfg)
+    sae.load_weight_tensors(load_file(str(weights_path)))
+    return sae.to(device).eval()

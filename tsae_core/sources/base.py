@@ -1,0 +1,48 @@
+"""The unit of data every source produces and every loader yields: whole sequences."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import torch
+
+
+@dataclass
+class SequenceBatch:
+    """A batch of whole contexts, kept in order so temporal losses see adjacent positions.
+
+    acts_BTD       activations (raw units, before the dataset scaling factor)
+    doc_start_BT   True where a document begins (a boundary, like BOS)
+    position_BT    position of each token within its document (0 at a document start)
+    special_BT     True at special tokens (BOS/EOS/pad) that losses and metrics exclude
+    tokens_BT      token ids, for language-model sources (None for synthetic data)
+    true_codes_BTG ground-truth feature activations (synthetic eval split only, else None)
+    """
+
+    acts_BTD: torch.Tensor
+    doc_start_BT: torch.Tensor
+    position_BT: torch.Tensor
+    special_BT: torch.Tensor
+    tokens_BT: torch.Tensor | None = None
+    true_codes_BTG: torch.Tensor | None = None
+
+    @property
+    def mask_BT(self) -> torch.Tensor:
+        """True at the tokens that count (not special)."""
+        return ~self.special_BT
+
+    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> "SequenceBatch":
+        def move(t: torch.Tensor | None, cast: bool = False) -> torch.Tensor | None:
+            if t is None:
+                return None
+            return t.to(device=device, dtype=dtype if cast and dtype is not None else t.dtype)
+
+        return replace(
+            self,
+            acts_BTD=move(self.acts_BTD, cast=True),
+            doc_start_BT=move(self.doc_start_BT),
+            position_BT=move(self.position_BT),
+            special_BT=move(self.special_BT),
+            tokens_BT=move(self.tokens_BT),
+            true_codes_BTG=move(self.true_codes_BTG, cast=True),
+        )

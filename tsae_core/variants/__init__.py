@@ -1,0 +1,1 @@
+"""SAE variants: one file each, registered by architecture name in `registry`."""

@@ -1,0 +1,33 @@
+"""Architecture name -> SAE class. Adding a variant: one file in this package and one line here."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from tsae_core.config import VariantConfig
+    from tsae_core.sae import SAE
+
+
+def _registry() -> dict[str, type["SAE"]]:
+    from tsae_core.sae import SAE
+
+    return {
+        "standard": SAE,
+    }
+
+
+def architectures() -> list[str]:
+    return sorted(_registry())
+
+
+def variant_class(architecture: str) -> type["SAE"]:
+    reg = _registry()
+    if architecture not in reg:
+        raise ValueError(f"unknown architecture {architecture!r}; known: {', '.join(sorted(reg))}")
+    return reg[architecture]
+
+
+def validate_variant(cfg: "VariantConfig") -> None:
+    """Raise ValueError if the architecture is unknown or its options are invalid."""
+    variant_class(cfg.architecture).validate_options(cfg)
