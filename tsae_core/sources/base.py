@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 
 import torch
 
@@ -31,7 +31,7 @@ class SequenceBatch:
         """True at the tokens that count (not special)."""
         return ~self.special_BT
 
-    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> "SequenceBatch":
+    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> SequenceBatch:
         def move(t: torch.Tensor | None, cast: bool = False) -> torch.Tensor | None:
             if t is None:
                 return None
@@ -46,3 +46,25 @@ class SequenceBatch:
             tokens_BT=move(self.tokens_BT),
             true_codes_BTG=move(self.true_codes_BTG, cast=True),
         )
+
+    def slice(self, lo: int, hi: int) -> SequenceBatch:
+        """Sequences lo..hi-1 of the batch."""
+        return SequenceBatch(**{f.name: _apply(getattr(self, f.name), lambda t: t[lo:hi]) for f in fields(self)})
+
+    @staticmethod
+    def concat(parts: list[SequenceBatch]) -> SequenceBatch:
+        """Batches stacked along the sequence axis."""
+        if len(parts) == 1:
+            return parts[0]
+        return SequenceBatch(**{
+            f.name: None if getattr(parts[0], f.name) is None else torch.cat([getattr(p, f.name) for p in parts])
+            for f in fields(parts[0])
+        })
+
+    @property
+    def n_sequences(self) -> int:
+        return self.acts_BTD.shape[0]
+
+
+def _apply(t: torch.Tensor | None, fn) -> torch.Tensor | None:
+    return None if t is None else fn(t)

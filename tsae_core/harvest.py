@@ -1,0 +1,172 @@
+"""Harvest: run a source once and write its sequences to a sharded, checksummed activation store.
+
+`harvest(cfg, out_dir)` writes the train and eval splits shard by shard, the ground truth (synthetic
+sources), the scaling factor and, last, `manifest.json`. It is resumable: every shard is a
+deterministic function of (seed, split, shard index), each finished shard is recorded with its
+checksum in `.progress.json`, and a re-run keeps the recorded shards that are still intact. With an
+up-to-date manifest (same harvest hash) it returns at once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Any, Protocol
+
+from tqdm import tqdm
+
+from tsae_core.config import ExperimentConfig
+from tsae_core.io import read_json, sha256_file, write_json
+from tsae_core.sources.base import SequenceBatch
+from tsae_core.sources.ground_truth import GroundTruth
+from tsae_core.sources.synthetic import SyntheticSource
+from tsae_core.store import (
+    GROUND_TRUTH,
+    MANIFEST,
+    StoreError,
+    StoreSplit,
+    compute_scaling_factor,
+    shard_name,
+    verify_file,
+    write_manifest,
+    write_shard,
+)
+
+PROGRESS = ".progress.json"
+HARVEST_VERSION = 1
+"""Bump when the generated data changes for the same config, so old stores are rebuilt."""
+_SHARD_RE = re.compile(r"^(train|eval)_\d{5}\.safetensors$")
+
+
+class Source(Protocol):
+    """What harvest needs from a source of activations."""
+
+    kind: str
+    ground_truth: GroundTruth | None
+
+    @property
+    def d_model(self) -> int: ...
+
+    def describe(self) -> dict[str, Any]: ...
+
+    def sequences(self, split: str, start: int, stop: int, with_true_codes: bool = True) -> SequenceBatch:
+        """Sequences [start, stop) of a split, the same whatever range they are asked with."""
+        ...
+
+
+def make_source(cfg: ExperimentConfig) -> Source:
+    """The configured source (one branch per `source.kind`)."""
+    if cfg.source.kind == "synthetic":
+        return SyntheticSource(cfg.source.synthetic, cfg.harvest.context_size, cfg.run.seed)
+    raise ValueError(f"source.kind {cfg.source.kind!r} is not supported by harvest yet")
+
+
+def harvest_hash(cfg: ExperimentConfig) -> str:
+    """Hash of what determines the stored data: source, harvest settings and the seed (not run.name)."""
+    d = cfg.to_dict()
+    key = {"source": d["source"], "harvest": d["harvest"], "seed": cfg.run.seed, "version": HARVEST_VERSION}
+    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def harvest(cfg: ExperimentConfig, out_dir: str | Path, progress: bool = True, force: bool = False) -> dict[str, Any]:
+    """Write (or complete, or reuse) the activation store in `out_dir`; returns the manifest.
+
+    An existing store of the same harvest hash whose files all pass their checksums is returned as
+    is; otherwise intact recorded shards are kept and the rest (re)generated. `force` regenerates all.
+    """
+    out_dir = Path(out_dir)
+    h = harvest_hash(cfg)
+    done = {} if force else _known_shards(out_dir, h)
+    manifest = None if force else _current_manifest(out_dir, h)
+    if manifest is not None:
+        return manifest
+    (out_dir / MANIFEST).unlink(missing_ok=True)  # stale: a crash below must not leave it claiming completeness
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    source = make_source(cfg)
+    hc = cfg.harvest
+    splits: dict[str, list[dict[str, Any]]] = {}
+    for split, n in (("train", hc.n_train_sequences), ("eval", hc.n_eval_sequences)):
+        keep_codes = split == "eval" and source.ground_truth is not None
+        splits[split] = []
+        n_shards = -(-n // hc.sequences_per_shard)
+        for idx in tqdm(range(n_shards), desc=f"harvest {split}", unit="shard", disable=not progress):
+            lo, hi = idx * hc.sequences_per_shard, min(n, (idx + 1) * hc.sequences_per_shard)
+            record = done.get(shard_name(split, idx))
+            if record is None or not _intact(out_dir, record, hi - lo):
+                batch = source.sequences(split, lo, hi, with_true_codes=keep_codes)
+                record = write_shard(out_dir, split, idx, batch, hc.dtype, source.kind, keep_true_codes=keep_codes)
+                done[record["file"]] = record
+                write_json(out_dir / PROGRESS, {"harvest_hash": h, "shards": done})
+            splits[split].append(record)
+    _remove_stale_shards(out_dir, {r["file"] for records in splits.values() for r in records})
+
+    ground_truth = None
+    if source.ground_truth is not None:
+        source.ground_truth.save(out_dir / GROUND_TRUTH)
+        ground_truth = {"file": GROUND_TRUTH, "sha256": sha256_file(out_dir / GROUND_TRUTH)}
+    train = StoreSplit(out_dir, "train", splits["train"], hc.context_size)
+    scaling_factor = compute_scaling_factor(train.batches(64))
+    return write_manifest(
+        out_dir,
+        d_in=source.d_model,
+        context_size=hc.context_size,
+        dtype=hc.dtype,
+        scaling_factor=scaling_factor,
+        source=source.describe(),
+        splits=splits,
+        ground_truth=ground_truth,
+        config_hash=h,
+    )
+
+
+def _read_manifest(out_dir: Path, h: str) -> dict[str, Any] | None:
+    """The manifest in `out_dir` if it is readable and was written for harvest hash `h`."""
+    try:
+        manifest = read_json(out_dir / MANIFEST)
+        return manifest if manifest.get("config_hash") == h else None
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _current_manifest(out_dir: Path, h: str) -> dict[str, Any] | None:
+    """The existing manifest if it was written for this harvest hash and all its files are intact."""
+    manifest = _read_manifest(out_dir, h)
+    try:
+        records = [s for split in manifest["splits"].values() for s in split["shards"]]
+        if manifest.get("ground_truth"):
+            records.append(manifest["ground_truth"])
+        for r in records:  # checksums too, so that re-running the harvest repairs a corrupted store
+            verify_file(out_dir / r["file"], r["sha256"])
+    except (StoreError, TypeError, KeyError, AttributeError):
+        return None
+    return manifest
+
+
+def _known_shards(out_dir: Path, h: str) -> dict[str, dict[str, Any]]:
+    """Shard records of an earlier harvest of the same hash: its progress file and its manifest."""
+    known: dict[str, dict[str, Any]] = {}
+    try:
+        manifest = _read_manifest(out_dir, h)
+        if manifest is not None:
+            known.update({s["file"]: s for split in manifest["splits"].values() for s in split["shards"]})
+        progress = read_json(out_dir / PROGRESS)
+        if progress.get("harvest_hash") == h:
+            known.update(progress["shards"])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        pass  # nothing (more) to reuse: those shards are regenerated
+    return known
+
+
+def _intact(out_dir: Path, record: dict[str, Any], n_sequences: int) -> bool:
+    path = out_dir / record["file"]
+    return record.get("n_sequences") == n_sequences and path.is_file() and sha256_file(path) == record.get("sha256")
+
+
+def _remove_stale_shards(out_dir: Path, keep: set[str]) -> None:
+    """Delete shard files of an earlier layout (e.g. more shards) so the directory matches the manifest."""
+    for path in out_dir.iterdir():
+        if _SHARD_RE.match(path.name) and path.name not in keep:
+            path.unlink()
