@@ -26,7 +26,7 @@ from torch import nn
 from tsae_core import losses
 from tsae_core.activations import make_activation
 from tsae_core.config import VariantConfig
-from tsae_core.io import save_tensors, write_json, read_json, provenance
+from tsae_core.io import provenance, read_json, save_tensors, write_json
 
 SAE_WEIGHTS = "sae.safetensors"
 SAE_CFG = "cfg.json"
@@ -50,7 +50,7 @@ class SAEConfig:
     options: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def from_variant(cls, v: VariantConfig, d_in: int, scaling_factor: float, source: dict[str, Any]) -> "SAEConfig":
+    def from_variant(cls, v: VariantConfig, d_in: int, scaling_factor: float, source: dict[str, Any]) -> SAEConfig:
         return cls(
             architecture=v.architecture,
             activation=v.activation,

@@ -9,7 +9,7 @@ if TYPE_CHECKING:
     from tsae_core.sae import SAE
 
 
-def _registry() -> dict[str, type["SAE"]]:
+def _registry() -> dict[str, type[SAE]]:
     from tsae_core.sae import SAE
 
     return {
@@ -21,13 +21,13 @@ def architectures() -> list[str]:
     return sorted(_registry())
 
 
-def variant_class(architecture: str) -> type["SAE"]:
+def variant_class(architecture: str) -> type[SAE]:
     reg = _registry()
     if architecture not in reg:
         raise ValueError(f"unknown architecture {architecture!r}; known: {', '.join(sorted(reg))}")
     return reg[architecture]
 
 
-def validate_variant(cfg: "VariantConfig") -> None:
+def validate_variant(cfg: VariantConfig) -> None:
     """Raise ValueError if the architecture is unknown or its options are invalid."""
     variant_class(cfg.architecture).validate_options(cfg)

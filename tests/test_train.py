@@ -1,0 +1,119 @@
+"""Training: the recipe's schedule, health on the tiny benchmark, exact resume, loud divergence."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.conftest import ci_config
+from tsae_core.train import TrainingDiverged, TrainPaths, lr_multiplier, sparsity_scale, train_variant
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_lr_schedule_warms_up_holds_and_decays_to_zero():
+    total, warm = 1000, 100
+    lrs = [lr_multiplier(s, total, warm, 0.2) for s in range(total)]
+    assert lrs[0] == pytest.approx(0.01) and lrs[99] == pytest.approx(1.0)
+    assert all(v == pytest.approx(1.0) for v in lrs[100:800])
+    assert lrs[900] == pytest.approx(0.5, abs=0.01) and lrs[-1] < 0.01
+    assert sparsity_scale(0, 1000, 0.05) == pytest.approx(1 / 50) and sparsity_scale(60, 1000, 0.05) == 1.0
+
+
+def test_variants_train_to_healthy_saes(harvested):
+    cfg, store = harvested
+    for name in cfg.variants:
+        summary = train_variant(cfg, name, store, cfg.run_dir, progress=False)
+        final = summary["final"]
+        assert summary["steps"] == cfg.train.steps
+        assert final["fvu"] < 0.5, f"{name} barely reconstructs: {final}"
+        assert final["l0"] > 0.5, f"{name} is silent: {final}"
+        records = [json.loads(ln) for ln in (cfg.run_dir / "train" / f"{name}.jsonl").read_text().splitlines()]
+        assert records[-1]["step"] == cfg.train.steps
+        assert records[-1]["fvu"] < records[0]["fvu"], "training must reduce the reconstruction error"
+        assert not (cfg.run_dir / "saes" / name / "checkpoints").exists(), "checkpoints are removed after success"
+    topk = json.loads((cfg.run_dir / "saes" / "topk" / "cfg.json").read_text())
+    assert topk["training"]["final"]["l0"] == pytest.approx(cfg.variants["topk"].k, abs=0.01)
+
+
+def test_trained_variant_is_skipped_when_unchanged(harvested):
+    cfg, store = harvested
+    train_variant(cfg, "topk", store, cfg.run_dir, progress=False)
+    again = train_variant(cfg, "topk", store, cfg.run_dir, progress=False)
+    assert again["skipped"] is True
+
+
+KILL_SCRIPT = textwrap.dedent(
+    """
+    import os, signal, sys
+    sys.path.insert(0, {root!r})
+    from tests.conftest import ci_config
+    from tsae_core.store import ActivationStore
+    import tsae_core.train as T
+
+    cfg = ci_config({out!r}, **{{"train.checkpoint_every": 40}})
+    store = ActivationStore.open({acts!r})
+    real_record = T._record
+    def record_then_maybe_die(step, *args, **kwargs):
+        rec = real_record(step, *args, **kwargs)
+        if step == 90:  # after the checkpoint at step 80, mid-way between two checkpoints
+            os.kill(os.getpid(), signal.SIGKILL)
+        return rec
+    T._record = record_then_maybe_die
+    T.train_variant(cfg, "topk", store, cfg.run_dir, progress=False)
+    """
+)
+
+
+def test_killed_training_resumes_to_identical_result(harvested, tmp_path):
+    cfg0, store = harvested
+    acts = str(cfg0.run_dir / "activations")
+    interrupted = tmp_path / "interrupted"
+    script = KILL_SCRIPT.format(root=str(ROOT), out=str(interrupted), acts=acts)
+    proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == -9, f"the training process should have been killed: {proc.stderr[-2000:]}"
+    cfg = ci_config(interrupted, **{"train.checkpoint_every": 40})
+    paths = TrainPaths.of(cfg.run_dir, "topk")
+    assert sorted(p.name for p in paths.checkpoints.glob("*.pt"))[-1] == "step_00000080.pt"
+    assert not (paths.sae_dir / "sae.safetensors").exists()
+
+    resumed = train_variant(cfg, "topk", store, cfg.run_dir, progress=False)
+    assert resumed["resumed_from"] == 80
+
+    reference_cfg = ci_config(tmp_path / "reference", **{"train.checkpoint_every": 40})
+    train_variant(reference_cfg, "topk", store, reference_cfg.run_dir, progress=False)
+    a = load_file(str(paths.sae_dir / "sae.safetensors"))
+    b = load_file(str(reference_cfg.run_dir / "saes" / "topk" / "sae.safetensors"))
+    for name in b:
+        assert torch.allclose(a[name], b[name], atol=1e-6), name
+    curve = lambda c: [json.loads(ln) for ln in (c.run_dir / "train" / "topk.jsonl").read_text().splitlines()]  # noqa: E731
+    got, want = curve(cfg), curve(reference_cfg)
+    assert [r["step"] for r in got] == [r["step"] for r in want], "curves are truncated to the checkpoint, not duplicated"
+    assert got[-1]["fvu"] == pytest.approx(want[-1]["fvu"], rel=1e-5)
+
+
+def test_diverging_loss_stops_loudly_and_keeps_last_good_checkpoint(harvested, tmp_path):
+    _, store = harvested
+    # An absurd learning rate after a normal start: the weights overflow within a few steps.
+    cfg = ci_config(tmp_path, **{"train.checkpoint_every": 1, "train.warmup_steps": 0,
+                                 "variants.relu.lr": 1e25, "train.sparsity_warmup_fraction": 0.0})
+    with pytest.raises(TrainingDiverged) as e:
+        train_variant(cfg, "relu", store, cfg.run_dir, progress=False)
+    msg = str(e.value)
+    assert "non-finite" in msg and "'relu'" in msg and "learning rate" in msg
+    paths = TrainPaths.of(cfg.run_dir, "relu")
+    kept = sorted(paths.checkpoints.glob("*.pt"))
+    assert kept, "the last good checkpoint is kept"
+    assert str(kept[-1]) in msg
+    state = torch.load(kept[-1], weights_only=False)
+    assert all(torch.isfinite(t).all() for t in state["sae"].values() if t.is_floating_point())
+    assert not (paths.sae_dir / "sae.safetensors").exists(), "a diverged SAE is never saved as final"

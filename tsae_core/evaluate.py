@@ -1,0 +1,147 @@
+"""Evaluating a trained SAE on the held-out split: core, temporal and ground-truth metrics.
+
+Writes `eval/<variant>.json` in SAEBench's core layout (`eval_result_metrics` with
+`reconstruction_quality`, `shrinkage`, `sparsity`, `token_stats`) plus `temporal`,
+`ground_truth` (synthetic sources) and a `health` verdict that flags silent failures.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from tsae_core.config import ExperimentConfig
+from tsae_core.io import provenance, write_json
+from tsae_core.metrics.core import CoreMetrics
+from tsae_core.metrics.ground_truth import GroundTruthMetrics
+from tsae_core.metrics.temporal import TemporalMetrics
+from tsae_core.sae import SAE, load_sae
+from tsae_core.seeds import derive_seed
+from tsae_core.train import resolve_device
+
+TEMPORAL_MAX_LAG = 32
+
+
+def eval_batches(store: Any, cfg: ExperimentConfig, max_sequences: int = 0):
+    """Ordered batches of the eval split, at most `max_sequences` sequences (0: all)."""
+    limit = max_sequences or cfg.eval.max_sequences
+    seen = 0
+    for batch in store.split("eval").batches(cfg.eval.batch_sequences, shuffle=False):
+        if limit and seen >= limit:
+            return
+        if limit and seen + batch.n_sequences > limit:
+            batch = batch.slice(0, limit - seen)
+        seen += batch.n_sequences
+        yield batch
+
+
+@torch.no_grad()
+def evaluate_sae(sae: SAE, store: Any, cfg: ExperimentConfig, name: str, progress: bool = True) -> dict[str, Any]:
+    """All metrics of one SAE on the eval split, as the eval JSON dict (without provenance)."""
+    device = next(sae.parameters()).device
+    F = sae.cfg.d_sae
+    core = CoreMetrics(dense_threshold=cfg.eval.dense_threshold)
+    temporal = TemporalMetrics(F, max_lag=min(TEMPORAL_MAX_LAG, store.context_size - 1), seed=derive_seed(cfg.run.seed, "temporal"))
+    truth = store.ground_truth()
+    gt = None
+    if truth is not None:
+        gt = GroundTruthMetrics(
+            sae.W_dec.detach().cpu(), truth.directions_GD, truth.kinds, truth.rates_G,
+            rare_rate=_rare_rate(cfg), threshold=cfg.eval.recovery_threshold,
+        )
+    n_eval = cfg.eval.max_sequences or store.split("eval").n_sequences
+    for batch in tqdm(eval_batches(store, cfg), desc=f"evaluate {name}", disable=not progress,
+                      total=math.ceil(n_eval / cfg.eval.batch_sequences)):
+        b = batch.to(device)
+        out = sae(b.acts_BTD, b.mask_BT, b.doc_start_BT)
+        features = out.features.float().cpu()
+        core.update(batch.acts_BTD.float(), out.recon.float().cpu(), features, batch.mask_BT)
+        temporal.update(features, batch.doc_start_BT, batch.mask_BT)
+        if gt is not None and batch.true_codes_BTG is not None:
+            gt.update(features, batch.true_codes_BTG.float(), batch.mask_BT)
+
+    metrics = core.result()
+    temporal_result = temporal.result()
+    temporal_result.pop("per_latent", None)
+    result: dict[str, Any] = {
+        "eval_type_id": "core",
+        "variant": name,
+        "eval_config": {
+            "split": "eval",
+            "n_sequences": n_eval,
+            "context_size": store.context_size,
+            "batch_sequences": cfg.eval.batch_sequences,
+            "exclude_special_tokens_from_reconstruction": True,
+            "dense_threshold": cfg.eval.dense_threshold,
+            "temporal_max_lag": temporal.max_lag,
+        },
+        "sae_cfg": dataclasses.asdict(sae.cfg),
+        "eval_result_metrics": metrics,
+        "temporal": temporal_result,
+        "eval_result_details": [],
+        "eval_result_unstructured": {"feature_frequencies": core.feature_frequencies().tolist()},
+    }
+    if gt is not None:
+        result["ground_truth"] = gt.result()
+    result["health"] = assess_health(result)
+    return result
+
+
+def _rare_rate(cfg: ExperimentConfig) -> float:
+    return cfg.source.synthetic.rare_rate
+
+
+def assess_health(result: dict[str, Any]) -> dict[str, Any]:
+    """Flag the silent failures earlier attempts suffered: L0 = 0, NaN, negative EV, mass death."""
+    m = result["eval_result_metrics"]
+    problems = []
+    ev = m["reconstruction_quality"]["explained_variance"]
+    l0 = m["sparsity"]["l0"]
+    for section, values in m.items():
+        for key, value in values.items():
+            if isinstance(value, float) and not math.isfinite(value):
+                problems.append(f"{section}.{key} is not finite")
+    if l0 is not None and l0 == 0:
+        problems.append("L0 = 0: no latent fires")
+    if ev is not None and ev < 0:
+        problems.append(f"explained variance {ev:.3f} < 0: worse than predicting the mean")
+    dead = m["sparsity"].get("dead_fraction")
+    if dead is not None and dead > 0.5:
+        problems.append(f"{dead:.0%} of latents never fire on the eval split")
+    return {"healthy": not problems, "problems": problems}
+
+
+def evaluate_variant(cfg: ExperimentConfig, name: str, store: Any, run_dir: Path, progress: bool = True) -> dict[str, Any]:
+    """Load `saes/<name>`, evaluate it and write `eval/<name>.json`; returns the result."""
+    sae = load_sae(run_dir / "saes" / name, device=resolve_device(cfg.run.device))
+    result = evaluate_sae(sae, store, cfg, name, progress=progress)
+    write_json(run_dir / "eval" / f"{name}.json", result, stamp=provenance(cfg.hash()))
+    return result
+
+
+def summary_row(name: str, result: dict[str, Any]) -> dict[str, Any]:
+    """The handful of numbers a person compares first, for tables in notebooks and the README."""
+    m = result["eval_result_metrics"]
+    row = {
+        "variant": name,
+        "explained_variance": m["reconstruction_quality"]["explained_variance"],
+        "cossim": m["reconstruction_quality"]["cossim"],
+        "l0": m["sparsity"]["l0"],
+        "dead_fraction": m["sparsity"]["dead_fraction"],
+        "autocorr_lag1": result.get("temporal", {}).get("autocorr_lag1_mean"),
+    }
+    gt = result.get("ground_truth")
+    if gt:
+        row["true_l0"] = gt.get("true_l0")
+        row["mmcs"] = gt["overall"]["mmcs"]
+        row["frac_recovered"] = gt["overall"]["frac_recovered"]
+        for kind in ("fast", "slow", "positional", "rare_fast", "rare_slow"):
+            if kind in gt["by_kind"]:
+                row[f"recovered_{kind}"] = gt["by_kind"][kind]["frac_recovered"]
+    row["healthy"] = result["health"]["healthy"]
+    return row

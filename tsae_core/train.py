@@ -1,0 +1,276 @@
+"""Training one SAE variant: schedule, guards, dead-latent tracking, checkpoints and curves.
+
+The recipe (DESIGN §7): Adam; linear warmup, constant, linear decay to zero over the final
+`decay_fraction`; sparsity coefficient warmed up; global grad-norm clip; unit-norm decoder rows
+with the parallel gradient removed (except the L1 recipe); AuxK on dead latents. A non-finite
+loss stops training with `TrainingDiverged`, keeping the last good checkpoint. An interrupted run
+resumes exactly from its latest checkpoint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from tsae_core.config import ExperimentConfig
+from tsae_core.io import read_json, torch_save, write_text
+from tsae_core.sae import SAE, SAE_CFG, SAE_WEIGHTS, LossContext, SAEConfig, build_sae, geometric_median, save_sae
+from tsae_core.seeds import derive_seed
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss (or gradient) became NaN or infinite."""
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"run.device is {name!r} but no CUDA device is available; use run.device=cpu or auto")
+    return torch.device(name)
+
+
+def lr_multiplier(step: int, total: int, warmup: int, decay_fraction: float) -> float:
+    """Linear warmup over `warmup` steps, constant, linear decay to 0 over the last fraction."""
+    warm = min(1.0, (step + 1) / warmup) if warmup > 0 else 1.0
+    decay_start = total * (1.0 - decay_fraction)
+    if decay_fraction > 0 and step >= decay_start:
+        return warm * max(0.0, (total - step) / (total - decay_start))
+    return warm
+
+
+def sparsity_scale(step: int, total: int, warmup_fraction: float) -> float:
+    n = warmup_fraction * total
+    return min(1.0, (step + 1) / n) if n >= 1 else 1.0
+
+
+class DeadLatentTracker:
+    """Counts training tokens since each latent last fired; dead after `threshold` tokens."""
+
+    def __init__(self, d_sae: int, threshold: int, device: torch.device):
+        self.threshold = threshold
+        self.tokens_since_fired_F = torch.zeros(d_sae, dtype=torch.long, device=device)
+
+    def update(self, features_NF: torch.Tensor, n_tokens: int) -> None:
+        fired_F = (features_NF > 0).any(0)
+        self.tokens_since_fired_F += n_tokens
+        self.tokens_since_fired_F[fired_F] = 0
+
+    @property
+    def dead_F(self) -> torch.Tensor:
+        return self.tokens_since_fired_F >= self.threshold
+
+
+@dataclass
+class TrainPaths:
+    sae_dir: Path
+    curves: Path
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.sae_dir / "checkpoints"
+
+    @classmethod
+    def of(cls, run_dir: Path, name: str) -> TrainPaths:
+        return cls(run_dir / "saes" / name, run_dir / "train" / f"{name}.jsonl")
+
+
+def variant_train_hash(cfg: ExperimentConfig, name: str, data_hash: str) -> str:
+    """What a trained SAE depends on: its variant, the recipe, the seed and the data."""
+    blob = json.dumps(
+        {"variant": cfg.to_dict()["variants"][name], "train": cfg.to_dict()["train"], "seed": cfg.run.seed, "data": data_hash},
+        sort_keys=True,
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def is_trained(paths: TrainPaths, train_hash: str) -> bool:
+    cfg_file = paths.sae_dir / SAE_CFG
+    if not (cfg_file.is_file() and (paths.sae_dir / SAE_WEIGHTS).is_file()):
+        return False
+    return read_json(cfg_file).get("train_hash") == train_hash
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def _init_sae(cfg: ExperimentConfig, name: str, store: Any, device: torch.device) -> SAE:
+    v = cfg.variants[name]
+    source = dict(store.manifest.get("source", {}), context_size=store.context_size)
+    sae = build_sae(SAEConfig.from_variant(v, store.d_in, store.scaling_factor, source))
+    gen = torch.Generator().manual_seed(derive_seed(cfg.run.seed, "init", name))
+    b_dec = None
+    if cfg.train.b_dec_init != "zeros":
+        sample_ND = _token_sample(store, n_tokens=8192) * store.scaling_factor
+        b_dec = geometric_median(sample_ND) if cfg.train.b_dec_init == "geometric_median" else sample_ND.mean(0)
+    sae.reset_parameters(gen, b_dec=b_dec)
+    return sae.to(device)
+
+
+def _token_sample(store: Any, n_tokens: int) -> torch.Tensor:
+    chunks, total = [], 0
+    for batch in store.split("train").batches(batch_sequences=16):
+        chunks.append(batch.acts_BTD[batch.mask_BT])
+        total += chunks[-1].shape[0]
+        if total >= n_tokens:
+            break
+    return torch.cat(chunks)[:n_tokens].float()
+
+
+def _latest_checkpoint(paths: TrainPaths) -> Path | None:
+    found = sorted(paths.checkpoints.glob("step_*.pt"))
+    return found[-1] if found else None
+
+
+def _save_checkpoint(paths: TrainPaths, step: int, sae: SAE, opt: torch.optim.Optimizer, loader: Any,
+                     tracker: DeadLatentTracker, train_hash: str, keep: int = 2) -> Path:
+    path = paths.checkpoints / f"step_{step:08d}.pt"
+    torch_save(path, {
+        "step": step, "train_hash": train_hash, "sae": sae.state_dict(), "optimizer": opt.state_dict(),
+        "loader": loader.state_dict(), "tokens_since_fired": tracker.tokens_since_fired_F.cpu(),
+    })
+    for old in sorted(paths.checkpoints.glob("step_*.pt"))[:-keep]:
+        old.unlink(missing_ok=True)
+    return path
+
+
+def _truncate_curves(curves: Path, last_step: int) -> None:
+    """Keep the curve records up to the checkpoint we resume from (atomically)."""
+    if not curves.is_file():
+        return
+    kept = [ln for ln in curves.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= last_step]
+    write_text(curves, "".join(ln + "\n" for ln in kept))
+
+
+def train_variant(cfg: ExperimentConfig, name: str, store: Any, run_dir: Path, progress: bool = True) -> dict[str, Any]:
+    """Train (or resume, or skip if already trained) the SAE `name`; returns a summary dict."""
+    tc, v = cfg.train, cfg.variants[name]
+    paths = TrainPaths.of(run_dir, name)
+    train_hash = variant_train_hash(cfg, name, store.manifest.get("tsae", {}).get("config_hash", ""))
+    if is_trained(paths, train_hash):
+        return {"variant": name, "skipped": True, **read_json(paths.sae_dir / SAE_CFG).get("training", {})}
+
+    device = resolve_device(cfg.run.device)
+    sae = _init_sae(cfg, name, store, device)
+    lr = (v.lr or v.default_lr) * tc.lr_scale
+    opt = torch.optim.Adam(sae.parameters(), lr=lr, betas=tc.adam_betas)
+    loader = store.split("train").loader(tc.batch_sequences, seed=derive_seed(cfg.run.seed, "data", name))
+    tracker = DeadLatentTracker(v.d_sae, tc.dead_after_tokens, device)
+    start = 0
+
+    ckpt = _latest_checkpoint(paths)
+    if ckpt is not None:
+        state = torch.load(ckpt, map_location=device, weights_only=False)
+        if state.get("train_hash") == train_hash:
+            sae.load_state_dict(state["sae"])
+            opt.load_state_dict(state["optimizer"])
+            loader.load_state_dict(state["loader"])
+            tracker.tokens_since_fired_F.copy_(state["tokens_since_fired"].to(device))
+            start = state["step"]
+        else:  # checkpoints of another configuration: start afresh
+            shutil.rmtree(paths.checkpoints)
+    _truncate_curves(paths.curves, start if ckpt is not None and start else -1)
+
+    autocast = torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+    paths.curves.parent.mkdir(parents=True, exist_ok=True)
+    bar = tqdm(total=tc.steps, initial=start, desc=f"train {name}", disable=not progress, unit="step")
+    last_record: dict[str, Any] = {}
+    t0, tokens_since_log = time.perf_counter(), 0
+    with paths.curves.open("a") as curves_file:
+        for step in range(start, tc.steps):
+            batch = next(loader).to(device)
+            lr_now = lr * lr_multiplier(step, tc.steps, tc.warmup_steps, tc.decay_fraction)
+            for group in opt.param_groups:
+                group["lr"] = lr_now
+            ctx = LossContext(batch.mask_BT, batch.doc_start_BT, sparsity_scale(step, tc.steps, tc.sparsity_warmup_fraction), tracker.dead_F)
+            with autocast:
+                out = sae(batch.acts_BTD, batch.mask_BT, batch.doc_start_BT)
+                terms = {k: t.float() for k, t in sae.loss_terms(out, ctx).items()}
+            loss = sum(terms.values())
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            sae.remove_parallel_decoder_grad()
+            grad_norm = torch.nn.utils.clip_grad_norm_(sae.parameters(), tc.grad_clip)
+            if not (torch.isfinite(loss) and torch.isfinite(grad_norm)):
+                _diverged(name, step, terms, grad_norm, paths)
+            opt.step()
+            sae.normalize_decoder()
+
+            n_tok = int(batch.mask_BT.sum())
+            features_NF = out.features.detach()[batch.mask_BT]
+            tracker.update(features_NF, n_tok)
+            tokens_since_log += n_tok
+            done = step + 1
+            if done % tc.log_every == 0 or done == tc.steps:
+                elapsed = max(time.perf_counter() - t0, 1e-9)
+                last_record = _record(done, terms, out, batch, features_NF, tracker, lr_now, ctx, tokens_since_log / elapsed, tc, n_tok)
+                curves_file.write(json.dumps(last_record) + "\n")
+                curves_file.flush()
+                bar.set_postfix(loss=f"{last_record['loss']:.3g}", l0=f"{last_record['l0']:.1f}", dead=f"{last_record['dead_fraction']:.2f}")
+                t0, tokens_since_log = time.perf_counter(), 0
+            if tc.checkpoint_every and done % tc.checkpoint_every == 0 and done < tc.steps:
+                _save_checkpoint(paths, done, sae, opt, loader, tracker, train_hash)
+            bar.update(1)
+    bar.close()
+
+    training = {
+        "steps": tc.steps, "tokens": tc.steps * tc.batch_sequences * store.context_size, "lr": lr,
+        "final": {k: last_record.get(k) for k in ("loss", "fvu", "l0", "dead_fraction")}, "resumed_from": start,
+    }
+    _assert_healthy_training(name, training)
+    save_sae(sae.cpu(), paths.sae_dir, extra_cfg={"train_hash": train_hash, "variant_name": name, "training": training},
+             config_hash=cfg.hash())
+    shutil.rmtree(paths.checkpoints, ignore_errors=True)
+    return {"variant": name, "skipped": False, **training}
+
+
+def _record(step, terms, out, batch, features_NF, tracker, lr_now, ctx, tok_per_s, tc, n_tok) -> dict[str, Any]:
+    from tsae_core import losses
+
+    D = out.x_normalized.shape[-1]
+    mask_N = batch.mask_BT.reshape(-1)
+    with torch.no_grad():
+        fvu = losses.fraction_unexplained(out.x_normalized.reshape(-1, D).float(), out.recon_normalized.reshape(-1, D).float(), mask_N)
+    return {
+        "step": step,
+        "tokens": step * tc.batch_sequences * batch.acts_BTD.shape[1],
+        "loss": float(sum(t.item() for t in terms.values())),
+        **{f"loss_{k}": float(t.item()) for k, t in terms.items()},
+        "fvu": float(fvu),
+        "l0": float((features_NF > 0).sum(-1).float().mean()) if n_tok else 0.0,
+        "dead_fraction": float(tracker.dead_F.float().mean()),
+        "lr": lr_now,
+        "sparsity_scale": ctx.sparsity_scale,
+        "tokens_per_s": tok_per_s,
+    }
+
+
+def _diverged(name: str, step: int, terms: dict[str, torch.Tensor], grad_norm: torch.Tensor, paths: TrainPaths) -> None:
+    ckpt = _latest_checkpoint(paths)
+    kept = f"the last good checkpoint is kept at {ckpt}" if ckpt else "no checkpoint had been written yet"
+    values = ", ".join(f"{k}={t.item():.4g}" for k, t in terms.items())
+    raise TrainingDiverged(
+        f"variant {name!r}: non-finite loss or gradient at step {step} ({values}, grad_norm={grad_norm.item():.4g}); "
+        f"{kept}. Lower the learning rate (variants.{name}.lr or train.lr_scale), raise train.warmup_steps, "
+        f"or check the activations for outliers."
+    )
+
+
+def _assert_healthy_training(name: str, training: dict[str, Any]) -> None:
+    """Refuse to save an SAE that silently failed: no steps, no firing latents."""
+    final = training["final"]
+    if training["steps"] <= 0 or final.get("l0") is None:
+        raise RuntimeError(f"variant {name!r}: training ran no logged steps; check train.steps and the data")
+    if final["l0"] == 0:
+        raise RuntimeError(
+            f"variant {name!r}: every latent is silent at the end of training (L0 = 0); "
+            f"lower variants.{name}.l1_coefficient or check the learning rate"
+        )
