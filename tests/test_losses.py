@@ -72,3 +72,13 @@ def test_batchtopk_ignores_masked_tokens():
     mask = torch.tensor([True] * 4 + [False] * 4)
     f = act(pre, mask)
     assert (f[4:] == 0).all() and int((f[:4] > 0).sum()) == 8
+
+
+def test_batchtopk_calibration_matches_k_at_inference():
+    act = BatchTopK(k=3, d_sae=40)
+    g = torch.Generator().manual_seed(5)
+    act.threshold.fill_(10.0)  # a stale running average far from the truth
+    act.calibrate([(torch.randn(256, 40, generator=g), None) for _ in range(8)])
+    act.eval()
+    l0 = (act(torch.randn(4096, 40, generator=g)) > 0).sum(-1).float().mean()
+    assert 2.7 < float(l0) < 3.3

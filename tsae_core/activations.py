@@ -55,6 +55,23 @@ class BatchTopK(nn.Module):
         return out
 
     @torch.no_grad()
+    def calibrate(self, pre_batches: list[tuple[torch.Tensor, torch.Tensor | None]]) -> None:
+        """Set the threshold to the mean, over batches, of the smallest activation batch top-k keeps.
+
+        The running average lags while the encoder is still changing (in a short run it never
+        catches up); calibrating on final-weight batches makes inference L0 match k."""
+        smallest = []
+        for pre_NF, mask_N in pre_batches:
+            acts_NF = torch.relu(pre_NF) if mask_N is None else torch.relu(pre_NF) * mask_N.unsqueeze(-1).to(pre_NF.dtype)
+            n_tokens = int(mask_N.sum()) if mask_N is not None else acts_NF.shape[0]
+            kept = acts_NF.flatten().topk(min(self.k * max(n_tokens, 1), acts_NF.numel()), sorted=False).values
+            if (kept > 0).any():
+                smallest.append(kept[kept > 0].min().float())
+        if smallest:
+            self.threshold.fill_(torch.stack(smallest).mean())
+            self.threshold_initialised.fill_(True)
+
+    @torch.no_grad()
     def _update_threshold(self, kept: torch.Tensor) -> None:
         positive = kept[kept > 0]
         if positive.numel() == 0:

@@ -158,7 +158,7 @@ class VariantConfig:
     aux_k: int = 0
     """Dead latents used by AuxK; 0 means d_in // 2."""
     lr: float = 0.0
-    """Learning rate; 0 means the recipe default (2e-4 for topk/batchtopk, 5e-5 for relu) scaled by lr_scale."""
+    """Learning rate, taken as given; 0 means the recipe default (2e-4 topk/batchtopk, 5e-5 relu) times train.lr_scale."""
     options: dict[str, Any] = field(default_factory=dict)
     """Variant-specific knobs, validated by the variant itself."""
 

@@ -290,6 +290,9 @@ def plot_training_metrics(curves: Curves, out_dir: PathLike, colors: Colors = No
     for ax, (_, title, ylabel) in zip(axes.flat, _CURVES):
         ax.set(title=title, ylabel=ylabel, xlabel=f"training tokens ({unit})" if ax in axes[1] else "")
     axes[0, 0].set_yscale("log")
+    for ax in (axes[0, 1], axes[1, 0], axes[1, 1]):  # counts, fractions and rates start at zero
+        ax.set_ylim(bottom=0)
+    axes[1, 0].set_ylim(top=max(0.05, axes[1, 0].get_ylim()[1]))
     axes[1, 0].yaxis.set_major_formatter(PercentFormatter(1.0))
     axes[1, 1].ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))
     fig.legend(*axes[0, 0].get_legend_handles_labels(), loc="outside lower center", ncol=min(len(variants), 6), title="variant")

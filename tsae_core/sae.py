@@ -172,6 +172,18 @@ class SAE(nn.Module):
             terms["aux_k"] = self.cfg.aux_k_coefficient * aux
         return terms
 
+    @torch.no_grad()
+    def calibrate(self, batches: list) -> None:
+        """Fix inference-time statistics from final-weight batches (batchtopk's threshold)."""
+        calibrate = getattr(self.activation, "calibrate", None)
+        if calibrate is None:
+            return
+        pre_batches = []
+        for b in batches:
+            pre = self.encode_pre(b.acts_BTD * self.cfg.activation_scaling_factor, b.doc_start_BT)
+            pre_batches.append((pre.reshape(-1, self.cfg.d_sae), b.mask_BT.reshape(-1)))
+        calibrate(pre_batches)
+
     # -- decoder-norm handling (unit-norm recipe) -----------------------------------------------
     @torch.no_grad()
     def remove_parallel_decoder_grad(self) -> None:

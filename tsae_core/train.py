@@ -25,6 +25,9 @@ from tsae_core.io import read_json, torch_save, write_text
 from tsae_core.sae import SAE, SAE_CFG, SAE_WEIGHTS, LossContext, SAEConfig, build_sae, geometric_median, save_sae
 from tsae_core.seeds import derive_seed
 
+CALIBRATION_BATCHES = 16
+"""Batches used after training to fix inference statistics (batchtopk's threshold)."""
+
 
 class TrainingDiverged(RuntimeError):
     """The loss (or gradient) became NaN or infinite."""
@@ -160,7 +163,7 @@ def train_variant(cfg: ExperimentConfig, name: str, store: Any, run_dir: Path, p
 
     device = resolve_device(cfg.run.device)
     sae = _init_sae(cfg, name, store, device)
-    lr = (v.lr or v.default_lr) * tc.lr_scale
+    lr = v.lr or v.default_lr * tc.lr_scale  # an explicit lr is taken as it is
     opt = torch.optim.Adam(sae.parameters(), lr=lr, betas=tc.adam_betas)
     loader = store.split("train").loader(tc.batch_sequences, seed=derive_seed(cfg.run.seed, "data", name))
     tracker = DeadLatentTracker(v.d_sae, tc.dead_after_tokens, device)
@@ -220,6 +223,7 @@ def train_variant(cfg: ExperimentConfig, name: str, store: Any, run_dir: Path, p
                 _save_checkpoint(paths, done, sae, opt, loader, tracker, train_hash)
             bar.update(1)
     bar.close()
+    sae.calibrate([next(loader).to(device) for _ in range(CALIBRATION_BATCHES)])
 
     training = {
         "steps": tc.steps, "tokens": tc.steps * tc.batch_sequences * store.context_size, "lr": lr,

@@ -1,0 +1,46 @@
+# %% [markdown]
+# # 01 · Harvest activations
+#
+# **In:** a params file (`source`, `harvest` sections).
+# **Out:** `runs/<run>/activations/`: `manifest.json` (shapes, dtype, counts, checksums, the
+# dataset scaling factor) and safetensors shards of whole sequences, split by sequence into a
+# training and a held-out evaluation set; `ground_truth.safetensors` for the synthetic source.
+#
+# Sequences are kept intact because temporal priors need adjacent positions; document
+# boundaries and special tokens are recorded so losses and metrics can respect them.
+
+# %% tags=["parameters"]
+params = "params/default.yaml"
+overrides = {}
+
+# %%
+from tsae_core import ActivationStore, load_config
+from tsae_core.harvest import harvest
+
+cfg = load_config(params, overrides)
+activations_dir = cfg.run_dir / "activations"
+manifest = harvest(cfg, activations_dir)
+
+# %% [markdown]
+# ## What was harvested
+
+# %%
+store = ActivationStore.open(activations_dir)
+print(f"source        : {manifest['source']}")
+print(f"d_in          : {store.d_in}    context: {store.context_size} tokens    dtype: {manifest['dtype']}")
+print(f"scaling factor: {store.scaling_factor:.4f}  (E||s*x|| = sqrt(d_in))")
+for split in ("train", "eval"):
+    s = store.split(split)
+    print(f"{split:5s} split   : {s.n_sequences} sequences, {s.n_tokens} tokens, {len(manifest['splits'][split]['shards'])} shards")
+
+# %% [markdown]
+# ## The ground truth (synthetic source)
+# True features by kind, their firing rates and the expected number active per token.
+
+# %%
+truth = store.ground_truth()
+if truth is not None:
+    from collections import Counter
+
+    print("true features by kind:", dict(Counter(truth.kinds)))
+    print(f"true L0 (expected active features per token): {truth.true_l0:.2f}")

@@ -1,0 +1,35 @@
+# %% [markdown]
+# # 02 · Train the SAEs
+#
+# **In:** the harvested activations; the `variants` and `train` sections of the params file.
+# **Out:** `runs/<run>/saes/<variant>/` (`cfg.json` + `sae.safetensors`, SAELens tensor names)
+# and training curves in `runs/<run>/train/<variant>.jsonl`.
+#
+# Every variant is trained with the same recipe on the same data: Adam with warmup and a final
+# linear decay, gradient clipping at 1.0, unit-norm decoder rows (TopK family) or a
+# decoder-norm-weighted L1 penalty with a warmed-up coefficient (ReLU), AuxK on dead latents.
+# Training stops loudly on a non-finite loss and resumes exactly from its last checkpoint.
+
+# %% tags=["parameters"]
+params = "params/default.yaml"
+overrides = {}
+
+# %%
+from tsae_core import ActivationStore, load_config
+from tsae_core.train import train_variant
+
+cfg = load_config(params, overrides)
+store = ActivationStore.open(cfg.run_dir / "activations")
+summaries = [train_variant(cfg, name, store, cfg.run_dir) for name in cfg.variants]
+
+# %% [markdown]
+# ## Final training state
+# FVU is the fraction of variance unexplained on the last training batch; L0 the mean number of
+# active latents per token; dead fraction the latents silent for `train.dead_after_tokens` tokens.
+
+# %%
+for s in summaries:
+    final = s["final"]
+    state = "skipped (already trained)" if s["skipped"] else f"{s['steps']} steps"
+    print(f"{s['variant']:12s} {state:26s} loss {final['loss']:.4g}  FVU {final['fvu']:.4f}  "
+          f"L0 {final['l0']:.2f}  dead {final['dead_fraction']:.3f}")
