@@ -61,19 +61,19 @@ class SyntheticConfig:
     """Features following a two-state Markov chain within a document (persistent runs)."""
     n_positional: int = 32
     """Features whose firing probability depends on the position within the document."""
-    fast_max_rate: float = 0.04
+    fast_max_rate: float = 0.03
     """Firing probability of the most frequent fast feature."""
-    fast_min_rate: float = 0.002
+    fast_min_rate: float = 0.0015
     """Firing probability of the rarest fast feature (Zipf-like between the two)."""
     slow_min_run: float = 8.0
     """Shortest mean run length (tokens) of a slow feature."""
     slow_max_run: float = 64.0
     """Longest mean run length (tokens) of a slow feature."""
-    slow_max_rate: float = 0.06
+    slow_max_rate: float = 0.04
     """Stationary firing probability of the most frequent slow feature."""
-    slow_min_rate: float = 0.004
+    slow_min_rate: float = 0.003
     """Stationary firing probability of the rarest slow feature."""
-    positional_width: int = 6
+    positional_width: int = 4
     """Width (tokens) of the position window in which a positional feature fires."""
     positional_rate: float = 0.5
     """Firing probability of a positional feature inside its window."""

@@ -46,7 +46,9 @@ def evaluate_sae(sae: SAE, store: Any, cfg: ExperimentConfig, name: str, progres
     device = next(sae.parameters()).device
     F = sae.cfg.d_sae
     core = CoreMetrics(dense_threshold=cfg.eval.dense_threshold)
-    temporal = TemporalMetrics(F, max_lag=min(TEMPORAL_MAX_LAG, store.context_size - 1), seed=derive_seed(cfg.run.seed, "temporal"))
+    # long lags need long documents; beyond a quarter of the context too few pairs remain
+    max_lag = max(1, min(TEMPORAL_MAX_LAG, store.context_size // 4))
+    temporal = TemporalMetrics(F, max_lag=max_lag, seed=derive_seed(cfg.run.seed, "temporal"))
     truth = store.ground_truth()
     gt = None
     if truth is not None:

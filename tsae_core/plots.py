@@ -252,7 +252,7 @@ def plot_sparsity_metrics(evals: Evals, out_dir: PathLike, colors: Colors = None
     """L0 (with the true L0 when known), dead fraction, dense fraction and L1 per variant."""
     true_l0 = _true_l0(evals)
     panels = [
-        _Panel("l0", _SP, "L0: active latents per token", "mean L0 (latents / token)", "int", true_l0, f"true L0\n= {true_l0}"),
+        _Panel("l0", _SP, "L0: active latents per token", "mean L0 (latents / token)", "int", true_l0, f"true L0\n= {true_l0:.2f}" if true_l0 is not None else ""),
         _Panel("dead_fraction", _SP, "Dead latents (never fire on eval set)", "% of latents", "pct"),
         _Panel("dense_fraction", _SP, "Dense latents (fire on > 10% of tokens)", "% of latents", "pct"),
         _Panel("l1", _SP, "L1: summed activation per token", "mean L1 (latent activation units)", "int"),

@@ -13,6 +13,7 @@ import json
 import sys
 import tempfile
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -74,6 +75,21 @@ def parse_only(text: str | None) -> list[str]:
     return chosen
 
 
+def _local_kernel_manager() -> type:
+    """A kernel manager on local IPC sockets: the kernel is reachable only through this machine's
+    files, not an unencrypted TCP port (which ipykernel rightly warns about at every start)."""
+    from jupyter_client.manager import KernelManager
+
+    class LocalKernelManager(KernelManager):
+        def __init__(self, **kwargs: Any) -> None:
+            super().__init__(**kwargs)
+            self.transport = "ipc"
+            # socket files are `<ip>-<n>` and are removed when the kernel shuts down
+            self.ip = str(Path(tempfile.gettempdir()) / f"tsae-kernel-{uuid.uuid4().hex[:12]}")
+
+    return LocalKernelManager
+
+
 def execute_stage(stage: Stage, params_file: Path, overrides: dict[str, Any], out_notebook: Path) -> None:
     """Convert the jupytext script to a notebook and execute it with papermill."""
     import jupytext
@@ -92,6 +108,7 @@ def execute_stage(stage: Stage, params_file: Path, overrides: dict[str, Any], ou
             kernel_name="python3",
             cwd=str(project_root()),
             progress_bar=False,
+            kernel_manager_class=_local_kernel_manager(),
         )
 
 
