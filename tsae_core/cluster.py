@@ -24,7 +24,7 @@ from sklearn.cluster import KMeans
 from sklearn.decomposition import PCA
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 from sklearn.preprocessing import StandardScaler
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from tsae_core.metrics.ground_truth import cosine_matrix
 from tsae_core.metrics.temporal import TemporalMetrics

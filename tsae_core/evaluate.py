@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from tsae_core.config import ExperimentConfig
 from tsae_core.io import provenance, write_json

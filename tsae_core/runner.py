@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import sys
 import tempfile
 import time
@@ -108,6 +109,7 @@ def execute_stage(stage: Stage, params_file: Path, overrides: dict[str, Any], ou
             kernel_name="python3",
             cwd=str(project_root()),
             progress_bar=False,
+            stderr_file=sys.stderr,  # the kernel's progress bars show live in the terminal
             kernel_manager_class=_local_kernel_manager(),
         )
 
@@ -116,6 +118,8 @@ def run(params: str, overrides: dict[str, Any], only: list[str], force: bool = F
     """Run the selected stages of an experiment; returns the validated config."""
     from tsae_core.config import find_params_file
 
+    # Progress bars refresh at most once a second: readable in a terminal, few notebook outputs.
+    os.environ.setdefault("TQDM_MININTERVAL", "1")
     params_file = find_params_file(params)
     cfg = load_config(params_file, overrides)  # validates everything before any heavy work
     run_dir = cfg.run_dir

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from tsae_core.config import ExperimentConfig
 from tsae_core.io import read_json, torch_save, write_text
