@@ -34,6 +34,19 @@ for split in ("train", "eval"):
     print(f"{split:5s} split   : {s.n_sequences} sequences, {s.n_tokens} tokens, {len(manifest['splits'][split]['shards'])} shards")
 
 # %% [markdown]
+# ## The language model (tinylm and hf sources)
+# For the tiny model trained here: its held-out loss against the unigram baseline (nats per byte),
+# the evidence that it is a real language model whose activations are worth decomposing.
+
+# %%
+source = manifest["source"]
+if source.get("kind") == "tinylm":
+    print(f"tiny model held-out loss: {source['heldout_loss']:.3f} nats/byte "
+          f"(unigram baseline {source['unigram_loss']:.3f}); hook {source['hook_name']}")
+elif source.get("kind") == "hf":
+    print(f"model {source.get('model')} at {source['hook_name']}")
+
+# %% [markdown]
 # ## The ground truth (synthetic source)
 # True features by kind, their firing rates and the expected number active per token.
 

@@ -7,7 +7,10 @@
 # ground-truth recovery by feature kind (synthetic source) and a health verdict.
 #
 # All metrics exclude special tokens and accumulate in float64. Explained variance is
-# 1 − Σ‖x − x̂‖² / Σ‖x − x̄‖² with x̄ the mean over all evaluated tokens.
+# 1 − Σ‖x − x̂‖² / Σ‖x − x̄‖² with x̄ the mean over all evaluated tokens. With a language-model
+# source the SAE is also spliced into the model at the hook (special positions keep x) and
+# compared with the clean and the zero-ablated model: `ce_loss_score` = (CE_abl − CE_sae) /
+# (CE_abl − CE_clean), `kl_div_score` = (KL_abl − KL_sae) / KL_abl.
 
 # %% tags=["parameters"]
 params = "params/default.yaml"
@@ -16,10 +19,12 @@ overrides = {}
 # %%
 from tsae_core import ActivationStore, load_config
 from tsae_core.evaluate import evaluate_variant, summary_row
+from tsae_core.sources.factory import load_model
 
 cfg = load_config(params, overrides)
 store = ActivationStore.open(cfg.run_dir / "activations")
-results = {name: evaluate_variant(cfg, name, store, cfg.run_dir) for name in cfg.variants}
+model = load_model(cfg)  # the language model behind the activations (None for synthetic data)
+results = {name: evaluate_variant(cfg, name, store, cfg.run_dir, model=model) for name in cfg.variants}
 
 # %% [markdown]
 # ## Summary

@@ -1,7 +1,7 @@
 """The default synthetic benchmark: the baseline SAEs must be healthy and find the true features.
 
 This is the project's acceptance bar (and what the README's table reports): on
-`params/default.yaml`, TopK and BatchTopK recover at least 90% of the true features at decoder
+`params/synthetic.yaml`, TopK and BatchTopK recover at least 90% of the true features at decoder
 cosine >= 0.9 with explained variance >= 0.9 and L0 within 1.5x of the true L0; the L1 (ReLU)
 SAE is reported beside them and must at least be healthy.
 """
@@ -21,7 +21,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def default_results(tmp_path_factory):
-    cfg = load_config("params/default.yaml", {"run.out_dir": str(tmp_path_factory.mktemp("default"))})
+    cfg = load_config("params/synthetic.yaml", {"run.out_dir": str(tmp_path_factory.mktemp("default"))})
     harvest(cfg, cfg.run_dir / "activations", progress=False)
     store = ActivationStore.open(cfg.run_dir / "activations")
     results = {}

@@ -2,7 +2,7 @@
 
 import pytest
 
-from tsae_core.config import ConfigError, load_config, parse_override
+from tsae_core.config import ConfigError, load_config, parse_override, project_root
 
 
 def write(tmp_path, text):
@@ -12,10 +12,15 @@ def write(tmp_path, text):
 
 
 def test_shipped_params_files_are_valid():
-    for name in ("default", "ci"):
+    shipped = sorted(p.stem for p in (project_root() / "params").glob("*.yaml"))
+    assert {"default", "synthetic", "ci", "gpt2", "pythia-70m", "gemma-2-2b"} <= set(shipped)
+    for name in shipped:
         cfg = load_config(f"params/{name}.yaml")
         assert cfg.run.name == name
         assert len(cfg.variants) >= 3
+    assert load_config("params/default.yaml").source.kind == "tinylm"
+    assert load_config("params/gpt2.yaml").source.hook_name == "blocks.8.hook_resid_post"
+    assert load_config("params/pythia-70m.yaml").source.hf.model_name == "pythia-70m-deduped"
 
 
 def test_unknown_key_names_key_and_file(tmp_path):

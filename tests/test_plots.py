@@ -47,6 +47,19 @@ def _eval(variant: str, ev: float, l0: float, seed: int, ground_truth: bool = Tr
             },
             "sparsity": {"l0": l0, "l1": 1.3 * l0, "dead_fraction": 0.01 * (seed + 1), "dense_fraction": 0.0},
             "token_stats": {"total_tokens_eval_reconstruction": 65536, "total_tokens_eval_sparsity_variance": 65536},
+            "model_behavior_preservation": {
+                "kl_div_score": 0.98 - 0.05 * seed,
+                "kl_div_with_ablation": 6.0,
+                "kl_div_with_sae": 0.12 * (seed + 1),
+            },
+            "model_performance_preservation": {
+                "ce_loss_score": 0.97 - 0.06 * seed,
+                "ce_loss_with_ablation": 9.5,
+                "ce_loss_with_sae": 3.3 + 0.2 * seed,
+                "ce_loss_without_sae": 3.2,
+                "ce_loss_increase": 0.1 + 0.2 * seed,
+            },
+            "model_token_stats": {"total_tokens_eval_model": 16000},
         },
         "temporal": {
             "autocorr_lag1_mean": float(decay[0]),
@@ -149,6 +162,28 @@ def test_sparsity_metrics_records_l0_and_true_l0(evals, tmp_path):
     assert numbers["true_l0"] == pytest.approx(4.0)
 
 
+def test_model_preservation_records_scores_and_ce_increase(evals, tmp_path):
+    evals["relu"]["eval_result_metrics"]["model_performance_preservation"]["ce_loss_score"] = float("nan")  # 0 / 0
+    evals["batchtopk"]["eval_result_metrics"].pop("model_behavior_preservation")
+    numbers = _check_png(plots.plot_model_preservation(evals, tmp_path), "model_preservation")
+    assert numbers["variants"] == ["topk", "batchtopk", "relu"]
+    assert numbers["ce_loss_score"] == pytest.approx([0.97, 0.91, None])
+    assert numbers["kl_div_score"] == [pytest.approx(0.98), None, pytest.approx(0.88)]
+    assert numbers["ce_loss_increase"] == pytest.approx([0.1, 0.3, 0.5])
+    assert numbers["ce_loss_without_sae"] == pytest.approx([3.2] * 3)
+
+
+def test_model_preservation_only_for_variants_with_a_model_eval(evals, tmp_path):
+    evals["topk"]["eval_result_metrics"].pop("model_performance_preservation")
+    numbers = _check_png(plots.plot_model_preservation(evals, tmp_path), "model_preservation")
+    assert numbers["variants"] == ["batchtopk", "relu"]
+    for e in evals.values():
+        e["eval_result_metrics"].pop("model_performance_preservation", None)
+    (tmp_path / "model_preservation.png").unlink()
+    assert plots.plot_model_preservation(evals, tmp_path) is None
+    assert not (tmp_path / "model_preservation.png").exists()
+
+
 def test_training_metrics_records_every_curve(curves, tmp_path):
     numbers = _check_png(plots.plot_training_metrics(curves, tmp_path), "training_metrics")
     assert set(numbers["variants"]) == set(VARIANTS)
@@ -205,6 +240,7 @@ def test_plots_survive_missing_sections_and_values(evals, curves, tmp_path):
     assert names == [
         "reconstruction_metrics",
         "sparsity_metrics",
+        "model_preservation",
         "training_metrics",
         "final_metrics",
         "gt_recovery",

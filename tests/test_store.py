@@ -11,9 +11,10 @@ import torch
 import tsae_core.harvest as harvest_mod
 import tsae_core.store as store_mod
 from tsae_core.config import ExperimentConfig, HarvestConfig, RunConfig, SourceConfig, SyntheticConfig
-from tsae_core.harvest import PROGRESS, harvest, make_source
+from tsae_core.harvest import PROGRESS, harvest
 from tsae_core.io import read_json
 from tsae_core.sources.base import SequenceBatch
+from tsae_core.sources.factory import make_source
 from tsae_core.store import (
     MANIFEST,
     ActivationStore,

@@ -16,13 +16,9 @@ from typing import Any, Literal
 
 import yaml
 
+from tsae_core.source_config import HFConfig, SourceConfig, SyntheticConfig, TinyLMConfig  # noqa: F401 (every section importable from here)
 from tsae_core.typed import ConfigError, build
-
-
-def _check(ok: bool, key: str, message: str) -> None:
-    if not ok:
-        raise ConfigError(f"{key}: {message}")
-
+from tsae_core.typed import check as _check
 
 # --------------------------------------------------------------------------------------------
 # Sections
@@ -47,78 +43,6 @@ class RunConfig:
             "run.device",
             f"must be auto, cpu, cuda or cuda:N, got {self.device!r}",
         )
-
-
-@dataclass(frozen=True)
-class SyntheticConfig:
-    """The synthetic temporal benchmark: known feature directions with known temporal statistics."""
-
-    d_model: int = 64
-    """Dimension of the generated activations."""
-    n_fast: int = 160
-    """Features firing i.i.d. per token with Zipf-like frequencies."""
-    n_slow: int = 64
-    """Features following a two-state Markov chain within a document (persistent runs)."""
-    n_positional: int = 32
-    """Features whose firing probability depends on the position within the document."""
-    fast_max_rate: float = 0.03
-    """Firing probability of the most frequent fast feature."""
-    fast_min_rate: float = 0.0015
-    """Firing probability of the rarest fast feature (Zipf-like between the two)."""
-    slow_min_run: float = 8.0
-    """Shortest mean run length (tokens) of a slow feature."""
-    slow_max_run: float = 64.0
-    """Longest mean run length (tokens) of a slow feature."""
-    slow_max_rate: float = 0.04
-    """Stationary firing probability of the most frequent slow feature."""
-    slow_min_rate: float = 0.003
-    """Stationary firing probability of the rarest slow feature."""
-    positional_width: int = 4
-    """Width (tokens) of the position window in which a positional feature fires."""
-    positional_rate: float = 0.5
-    """Firing probability of a positional feature inside its window."""
-    positional_max_position: int = 96
-    """Positional windows start anywhere in [0, positional_max_position)."""
-    hierarchy_boost: float = 0.0
-    """If > 0, each slow feature multiplies the rate of a few fast 'children' by (1 + boost) while on."""
-    magnitude_mean: float = 1.0
-    """Mean firing magnitude (magnitudes are log-normal, positive)."""
-    magnitude_spread: float = 0.3
-    """Standard deviation of log-magnitude."""
-    noise_std: float = 0.02
-    """Standard deviation per dimension of isotropic Gaussian noise."""
-    mean_doc_length: int = 96
-    """Mean document length in tokens (geometric lengths, at least 4)."""
-    rare_rate: float = 0.01
-    """Features with stationary rate below this are reported as 'rare'."""
-
-    def __post_init__(self) -> None:
-        for name in ("d_model", "mean_doc_length", "positional_width", "positional_max_position"):
-            _check(getattr(self, name) > 0, f"source.synthetic.{name}", "must be > 0")
-        for name in ("n_fast", "n_slow", "n_positional"):
-            _check(getattr(self, name) >= 0, f"source.synthetic.{name}", "must be >= 0")
-        _check(self.n_features > 0, "source.synthetic", "needs at least one feature")
-        for name in ("fast_max_rate", "fast_min_rate", "slow_max_rate", "slow_min_rate", "positional_rate"):
-            v = getattr(self, name)
-            _check(0.0 < v <= 1.0, f"source.synthetic.{name}", f"must be in (0, 1], got {v}")
-        _check(self.fast_min_rate <= self.fast_max_rate, "source.synthetic.fast_min_rate", "must be <= fast_max_rate")
-        _check(self.slow_min_rate <= self.slow_max_rate, "source.synthetic.slow_min_rate", "must be <= slow_max_rate")
-        _check(1.0 <= self.slow_min_run <= self.slow_max_run, "source.synthetic.slow_min_run", "need 1 <= slow_min_run <= slow_max_run")
-        _check(self.magnitude_mean > 0, "source.synthetic.magnitude_mean", "must be > 0")
-        for name in ("magnitude_spread", "noise_std", "hierarchy_boost"):
-            _check(getattr(self, name) >= 0, f"source.synthetic.{name}", "must be >= 0")
-
-    @property
-    def n_features(self) -> int:
-        return self.n_fast + self.n_slow + self.n_positional
-
-
-@dataclass(frozen=True)
-class SourceConfig:
-    kind: Literal["synthetic"] = "synthetic"
-    """Where activations come from."""
-    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
-    """Settings of the synthetic benchmark (used when kind == synthetic)."""
 
 
 @dataclass(frozen=True)
@@ -226,12 +150,15 @@ class EvalConfig:
     """A true feature counts as recovered if some decoder row has cosine >= this."""
     dense_threshold: float = 0.1
     """A latent firing on more than this fraction of tokens counts as dense."""
+    model_max_sequences: int = 256
+    """Eval sequences for the language-model metrics (CE, KL with the SAE spliced in); 0 skips them."""
 
     def __post_init__(self) -> None:
         _check(self.batch_sequences > 0, "eval.batch_sequences", "must be > 0")
         _check(self.max_sequences >= 0, "eval.max_sequences", "must be >= 0")
         _check(0 < self.recovery_threshold <= 1, "eval.recovery_threshold", "must be in (0, 1]")
         _check(0 < self.dense_threshold <= 1, "eval.dense_threshold", "must be in (0, 1]")
+        _check(self.model_max_sequences >= 0, "eval.model_max_sequences", "must be >= 0")
 
 
 @dataclass(frozen=True)

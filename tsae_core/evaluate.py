@@ -19,19 +19,21 @@ from tsae_core.config import ExperimentConfig
 from tsae_core.io import provenance, write_json
 from tsae_core.metrics.core import CoreMetrics
 from tsae_core.metrics.ground_truth import GroundTruthMetrics
+from tsae_core.metrics.model import ModelPreservation
 from tsae_core.metrics.temporal import TemporalMetrics
 from tsae_core.sae import SAE, load_sae
 from tsae_core.seeds import derive_seed
+from tsae_core.sources.factory import load_model
 from tsae_core.train import resolve_device
 
 TEMPORAL_MAX_LAG = 32
 
 
-def eval_batches(store: Any, cfg: ExperimentConfig, max_sequences: int = 0):
-    """Ordered batches of the eval split, at most `max_sequences` sequences (0: all)."""
+def eval_batches(store: Any, cfg: ExperimentConfig, max_sequences: int = 0, batch_sequences: int = 0):
+    """Ordered batches of the eval split, at most `max_sequences` sequences (0: eval.max_sequences)."""
     limit = max_sequences or cfg.eval.max_sequences
     seen = 0
-    for batch in store.split("eval").batches(cfg.eval.batch_sequences, shuffle=False):
+    for batch in store.split("eval").batches(batch_sequences or cfg.eval.batch_sequences, shuffle=False):
         if limit and seen >= limit:
             return
         if limit and seen + batch.n_sequences > limit:
@@ -41,8 +43,30 @@ def eval_batches(store: Any, cfg: ExperimentConfig, max_sequences: int = 0):
 
 
 @torch.no_grad()
-def evaluate_sae(sae: SAE, store: Any, cfg: ExperimentConfig, name: str, progress: bool = True) -> dict[str, Any]:
-    """All metrics of one SAE on the eval split, as the eval JSON dict (without provenance)."""
+def model_preservation(sae: SAE, model: Any, store: Any, cfg: ExperimentConfig, name: str, progress: bool = True) -> dict[str, Any]:
+    """CE and KL of the language model with the SAE spliced in at the harvested hook, against the
+    clean and the zero-ablated model (SAEBench-core `model_*_preservation` sections)."""
+    hook = store.manifest["source"]["hook_name"]
+    metric = ModelPreservation(model, hook)
+    device = next(sae.parameters()).device
+
+    def reconstruct(x_BTD: torch.Tensor, special_BT: torch.Tensor) -> torch.Tensor:
+        return sae(x_BTD.float().to(device), ~special_BT.to(device)).recon
+
+    n = min(cfg.eval.model_max_sequences, store.split("eval").n_sequences)
+    batch_size = min(cfg.source.model_batch_size, cfg.eval.batch_sequences)
+    for batch in tqdm(eval_batches(store, cfg, max_sequences=n, batch_sequences=batch_size), desc=f"model metrics {name}",
+                      disable=not progress, total=math.ceil(n / batch_size)):
+        metric.update(batch.tokens_BT, batch.special_BT, reconstruct)
+    return metric.result()
+
+
+@torch.no_grad()
+def evaluate_sae(sae: SAE, store: Any, cfg: ExperimentConfig, name: str, progress: bool = True, model: Any = None) -> dict[str, Any]:
+    """All metrics of one SAE on the eval split, as the eval JSON dict (without provenance).
+
+    With `model` (the language model the activations came from), also the model-preservation
+    metrics."""
     device = next(sae.parameters()).device
     F = sae.cfg.d_sae
     core = CoreMetrics(dense_threshold=cfg.eval.dense_threshold)
@@ -68,6 +92,8 @@ def evaluate_sae(sae: SAE, store: Any, cfg: ExperimentConfig, name: str, progres
             gt.update(features, batch.true_codes_BTG.float(), batch.mask_BT)
 
     metrics = core.result()
+    if model is not None and cfg.eval.model_max_sequences > 0:
+        metrics.update(model_preservation(sae, model, store, cfg, name, progress))
     temporal_result = temporal.result()
     temporal_result.pop("per_latent", None)
     result: dict[str, Any] = {
@@ -118,10 +144,17 @@ def assess_health(result: dict[str, Any]) -> dict[str, Any]:
     return {"healthy": not problems, "problems": problems}
 
 
-def evaluate_variant(cfg: ExperimentConfig, name: str, store: Any, run_dir: Path, progress: bool = True) -> dict[str, Any]:
-    """Load `saes/<name>`, evaluate it and write `eval/<name>.json`; returns the result."""
+def evaluate_variant(
+    cfg: ExperimentConfig, name: str, store: Any, run_dir: Path, progress: bool = True, model: Any = None
+) -> dict[str, Any]:
+    """Load `saes/<name>`, evaluate it and write `eval/<name>.json`; returns the result.
+
+    For language-model sources the model is loaded unless given (pass it when evaluating several
+    SAEs, to load it once)."""
     sae = load_sae(run_dir / "saes" / name, device=resolve_device(cfg.run.device))
-    result = evaluate_sae(sae, store, cfg, name, progress=progress)
+    if model is None and cfg.eval.model_max_sequences > 0:
+        model = load_model(cfg)
+    result = evaluate_sae(sae, store, cfg, name, progress=progress, model=model)
     write_json(run_dir / "eval" / f"{name}.json", result, stamp=provenance(cfg.hash()))
     return result
 
@@ -137,6 +170,11 @@ def summary_row(name: str, result: dict[str, Any]) -> dict[str, Any]:
         "dead_fraction": m["sparsity"]["dead_fraction"],
         "autocorr_lag1": result.get("temporal", {}).get("autocorr_lag1_mean"),
     }
+    mp = m.get("model_performance_preservation")
+    if mp:
+        row["ce_loss_score"] = mp["ce_loss_score"]
+        row["ce_increase_nats"] = mp["ce_loss_increase"]
+        row["kl_div_score"] = m["model_behavior_preservation"]["kl_div_score"]
     gt = result.get("ground_truth")
     if gt:
         row["true_l0"] = gt.get("true_l0")

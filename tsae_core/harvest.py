@@ -20,8 +20,8 @@ from tqdm import tqdm
 from tsae_core.config import ExperimentConfig
 from tsae_core.io import read_json, sha256_file, write_json
 from tsae_core.sources.base import SequenceBatch
+from tsae_core.sources.factory import make_source
 from tsae_core.sources.ground_truth import GroundTruth
-from tsae_core.sources.synthetic import SyntheticSource
 from tsae_core.store import (
     GROUND_TRUTH,
     MANIFEST,
@@ -56,13 +56,6 @@ class Source(Protocol):
         ...
 
 
-def make_source(cfg: ExperimentConfig) -> Source:
-    """The configured source (one branch per `source.kind`)."""
-    if cfg.source.kind == "synthetic":
-        return SyntheticSource(cfg.source.synthetic, cfg.harvest.context_size, cfg.run.seed)
-    raise ValueError(f"source.kind {cfg.source.kind!r} is not supported by harvest yet")
-
-
 def harvest_hash(cfg: ExperimentConfig) -> str:
     """Hash of what determines the stored data: source, harvest settings and the seed (not run.name)."""
     d = cfg.to_dict()
@@ -85,7 +78,7 @@ def harvest(cfg: ExperimentConfig, out_dir: str | Path, progress: bool = True, f
     (out_dir / MANIFEST).unlink(missing_ok=True)  # stale: a crash below must not leave it claiming completeness
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    source = make_source(cfg)
+    source = make_source(cfg, progress=progress)
     hc = cfg.harvest
     splits: dict[str, list[dict[str, Any]]] = {}
     for split, n in (("train", hc.n_train_sequences), ("eval", hc.n_eval_sequences)):

@@ -49,6 +49,8 @@ _HEAT = {"cmap": "crest", "vmin": 0, "vmax": 1, "cbar": False, "linewidths": 1, 
 _RQ = ("eval_result_metrics", "reconstruction_quality")
 _SP = ("eval_result_metrics", "sparsity")
 _SH = ("eval_result_metrics", "shrinkage")
+_MB = ("eval_result_metrics", "model_behavior_preservation")
+_MP = ("eval_result_metrics", "model_performance_preservation")
 
 
 # ---------------------------------------------------------------- loading
@@ -259,6 +261,40 @@ def plot_sparsity_metrics(evals: Evals, out_dir: PathLike, colors: Colors = None
     ]
     title = "Sparsity on held-out tokens, per variant"
     return _metric_grid(evals, out_dir, "sparsity_metrics", title, panels, colors, true_l0=true_l0)
+
+
+@_styled
+def plot_model_preservation(evals: Evals, out_dir: PathLike, colors: Colors = None) -> Path | None:
+    """KL and CE scores (1 = as the clean model, 0 = as bad as zero-ablating the hook); KL and CE increase in nats.
+
+    Only variants evaluated with a language model (`model_performance_preservation` in their eval) are
+    drawn; None when there are none.
+    """
+    variants = [v for v in variant_order(evals) if isinstance(_get(evals[v], *_MP), dict)]
+    if not variants:
+        return None
+    colors = colors or variant_colors(variants)
+    panels = [
+        _Panel("kl_div_score", _MB, "KL-divergence score", "(KL_abl − KL_sae) / KL_abl", ref=1.0, ref_label="perfect"),
+        _Panel("ce_loss_score", _MP, "Cross-entropy score", "(CE_abl − CE_sae) / (CE_abl − CE_clean)", ref=1.0, ref_label="perfect"),
+        _Panel("kl_div_with_sae", _MB, "KL(clean ‖ SAE spliced in)", "KL divergence (nats / token)"),
+        _Panel("ce_loss_increase", _MP, "CE increase with the SAE spliced in", "CE_sae − CE_clean (nats / token)"),
+    ]
+    fig, axes = _figure(2, 2, (max(11, 1.3 * len(variants) + 2), 7.5))
+    data: dict[str, Any] = {"variants": variants, "colors": colors}
+    for ax, panel in zip(axes.flat, panels):
+        data.update(_metric_bars(ax, panel, variants, evals, colors))
+    for ax in axes[0]:
+        ax.axhline(0, color="0.15", lw=1.0, zorder=3)
+        ax.text(1.01, 0, "as bad as\nzero-ablation", transform=ax.get_yaxis_transform(), va="center", ha="left", fontsize=8)
+    for section, key in ((_MP, "ce_loss_without_sae"), (_MP, "ce_loss_with_ablation"), (_MB, "kl_div_with_ablation")):
+        data[key] = [_num(_get(evals[v], *section, key)) for v in variants]
+    clean = next((c for c in data["ce_loss_without_sae"] if c is not None), None)
+    missing = [v for v in variant_order(evals) if v not in variants]
+    title = "Model preservation with the SAE spliced in (non-special tokens)"
+    title += f";  clean CE = {clean:.3f} nats / token" if clean is not None else ""
+    fig.suptitle(title + (f"  (no model eval: {', '.join(missing)})" if missing else ""))
+    return _save(fig, out_dir, "model_preservation", data)
 
 
 _CURVES = [
@@ -498,6 +534,7 @@ def _draw_all(evals: Evals, curves: Curves, cluster_results: Clusters | None, ou
     return [
         plot_reconstruction_metrics(evals, out_dir, colors),
         plot_sparsity_metrics(evals, out_dir, colors),
+        plot_model_preservation(evals, out_dir, colors),
         plot_training_metrics(curves, out_dir, colors),
         plot_final_metrics(evals, out_dir, colors),
         plot_gt_recovery(evals, out_dir, colors),

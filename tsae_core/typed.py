@@ -17,6 +17,12 @@ class ConfigError(ValueError):
     """A params file or override is invalid; the message names the key and the file."""
 
 
+def check(ok: bool, key: str, message: str) -> None:
+    """Raise `ConfigError("key: message")` unless `ok` (for range checks in `__post_init__`)."""
+    if not ok:
+        raise ConfigError(f"{key}: {message}")
+
+
 def build(cls: type, data: Any, key: str) -> Any:
     if data is None:
         data = {}
@@ -45,6 +51,10 @@ def _convert(tp: Any, value: Any, key: str) -> Any:
         return build(tp, value, key)
     if tp is Any:
         return value
+    if tp is type(None):
+        if value is not None:
+            raise ConfigError(f"{key}: expected null, got {value!r}")
+        return None
     if origin is Literal:
         if value not in args:
             raise ConfigError(f"{key}: must be one of {', '.join(map(repr, args))}, got {value!r}")

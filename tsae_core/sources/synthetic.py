@@ -35,8 +35,8 @@ from typing import Any
 
 import torch
 
-from tsae_core.config import SyntheticConfig
 from tsae_core.seeds import derive_seed
+from tsae_core.source_config import SyntheticConfig
 from tsae_core.sources.base import SequenceBatch
 from tsae_core.sources.ground_truth import GroundTruth
 

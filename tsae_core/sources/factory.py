@@ -1,0 +1,69 @@
+"""`source.kind` -> the source harvest reads, and the model behind it (for model-preservation metrics).
+
+The only place where the kinds differ: the synthetic generator, the tiny model trained here, or a
+hub model on hub or local text. Everything downstream (harvest, store, training, evaluation) is
+shared, so `tinylm` and `hf` go through exactly the same code.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from tsae_core.config import ExperimentConfig
+from tsae_core.train import resolve_device
+
+LANGUAGE_MODEL_KINDS = ("tinylm", "hf")
+
+
+def _model_dtype(cfg: ExperimentConfig, device: torch.device) -> torch.dtype:
+    name = cfg.source.hf.model_dtype
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return getattr(torch, name)
+
+
+def make_source(cfg: ExperimentConfig, progress: bool = True) -> Any:
+    """The configured source, ready for `harvest` (trains the tiny model once if it is not cached)."""
+    kind, hc = cfg.source.kind, cfg.harvest
+    if kind == "synthetic":
+        from tsae_core.sources.synthetic import SyntheticSource
+
+        return SyntheticSource(cfg.source.synthetic, hc.context_size, cfg.run.seed)
+    device = resolve_device(cfg.run.device)
+    max_contexts = {"train": hc.n_train_sequences, "eval": hc.n_eval_sequences}
+    if kind == "tinylm":
+        from tsae_core.sources.tinylm import TinyLMSpec, default_cache_dir, tinylm_source
+
+        return tinylm_source(
+            TinyLMSpec.of(cfg.source.tinylm), default_cache_dir(), cfg.source.hook_name, hc.context_size,
+            max_contexts=max_contexts, batch_size=cfg.source.model_batch_size, device=device, progress=progress,
+        )
+    if kind == "hf":
+        from tsae_core.sources.hf import hf_source
+
+        h = cfg.source.hf
+        return hf_source(
+            h.model_name, cfg.source.hook_name, hc.context_size, dataset=None if h.text_files else h.dataset,
+            text_files=h.text_files or None, text_column=h.text_column, split=h.dataset_split,
+            max_documents=h.max_documents, seed=cfg.run.seed, max_contexts=max_contexts,
+            batch_size=cfg.source.model_batch_size, device=device, dtype=_model_dtype(cfg, device),
+        )
+    raise ValueError(f"unknown source.kind {kind!r}")
+
+
+def load_model(cfg: ExperimentConfig) -> Any | None:
+    """The language model whose activations were harvested (None for the synthetic source)."""
+    kind = cfg.source.kind
+    if kind not in LANGUAGE_MODEL_KINDS:
+        return None
+    device = resolve_device(cfg.run.device)
+    if kind == "tinylm":
+        from tsae_core.sources.tinylm import TinyLMSpec, default_cache_dir, load_tiny_lm
+
+        model, _ = load_tiny_lm(TinyLMSpec.of(cfg.source.tinylm), default_cache_dir())
+        return model.to(device).eval()
+    from tsae_core.sources.hf import load_pretrained
+
+    return load_pretrained(cfg.source.hf.model_name, device, _model_dtype(cfg, device)).eval()
