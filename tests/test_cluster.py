@@ -153,6 +153,9 @@ def test_cluster_run_variant_on_a_harvested_run(harvested, monkeypatch):
     assert result["latent_kind"] == [kinds[i] for i in alive]
     assert np.asarray(result["contingency"]["counts"]).sum() == result["n_matched"] == len(alive)
     assert result["n_clusters"] == cfg.cluster.n_clusters
+    profile = result["profile"]
+    assert sum(profile["n_latents"]) == result["n_alive"] and profile["clusters"] == sorted(set(result["labels"]))
+    assert all(0 < r <= 1 for r in profile["median_firing_rate"])
     assert np.isfinite(result["ari"]) and np.isfinite(result["nmi"])
     saved = read_json(run_dir / "analysis" / "clusters_oracle.json")
     assert saved["labels"] == result["labels"] and "tsae" in saved

@@ -163,6 +163,23 @@ def compare_with_truth(labels: Sequence[int] | np.ndarray, latent_kind: Sequence
     }
 
 
+def cluster_profile(labels_A: np.ndarray, per_latent: dict[str, Any], alive_idx: np.ndarray) -> dict[str, list]:
+    """What each cluster's latents are like, in raw units: size, median firing rate, mean lag-1
+    autocorrelation and mean run length relative to an i.i.d. latent of the same rate."""
+    rate_A = np.asarray(per_latent["frequency_F"], dtype=np.float64)[alive_idx]
+    lag1_A = np.asarray(per_latent["autocorr_lag_FK"], dtype=np.float64)[alive_idx][:, 0]
+    ratio_A = np.asarray(per_latent["run_length_ratio_F"], dtype=np.float64)[alive_idx]
+    clusters = sorted(set(labels_A.tolist()))
+    pick = [labels_A == c for c in clusters]
+    return {
+        "clusters": clusters,
+        "n_latents": [int(m.sum()) for m in pick],
+        "median_firing_rate": [float(np.median(rate_A[m])) for m in pick],
+        "mean_autocorr_lag1": [float(np.nanmean(lag1_A[m])) for m in pick],
+        "mean_run_length_ratio": [float(np.nanmean(ratio_A[m])) for m in pick],
+    }
+
+
 @torch.no_grad()
 def cluster_run_variant(cfg: Any, name: str, store: Any, run_dir: str | Path, progress: bool = True) -> dict[str, Any]:
     """Describe, cluster and embed the latents of `saes/<name>` on the eval split; write and return
@@ -198,6 +215,7 @@ def cluster_run_variant(cfg: Any, name: str, store: Any, run_dir: str | Path, pr
     kinds_A = [kinds_F[i] for i in alive_idx]
     cmp = compare_with_truth(labels, kinds_A)
     result = {
+        "profile": cluster_profile(labels, per_latent, alive_idx),
         "variant": name,
         "n_latents": F,
         "n_alive": len(alive_idx),

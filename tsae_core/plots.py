@@ -487,6 +487,10 @@ def _cluster_row(sub, v: str, res: dict[str, Any]) -> set[str]:
     ax_sc.set(xlabel="embedding dim 1 (arb. units)", ylabel="embedding dim 2 (arb. units)", title="Latents in 2-D embedding")
     cont = res.get("contingency") or {}
     counts = np.array(cont.get("counts") or np.zeros((0, 0)), dtype=float)
+    if not counts.size and res.get("profile"):  # no ground truth: say what each cluster is like instead
+        _cluster_profile_table(ax_hm, res["profile"])
+        sub.suptitle(f"{v}: clusters of latents by activation pattern (no ground truth to compare with)", fontweight="bold")
+        return set(kinds.tolist())
     if counts.size:
         labels_y = [f"cluster {c}" for c in cont.get("clusters", [])]
         kw = {"cmap": "Blues", "cbar_kws": {"label": "latents"}, "xticklabels": cont.get("kinds", []), "yticklabels": labels_y}
@@ -498,6 +502,19 @@ def _cluster_row(sub, v: str, res: dict[str, Any]) -> set[str]:
     return set(kinds.tolist())
 
 
+def _cluster_profile_table(ax, profile: dict[str, list]) -> None:
+    """Cluster x property table: values annotated, shading by rank within each column."""
+    cols = [("latents", "n_latents", "{:.0f}"), ("median\nfiring rate", "median_firing_rate", "{:.2%}"),
+            ("lag-1\nautocorr.", "mean_autocorr_lag1", "{:.2f}"), ("run length\n/ i.i.d.", "mean_run_length_ratio", "{:.2f}")]
+    values = np.array([[_nan(x) for x in profile[key]] for _, key, _ in cols], dtype=float).T
+    ranks = np.argsort(np.argsort(np.nan_to_num(values, nan=-np.inf), axis=0), axis=0) / max(len(values) - 1, 1)
+    annot = np.array([[fmt.format(x) if np.isfinite(x) else "n/a" for x, (_, _, fmt) in zip(row, cols)] for row in values])
+    sns.heatmap(ranks, ax=ax, annot=annot, fmt="", cmap="crest", cbar=False, linewidths=1,
+                xticklabels=[c[0] for c in cols], yticklabels=[f"cluster {c}" for c in profile["clusters"]])
+    ax.tick_params(axis="y", rotation=0)
+    ax.set(title="What each cluster is like (shade: rank in column)")
+
+
 @_styled
 def plot_feature_clusters(cluster_result: Clusters, out_dir: PathLike) -> Path | None:
     """Per variant: 2-D embedding coloured by cluster, marker by matched true kind; cluster × kind counts."""
@@ -507,9 +524,10 @@ def plot_feature_clusters(cluster_result: Clusters, out_dir: PathLike) -> Path |
     fig = Figure(figsize=(12, 4.6 * len(variants)), layout="constrained")
     rows = fig.subfigures(len(variants), 1, squeeze=False).flat
     kinds = set().union(*(_cluster_row(sub, v, cluster_result[v]) for sub, v in zip(rows, variants)))
-    handles = [Line2D([], [], ls="", marker=_KIND_MARKERS.get(k, "D"), color="0.3", label=k) for k in sorted(kinds)]
-    fig.legend(handles=handles, loc="outside upper center", ncol=max(len(kinds), 1), title="marker = matched true kind")
-    keys = ("embedding_2d", "labels", "latent_kind", "contingency", "ari", "nmi")
+    if kinds - {"unmatched"}:  # a marker legend only where true kinds exist
+        handles = [Line2D([], [], ls="", marker=_KIND_MARKERS.get(k, "D"), color="0.3", label=k) for k in sorted(kinds)]
+        fig.legend(handles=handles, loc="outside upper center", ncol=max(len(kinds), 1), title="marker = matched true kind")
+    keys = ("embedding_2d", "labels", "latent_kind", "contingency", "ari", "nmi", "profile")
     data = {"variants": {v: {k: cluster_result[v].get(k) for k in keys} for v in variants}}
     return _save(fig, out_dir, "feature_clusters", data)
 
