@@ -4,9 +4,13 @@ relu       f = max(pre, 0)                                  (sparsity from an L1
 topk       keep the k largest pre-activations per token, relu'd
 batchtopk  keep the k*N largest over the N tokens of a batch during training; at inference a
            single learned threshold theta: f = pre * 1[pre > theta]  (Bussmann et al. 2024)
+jumprelu   f_i = pre_i * H(pre_i - theta_i) with a learned threshold per latent; the thresholds
+           learn through straight-through estimators (Rajamanoharan et al. 2024, "Jumping Ahead")
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import nn
@@ -54,6 +58,13 @@ class BatchTopK(nn.Module):
         self._update_threshold(values)
         return out
 
+    def export_tensors(self) -> dict[str, torch.Tensor]:
+        return {"threshold": self.threshold}
+
+    def import_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        self.threshold.copy_(tensors["threshold"])
+        self.threshold_initialised.fill_(True)
+
     @torch.no_grad()
     def calibrate(self, pre_batches: list[tuple[torch.Tensor, torch.Tensor | None]]) -> None:
         """Set the threshold to the mean, over batches, of the smallest activation batch top-k keeps.
@@ -84,11 +95,93 @@ class BatchTopK(nn.Module):
             self.threshold.mul_(self.ema_decay).add_((1 - self.ema_decay) * smallest)
 
 
-def make_activation(name: str, k: int, d_sae: int) -> nn.Module:
+def _rectangle(u: torch.Tensor) -> torch.Tensor:
+    """The kernel K(u) = 1[|u| < 1/2] of the straight-through estimators."""
+    return (u.abs() < 0.5).to(u.dtype)
+
+
+class _JumpReLUFn(torch.autograd.Function):
+    """f = pre * H(pre - theta). d f / d pre = H(pre - theta); d f / d theta is the pseudo-derivative
+    -(theta / eps) K((pre - theta) / eps) (Rajamanoharan et al. 2024, eq. 11)."""
+
+    @staticmethod
+    def forward(ctx, pre_NF, theta_F, eps):
+        ctx.save_for_backward(pre_NF, theta_F)
+        ctx.eps = eps
+        return pre_NF * (pre_NF > theta_F).to(pre_NF.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_NF):
+        pre_NF, theta_F = ctx.saved_tensors
+        grad_pre = grad_NF * (pre_NF > theta_F).to(grad_NF.dtype)
+        grad_theta = (grad_NF * -(theta_F / ctx.eps) * _rectangle((pre_NF - theta_F) / ctx.eps)).sum(0)
+        return grad_pre, grad_theta, None
+
+
+class _StepFn(torch.autograd.Function):
+    """H(pre - theta), with d H / d theta = -(1 / eps) K((pre - theta) / eps) and no gradient to pre."""
+
+    @staticmethod
+    def forward(ctx, pre_NF, theta_F, eps):
+        ctx.save_for_backward(pre_NF, theta_F)
+        ctx.eps = eps
+        return (pre_NF > theta_F).to(pre_NF.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_NF):
+        pre_NF, theta_F = ctx.saved_tensors
+        grad_theta = (grad_NF * -(1.0 / ctx.eps) * _rectangle((pre_NF - theta_F) / ctx.eps)).sum(0)
+        return None, grad_theta, None
+
+
+class JumpReLU(nn.Module):
+    """Per-latent thresholds theta = exp(log_theta), learned with straight-through estimators of
+    bandwidth eps. The sparsity penalty is on L0 = sum_i H(pre_i - theta_i) (see `SAE.loss_terms`).
+
+    Thresholds start where each latent fires on a fraction k / F of a data sample (`init_from_sample`),
+    so training starts at the wanted L0 instead of half the dictionary: with a small window the
+    thresholds move slowly, and a dense start would need many steps to become sparse.
+    """
+
+    def __init__(self, d_sae: int, k: int, bandwidth: float = 0.05, init_threshold: float = 0.01):
+        super().__init__()
+        self.k, self.bandwidth = k, bandwidth
+        self.log_threshold = nn.Parameter(torch.full((d_sae,), math.log(init_threshold)))
+
+    @property
+    def threshold(self) -> torch.Tensor:
+        return self.log_threshold.exp()
+
+    def forward(self, pre_NF: torch.Tensor, mask_N: torch.Tensor | None = None) -> torch.Tensor:
+        return _JumpReLUFn.apply(pre_NF, self.threshold, self.bandwidth)
+
+    def l0_N(self, pre_NF: torch.Tensor) -> torch.Tensor:
+        """Active latents per token, differentiable in the thresholds (straight-through)."""
+        return _StepFn.apply(pre_NF, self.threshold, self.bandwidth).sum(-1)
+
+    @torch.no_grad()
+    def init_from_sample(self, pre_NF: torch.Tensor) -> None:
+        """theta_i = the (1 - k/F) quantile of latent i's pre-activations (at least 1e-3)."""
+        n = pre_NF.shape[0]
+        rank = min(n, max(1, round(n * (1.0 - self.k / pre_NF.shape[-1]))))
+        theta_F = pre_NF.float().kthvalue(rank, dim=0).values.clamp_min(1e-3)
+        self.log_threshold.copy_(theta_F.log())
+
+    def export_tensors(self) -> dict[str, torch.Tensor]:
+        return {"threshold": self.threshold.detach()}
+
+    def import_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        with torch.no_grad():
+            self.log_threshold.copy_(tensors["threshold"].clamp_min(1e-12).log())
+
+
+def make_activation(name: str, k: int, d_sae: int, bandwidth: float = 0.05) -> nn.Module:
     if name == "relu":
         return ReLU()
     if name == "topk":
         return TopK(k)
     if name == "batchtopk":
         return BatchTopK(k, d_sae)
-    raise ValueError(f"unknown activation {name!r}; known: relu, topk, batchtopk")
+    if name == "jumprelu":
+        return JumpReLU(d_sae, k, bandwidth)
+    raise ValueError(f"unknown activation {name!r}; known: relu, topk, batchtopk, jumprelu")

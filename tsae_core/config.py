@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +32,9 @@ class RunConfig:
     """Run name; every artifact goes to `<out_dir>/<name>/`."""
     seed: int = 0
     """Master seed: every stage derives its own generators from it."""
+    seeds: list[int] = field(default_factory=list)
+    """Training seeds: every variant is trained once per seed (named `<variant>-seed<N>`) and results
+    are reported as mean ± std. Empty: one SAE per variant, with `seed`."""
     out_dir: str = "runs"
     """Directory holding runs, relative to the project root unless absolute."""
     device: str = "auto"
@@ -38,6 +42,7 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         _check(bool(self.name) and "/" not in self.name, "run.name", "must be a plain, non-empty name")
+        _check(len(set(self.seeds)) == len(self.seeds), "run.seeds", f"must not repeat a seed, got {self.seeds}")
         _check(
             self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
             "run.device",
@@ -69,14 +74,20 @@ class VariantConfig:
 
     architecture: str = "standard"
     """Variant name in the registry (`standard` is the token-wise SAE)."""
-    activation: Literal["relu", "topk", "batchtopk"] = "topk"
-    """Activation function: relu (L1 penalty), topk or batchtopk."""
+    activation: Literal["relu", "topk", "batchtopk", "jumprelu"] = "topk"
+    """Activation function: relu (L1 penalty), topk, batchtopk or jumprelu (learned thresholds, L0 penalty)."""
     d_sae: int = 512
     """Dictionary size (number of latents)."""
     k: int = 8
     """Active latents per token for topk / batchtopk (mean per token for batchtopk)."""
     l1_coefficient: float = 1.0
     """L1 coefficient (relu only); the penalty is sum_i f_i * ||W_dec_i||."""
+    l0_coefficient: float = 1.0
+    """jumprelu only: weight of the L0 penalty (or of the squared relative miss of `target_l0`)."""
+    target_l0: float = 0.0
+    """jumprelu only: the L0 the penalty aims for, coefficient * (L0 / target - 1)^2; 0: plain coefficient * L0."""
+    bandwidth: float = 0.05
+    """jumprelu only: width of the straight-through estimator's window around each threshold (normalised units)."""
     aux_k_coefficient: float = 1.0 / 32
     """Weight of the AuxK dead-latent loss (topk / batchtopk); 0 disables it."""
     aux_k: int = 0
@@ -91,6 +102,9 @@ class VariantConfig:
         _check(0 < self.k <= self.d_sae, "k", f"must be in 1..d_sae ({self.d_sae}), got {self.k}")
         _check(self.l1_coefficient >= 0, "l1_coefficient", "must be >= 0")
         _check(self.aux_k_coefficient >= 0, "aux_k_coefficient", "must be >= 0")
+        _check(self.l0_coefficient >= 0, "l0_coefficient", "must be >= 0")
+        _check(0 <= self.target_l0 <= self.d_sae, "target_l0", f"must be in [0, d_sae ({self.d_sae})]")
+        _check(self.bandwidth > 0, "bandwidth", "must be > 0")
         _check(self.aux_k >= 0, "aux_k", "must be >= 0")
         _check(self.lr >= 0 and self.lr == self.lr, "lr", "must be >= 0 (0: recipe default)")
 
@@ -188,6 +202,31 @@ class PlotConfig:
 
 
 @dataclass(frozen=True)
+class SweepConfig:
+    """A grid over one variant's knobs, expanded into named variants trained like any other."""
+
+    variant: str = ""
+    """The variant (a key of `variants`) whose copies differ in the swept knobs."""
+    grid: dict[str, list[Any]] = field(default_factory=dict)
+    """Knob path inside the variant (`k`, `d_sae`, `options.window`, ...) -> values; the grid is their product."""
+
+    def __post_init__(self) -> None:
+        _check(bool(self.variant), "variant", "name the variant to sweep")
+        _check(bool(self.grid), "grid", "give at least one knob with its values")
+        for knob, values in self.grid.items():
+            _check(bool(values), f"grid.{knob}", "give at least one value")
+
+
+@dataclass(frozen=True)
+class Instance:
+    """One SAE to train: a variant with a seed, under its own name (the variant's, or `<variant>-seed<N>`)."""
+
+    name: str
+    variant: str
+    seed: int
+
+
+@dataclass(frozen=True)
 class ExperimentConfig:
     run: RunConfig = field(default_factory=RunConfig)
     """Run identity, seed, output location."""
@@ -205,11 +244,31 @@ class ExperimentConfig:
     """Feature clustering settings."""
     plot: PlotConfig = field(default_factory=PlotConfig)
     """Figure settings."""
+    sweep: dict[str, SweepConfig] = field(default_factory=dict)
+    """Named grids over variants' knobs; each point becomes a variant `<variant>-<knob><value>...`."""
 
     def __post_init__(self) -> None:
         _check(len(self.variants) > 0, "variants", "list at least one SAE to train")
         for name in self.variants:
             _check(bool(name) and "/" not in name, f"variants.{name}", "must be a plain name")
+
+    # -- what gets trained --------------------------------------------------------------------
+    def instances(self) -> list[Instance]:
+        """Every SAE of the run: each variant (sweep points included) once per seed of `run.seeds`."""
+        seeds = self.run.seeds or [self.run.seed]
+        if len(seeds) == 1:
+            return [Instance(name, name, seeds[0]) for name in self.variants]
+        return [Instance(f"{name}-seed{s}", name, s) for name in self.variants for s in seeds]
+
+    def instance(self, name: str) -> Instance:
+        for inst in self.instances():
+            if inst.name == name:
+                return inst
+        raise KeyError(f"no SAE named {name!r} in this run; known: {', '.join(i.name for i in self.instances())}")
+
+    def sweep_points(self) -> dict[str, dict[str, Any]]:
+        """Expanded variant name -> {"sweep", "variant" (the swept base), "knobs" {path: value}}."""
+        return {name: point for sweep_name, sw in self.sweep.items() for name, point in _grid_points(sweep_name, sw)}
 
     # -- derived paths -----------------------------------------------------------------------
     @property
@@ -287,6 +346,28 @@ def apply_overrides(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str
     return data
 
 
+def _grid_points(sweep_name: str, sw: SweepConfig):
+    """(variant name, point) for each point of a sweep's grid, in grid order."""
+    knobs = list(sw.grid)
+    for values in itertools.product(*(sw.grid[k] for k in knobs)):
+        label = "-".join(f"{k.rsplit('.', 1)[-1]}{v}" for k, v in zip(knobs, values))
+        yield f"{sw.variant}-{label}", {"sweep": sweep_name, "variant": sw.variant, "knobs": dict(zip(knobs, values))}
+
+
+def _expand_sweeps(data: dict[str, Any], cfg: ExperimentConfig, origin: str) -> dict[str, Any]:
+    """The raw params with every sweep point added to `variants` (a copy of the swept variant with its knobs set)."""
+    variants = dict(data.get("variants") or {})
+    for sweep_name, sw in cfg.sweep.items():
+        if sw.variant not in variants:
+            raise ConfigError(f"{origin}: sweep.{sweep_name}.variant: {sw.variant!r} is not a variant; "
+                              f"variants are {', '.join(variants)}")
+        for name, point in _grid_points(sweep_name, sw):
+            if name in variants:
+                raise ConfigError(f"{origin}: sweep.{sweep_name}: point {name!r} clashes with an existing variant")
+            variants[name] = apply_overrides(variants[sw.variant] or {}, point["knobs"])
+    return {**data, "variants": variants}
+
+
 def config_from_dict(data: dict[str, Any], origin: str = "<dict>") -> ExperimentConfig:
     try:
         data = dict(data or {})
@@ -294,8 +375,10 @@ def config_from_dict(data: dict[str, Any], origin: str = "<dict>") -> Experiment
         if isinstance(variants, dict):
             data["variants"] = {name: ({} if spec is None else spec) for name, spec in variants.items()}
         cfg = build(ExperimentConfig, data, "")
+        if cfg.sweep:
+            cfg = build(ExperimentConfig, _expand_sweeps(data, cfg, origin), "")
     except ConfigError as e:
-        raise ConfigError(f"{origin}: {e}") from None
+        raise ConfigError(e if str(e).startswith(origin) else f"{origin}: {e}") from None
     from tsae_core.variants.registry import validate_variant  # late: variants import config
 
     for name, v in cfg.variants.items():

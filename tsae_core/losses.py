@@ -9,14 +9,14 @@ from __future__ import annotations
 import torch
 
 
-def _masked_mean(values_N: torch.Tensor, mask_N: torch.Tensor) -> torch.Tensor:
+def masked_mean(values_N: torch.Tensor, mask_N: torch.Tensor) -> torch.Tensor:
     m = mask_N.to(values_N.dtype)
     return (values_N * m).sum() / m.sum().clamp_min(1.0)
 
 
 def reconstruction(x_ND: torch.Tensor, recon_ND: torch.Tensor, mask_N: torch.Tensor) -> torch.Tensor:
     """Mean over tokens of the squared error summed over dimensions: E ||x - x_hat||^2."""
-    return _masked_mean((x_ND - recon_ND).pow(2).sum(-1), mask_N)
+    return masked_mean((x_ND - recon_ND).pow(2).sum(-1), mask_N)
 
 
 def fraction_unexplained(x_ND: torch.Tensor, recon_ND: torch.Tensor, mask_N: torch.Tensor) -> torch.Tensor:
@@ -31,7 +31,7 @@ def fraction_unexplained(x_ND: torch.Tensor, recon_ND: torch.Tensor, mask_N: tor
 def l1_decoder_weighted(features_NF: torch.Tensor, W_dec_FD: torch.Tensor, mask_N: torch.Tensor) -> torch.Tensor:
     """Mean over tokens of sum_i f_i * ||W_dec_i||  (the L1 penalty that cannot be gamed by
     shrinking codes while growing decoder rows)."""
-    return _masked_mean(features_NF @ W_dec_FD.norm(dim=-1), mask_N)
+    return masked_mean(features_NF @ W_dec_FD.norm(dim=-1), mask_N)
 
 
 def aux_k(

@@ -26,6 +26,7 @@ from torch import nn
 from tsae_core import losses
 from tsae_core.activations import make_activation
 from tsae_core.config import VariantConfig
+from tsae_core.typed import ConfigError, build
 from tsae_core.io import provenance, read_json, save_tensors, write_json
 
 SAE_WEIGHTS = "sae.safetensors"
@@ -44,6 +45,9 @@ class SAEConfig:
     activation_scaling_factor: float = 1.0
     unit_norm_decoder: bool = True
     l1_coefficient: float = 0.0
+    l0_coefficient: float = 0.0
+    target_l0: float = 0.0
+    bandwidth: float = 0.0
     aux_k_coefficient: float = 0.0
     aux_k: int = 0
     source: dict[str, Any] = field(default_factory=dict)
@@ -61,6 +65,9 @@ class SAEConfig:
             # The L1 recipe weights the penalty by decoder norms instead of constraining them.
             unit_norm_decoder=v.activation != "relu",
             l1_coefficient=v.l1_coefficient if v.activation == "relu" else 0.0,
+            l0_coefficient=v.l0_coefficient if v.activation == "jumprelu" else 0.0,
+            target_l0=v.target_l0 if v.activation == "jumprelu" else 0.0,
+            bandwidth=v.bandwidth if v.activation == "jumprelu" else 0.0,
             aux_k_coefficient=0.0 if v.activation == "relu" else v.aux_k_coefficient,
             aux_k=v.aux_k or d_in // 2,
             source=dict(source),
@@ -88,6 +95,10 @@ class LossContext:
     doc_start_BT: torch.Tensor
     sparsity_scale: float = 1.0
     dead_F: torch.Tensor | None = None
+    step: int = 0
+    """Optimizer step (0-based): variants derive per-step randomness from it, so resume is exact."""
+    seed: int = 0
+    """The SAE's training seed."""
 
 
 class SAE(nn.Module):
@@ -101,15 +112,27 @@ class SAE(nn.Module):
         self.b_enc = nn.Parameter(torch.zeros(d_sae))
         self.W_dec = nn.Parameter(torch.empty(d_sae, d_in))
         self.b_dec = nn.Parameter(torch.zeros(d_in))
-        self.activation = make_activation(cfg.activation, cfg.k or 1, d_sae)
+        self.activation = make_activation(cfg.activation, cfg.k or 1, d_sae, bandwidth=cfg.bandwidth or 0.05)
+        self.options = self.parse_options(cfg.options)
         self.reset_parameters(torch.Generator().manual_seed(0))
 
     # -- options -------------------------------------------------------------------------------
+    Options: type | None = None
+    """A frozen dataclass of the variant's knobs (doc line per field, checks in `__post_init__`); None: no knobs."""
+
+    @classmethod
+    def parse_options(cls, options: dict[str, Any]) -> Any:
+        """`options` of the params file -> the typed `Options` (ConfigError naming the key if invalid)."""
+        if cls.Options is None:
+            if options:
+                raise ConfigError(f"options: this architecture takes no options, got {sorted(options)}")
+            return None
+        return build(cls.Options, options, "options")
+
     @classmethod
     def validate_options(cls, v: VariantConfig) -> None:
-        """Reject variant options this architecture does not know (subclasses extend)."""
-        if v.options:
-            raise ValueError(f"architecture {v.architecture!r} takes no options, got {sorted(v.options)}")
+        """Reject variant options this architecture does not know or whose values are invalid."""
+        cls.parse_options(v.options)
 
     # -- initialisation ------------------------------------------------------------------------
     @torch.no_grad()
@@ -159,18 +182,53 @@ class SAE(nn.Module):
 
     # -- losses --------------------------------------------------------------------------------
     def loss_terms(self, out: SAEOutput, ctx: LossContext) -> dict[str, torch.Tensor]:
-        """Weighted loss terms by name; the training objective is their sum."""
+        """Weighted loss terms by name; the training objective is their sum. Variants add theirs to
+        `super().loss_terms(...)` (or replace `reconstruction_term`)."""
         D, F = self.cfg.d_in, self.cfg.d_sae
         x_ND, recon_ND = out.x_normalized.reshape(-1, D), out.recon_normalized.reshape(-1, D)
         mask_N = ctx.mask_BT.reshape(-1)
-        terms = {"recon": losses.reconstruction(x_ND, recon_ND, mask_N)}
+        terms = {"recon": self.reconstruction_term(out, mask_N)}
         if self.cfg.activation == "relu":
             l1 = losses.l1_decoder_weighted(out.features.reshape(-1, F), self.W_dec, mask_N)
             terms["l1"] = ctx.sparsity_scale * self.cfg.l1_coefficient * l1
-        elif self.cfg.aux_k_coefficient > 0 and ctx.dead_F is not None:
+        if self.cfg.activation == "jumprelu":
+            l0 = losses.masked_mean(self.activation.l0_N(out.pre_acts.reshape(-1, F)), mask_N)
+            target = self.cfg.target_l0
+            penalty = (l0 / target - 1.0).pow(2) if target > 0 else l0
+            terms["l0"] = ctx.sparsity_scale * self.cfg.l0_coefficient * penalty
+        if self.cfg.activation != "relu" and self.cfg.aux_k_coefficient > 0 and ctx.dead_F is not None:
             aux = losses.aux_k(x_ND - recon_ND, out.pre_acts.reshape(-1, F), ctx.dead_F, self.W_dec, self.cfg.aux_k, mask_N)
             terms["aux_k"] = self.cfg.aux_k_coefficient * aux
         return terms
+
+    def reconstruction_term(self, out: SAEOutput, mask_N: torch.Tensor) -> torch.Tensor:
+        """E ||x - x_hat||^2 in the normalised space (Matryoshka variants sum it over prefixes)."""
+        D = self.cfg.d_in
+        return losses.reconstruction(out.x_normalized.reshape(-1, D), out.recon_normalized.reshape(-1, D), mask_N)
+
+    # -- training-time state and hooks (variants override) ---------------------------------------
+    @torch.no_grad()
+    def init_from_sample(self, x_n_ND: torch.Tensor) -> None:
+        """After `reset_parameters`: fit data-dependent initial values (jumprelu's thresholds)."""
+        init = getattr(self.activation, "init_from_sample", None)
+        if init is not None:
+            init(self.encode_pre(x_n_ND.unsqueeze(0)).squeeze(0))
+
+    @torch.no_grad()
+    def after_step(self, out: SAEOutput, ctx: LossContext) -> None:
+        """Called after each optimizer step with that step's (detached-use) output: queues, regrouping."""
+
+    def training_state(self) -> dict[str, torch.Tensor]:
+        """Training-only state that is not part of the SAE (a negative queue); saved in checkpoints."""
+        return {}
+
+    def load_training_state(self, state: dict[str, torch.Tensor]) -> None:
+        if state:
+            raise ValueError(f"unexpected training state {sorted(state)} for architecture {self.cfg.architecture!r}")
+
+    def extra_metrics(self) -> dict[str, Any]:
+        """Variant-specific numbers for `eval/<variant>.json` (e.g. orthogonal groups' condition numbers)."""
+        return {}
 
     @torch.no_grad()
     def calibrate(self, batches: list) -> None:
@@ -201,19 +259,17 @@ class SAE(nn.Module):
     def weight_tensors(self) -> dict[str, torch.Tensor]:
         """SAELens tensor names and orientation, `threshold` where the activation has one, and any
         variant-specific tensors under their own names."""
-        tensors = {name: p.detach() for name, p in self.named_parameters()}
-        for name, b in self.named_buffers():
-            if name == "activation.threshold":
-                tensors["threshold"] = b
-            elif not name.startswith("activation."):
-                tensors[name] = b
+        # parameters and persistent buffers (non-persistent ones are training-only state)
+        tensors = {name: t.detach() for name, t in self.state_dict().items() if not name.startswith("activation.")}
+        export = getattr(self.activation, "export_tensors", None)
+        if export is not None:
+            tensors.update(export())
         return tensors
 
     def load_weight_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
         state = dict(tensors)
         if "threshold" in state:
-            state["activation.threshold"] = state.pop("threshold")
-            state["activation.threshold_initialised"] = torch.ones((), dtype=torch.bool)
+            self.activation.import_tensors({"threshold": state.pop("threshold")})
         missing, unexpected = self.load_state_dict(state, strict=False)
         missing = [m for m in missing if not m.startswith("activation.")]
         if missing or unexpected:

@@ -88,8 +88,9 @@ class TrainPaths:
 
 def variant_train_hash(cfg: ExperimentConfig, name: str, data_hash: str) -> str:
     """What a trained SAE depends on: its variant, the recipe, the seed and the data."""
+    inst = cfg.instance(name)
     blob = json.dumps(
-        {"variant": cfg.to_dict()["variants"][name], "train": cfg.to_dict()["train"], "seed": cfg.run.seed, "data": data_hash},
+        {"variant": cfg.to_dict()["variants"][inst.variant], "train": cfg.to_dict()["train"], "seed": inst.seed, "data": data_hash},
         sort_keys=True,
     )
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
@@ -106,15 +107,16 @@ def is_trained(paths: TrainPaths, train_hash: str) -> bool:
 
 
 def _init_sae(cfg: ExperimentConfig, name: str, store: Any, device: torch.device) -> SAE:
-    v = cfg.variants[name]
+    inst = cfg.instance(name)
     source = dict(store.manifest.get("source", {}), context_size=store.context_size)
-    sae = build_sae(SAEConfig.from_variant(v, store.d_in, store.scaling_factor, source))
-    gen = torch.Generator().manual_seed(derive_seed(cfg.run.seed, "init", name))
+    sae = build_sae(SAEConfig.from_variant(cfg.variants[inst.variant], store.d_in, store.scaling_factor, source))
+    gen = torch.Generator().manual_seed(derive_seed(inst.seed, "init", inst.variant))
+    sample_ND = _token_sample(store, n_tokens=8192) * store.scaling_factor
     b_dec = None
     if cfg.train.b_dec_init != "zeros":
-        sample_ND = _token_sample(store, n_tokens=8192) * store.scaling_factor
         b_dec = geometric_median(sample_ND) if cfg.train.b_dec_init == "geometric_median" else sample_ND.mean(0)
     sae.reset_parameters(gen, b_dec=b_dec)
+    sae.init_from_sample(sample_ND)
     return sae.to(device)
 
 
@@ -133,12 +135,29 @@ def _latest_checkpoint(paths: TrainPaths) -> Path | None:
     return found[-1] if found else None
 
 
+def _load_checkpoint(paths: TrainPaths, device: torch.device) -> dict[str, Any] | None:
+    """The newest readable checkpoint, newest first; an unreadable one (truncated, corrupted) is
+    reported and removed, and the older one kept for that purpose is used instead.
+
+    `weights_only=True`: a checkpoint holds only tensors and plain containers, so a crafted file in a
+    run directory cannot run code when loaded."""
+    for ckpt in sorted(paths.checkpoints.glob("step_*.pt"), reverse=True):
+        try:
+            return torch.load(ckpt, map_location=device, weights_only=True)
+        except Exception as e:  # noqa: BLE001 - any unreadable file is handled the same way
+            print(f"[tsae] checkpoint {ckpt} is unreadable ({type(e).__name__}: {str(e)[:120]}); "
+                  f"removing it and trying the previous one", flush=True)
+            ckpt.unlink(missing_ok=True)
+    return None
+
+
 def _save_checkpoint(paths: TrainPaths, step: int, sae: SAE, opt: torch.optim.Optimizer, loader: Any,
                      tracker: DeadLatentTracker, train_hash: str, keep: int = 2) -> Path:
     path = paths.checkpoints / f"step_{step:08d}.pt"
     torch_save(path, {
         "step": step, "train_hash": train_hash, "sae": sae.state_dict(), "optimizer": opt.state_dict(),
         "loader": loader.state_dict(), "tokens_since_fired": tracker.tokens_since_fired_F.cpu(),
+        "variant_state": sae.training_state(),
     })
     for old in sorted(paths.checkpoints.glob("step_*.pt"))[:-keep]:
         old.unlink(missing_ok=True)
@@ -155,7 +174,8 @@ def _truncate_curves(curves: Path, last_step: int) -> None:
 
 def train_variant(cfg: ExperimentConfig, name: str, store: Any, run_dir: Path, progress: bool = True) -> dict[str, Any]:
     """Train (or resume, or skip if already trained) the SAE `name`; returns a summary dict."""
-    tc, v = cfg.train, cfg.variants[name]
+    tc, inst = cfg.train, cfg.instance(name)
+    v = cfg.variants[inst.variant]
     paths = TrainPaths.of(run_dir, name)
     train_hash = variant_train_hash(cfg, name, store.manifest.get("tsae", {}).get("config_hash", ""))
     if is_trained(paths, train_hash):
@@ -165,22 +185,22 @@ def train_variant(cfg: ExperimentConfig, name: str, store: Any, run_dir: Path, p
     sae = _init_sae(cfg, name, store, device)
     lr = v.lr or v.default_lr * tc.lr_scale  # an explicit lr is taken as it is
     opt = torch.optim.Adam(sae.parameters(), lr=lr, betas=tc.adam_betas)
-    loader = store.split("train").loader(tc.batch_sequences, seed=derive_seed(cfg.run.seed, "data", name))
+    loader = store.split("train").loader(tc.batch_sequences, seed=derive_seed(inst.seed, "data", inst.variant))
     tracker = DeadLatentTracker(v.d_sae, tc.dead_after_tokens, device)
     start = 0
 
-    ckpt = _latest_checkpoint(paths)
-    if ckpt is not None:
-        state = torch.load(ckpt, map_location=device, weights_only=False)
+    state = _load_checkpoint(paths, device)
+    if state is not None:
         if state.get("train_hash") == train_hash:
             sae.load_state_dict(state["sae"])
             opt.load_state_dict(state["optimizer"])
             loader.load_state_dict(state["loader"])
             tracker.tokens_since_fired_F.copy_(state["tokens_since_fired"].to(device))
+            sae.load_training_state({k: t.to(device) for k, t in state.get("variant_state", {}).items()})
             start = state["step"]
         else:  # checkpoints of another configuration: start afresh
             shutil.rmtree(paths.checkpoints)
-    _truncate_curves(paths.curves, start if ckpt is not None and start else -1)
+    _truncate_curves(paths.curves, start if start else -1)
 
     autocast = torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
     paths.curves.parent.mkdir(parents=True, exist_ok=True)
@@ -193,7 +213,8 @@ def train_variant(cfg: ExperimentConfig, name: str, store: Any, run_dir: Path, p
             lr_now = lr * lr_multiplier(step, tc.steps, tc.warmup_steps, tc.decay_fraction)
             for group in opt.param_groups:
                 group["lr"] = lr_now
-            ctx = LossContext(batch.mask_BT, batch.doc_start_BT, sparsity_scale(step, tc.steps, tc.sparsity_warmup_fraction), tracker.dead_F)
+            ctx = LossContext(batch.mask_BT, batch.doc_start_BT, sparsity_scale(step, tc.steps, tc.sparsity_warmup_fraction),
+                              tracker.dead_F, step=step, seed=inst.seed)
             with autocast:
                 out = sae(batch.acts_BTD, batch.mask_BT, batch.doc_start_BT)
                 terms = {k: t.float() for k, t in sae.loss_terms(out, ctx).items()}
@@ -206,6 +227,7 @@ def train_variant(cfg: ExperimentConfig, name: str, store: Any, run_dir: Path, p
                 _diverged(name, step, terms, grad_norm, paths)
             opt.step()
             sae.normalize_decoder()
+            sae.after_step(out, ctx)
 
             n_tok = int(batch.mask_BT.sum())
             features_NF = out.features.detach()[batch.mask_BT]
@@ -230,7 +252,8 @@ def train_variant(cfg: ExperimentConfig, name: str, store: Any, run_dir: Path, p
         "final": {k: last_record.get(k) for k in ("loss", "fvu", "l0", "dead_fraction")}, "resumed_from": start,
     }
     _assert_healthy_training(name, training)
-    save_sae(sae.cpu(), paths.sae_dir, extra_cfg={"train_hash": train_hash, "variant_name": name, "training": training},
+    save_sae(sae.cpu(), paths.sae_dir, extra_cfg={"train_hash": train_hash, "variant_name": inst.variant, "seed": inst.seed,
+                                                  "training": training},
              config_hash=cfg.hash())
     shutil.rmtree(paths.checkpoints, ignore_errors=True)
     return {"variant": name, "skipped": False, **training}
