@@ -20,7 +20,7 @@ from tsae_core.train import train_variant
 
 cfg = load_config(params, overrides)
 store = ActivationStore.open(cfg.run_dir / "activations")
-summaries = [train_variant(cfg, name, store, cfg.run_dir) for name in cfg.variants]
+summaries = [train_variant(cfg, inst.name, store, cfg.run_dir) for inst in cfg.instances()]
 
 # %% [markdown]
 # ## Final training state

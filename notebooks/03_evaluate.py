@@ -17,14 +17,16 @@ params = "params/default.yaml"
 overrides = {}
 
 # %%
+import pandas as pd
+
 from tsae_core import ActivationStore, load_config
-from tsae_core.evaluate import evaluate_variant, summary_row
+from tsae_core.evaluate import evaluate_variant, summary_table
 from tsae_core.sources.factory import load_model
 
 cfg = load_config(params, overrides)
 store = ActivationStore.open(cfg.run_dir / "activations")
 model = load_model(cfg)  # the language model behind the activations (None for synthetic data)
-results = {name: evaluate_variant(cfg, name, store, cfg.run_dir, model=model) for name in cfg.variants}
+results = {inst.name: evaluate_variant(cfg, inst.name, store, cfg.run_dir, model=model) for inst in cfg.instances()}
 
 # %% [markdown]
 # ## Summary
@@ -32,11 +34,9 @@ results = {name: evaluate_variant(cfg, name, store, cfg.run_dir, model=model) fo
 # the fraction of true features with a decoder row at cosine ≥ `eval.recovery_threshold`.
 
 # %%
-rows = [summary_row(name, r) for name, r in results.items()]
-columns = list(dict.fromkeys(k for row in rows for k in row))
-print(" | ".join(f"{c:>14s}" for c in columns))
-for row in rows:
-    print(" | ".join(f"{row.get(c):>14.4f}" if isinstance(row.get(c), float) else f"{str(row.get(c)):>14s}" for c in columns))
+table = pd.DataFrame(summary_table(results)).set_index("variant")  # mean (± std over seeds) per variant
+with pd.option_context("display.width", 250, "display.max_columns", None):
+    print(table.T.to_string())
 
 # %%
 unhealthy = {name: r["health"]["problems"] for name, r in results.items() if not r["health"]["healthy"]}

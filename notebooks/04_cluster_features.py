@@ -21,7 +21,7 @@ from tsae_core.cluster import cluster_run_variant
 
 cfg = load_config(params, overrides)
 store = ActivationStore.open(cfg.run_dir / "activations")
-clusters = {name: cluster_run_variant(cfg, name, store, cfg.run_dir) for name in cfg.variants}
+clusters = {inst.variant: cluster_run_variant(cfg, inst.name, store, cfg.run_dir) for inst in cfg.compared_instances()}
 
 # %% [markdown]
 # ## Clusters against the true feature kinds

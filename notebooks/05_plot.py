@@ -3,6 +3,10 @@
 #
 # **In:** `runs/<run>/eval/`, `runs/<run>/train/`, `runs/<run>/analysis/`.
 # **Out:** `figures/<run>/*.png`, each with the numbers behind it in a JSON file beside it.
+#
+# With several seeds (`run.seeds`) each variant is one bar at the mean over seeds, with a ±1 standard
+# deviation error bar. Sweep points (`sweep:`) appear only in `ablation_<variant>.png`: each headline
+# metric against the swept knob, beside the variant as configured and the TopK baseline.
 
 # %% tags=["parameters"]
 params = "params/default.yaml"
@@ -12,12 +16,10 @@ overrides = {}
 from IPython.display import Image, display
 
 from tsae_core import load_config
-from tsae_core.plots import load_cluster_results, load_curves, load_evals, plot_all
+from tsae_core.plots import load_run_results, plot_all
 
 cfg = load_config(params, overrides)
-evals = load_evals(cfg.run_dir / "eval")
-curves = load_curves(cfg.run_dir / "train")
-clusters = load_cluster_results(cfg.run_dir / "analysis")
+evals, curves, clusters = load_run_results(cfg)  # only the SAEs this config names
 figures = plot_all(evals, curves, clusters, cfg.figures_dir, dpi=cfg.plot.dpi)
 
 # %%

@@ -88,6 +88,8 @@ class VariantConfig:
     """jumprelu only: the L0 the penalty aims for, coefficient * (L0 / target - 1)^2; 0: plain coefficient * L0."""
     bandwidth: float = 0.05
     """jumprelu only: width of the straight-through estimator's window around each threshold (normalised units)."""
+    threshold_lr_multiplier: float = 50.0
+    """jumprelu only: the thresholds' learning rate as a multiple of the SAE's (they must move far in few steps)."""
     aux_k_coefficient: float = 1.0 / 32
     """Weight of the AuxK dead-latent loss (topk / batchtopk); 0 disables it."""
     aux_k: int = 0
@@ -105,6 +107,7 @@ class VariantConfig:
         _check(self.l0_coefficient >= 0, "l0_coefficient", "must be >= 0")
         _check(0 <= self.target_l0 <= self.d_sae, "target_l0", f"must be in [0, d_sae ({self.d_sae})]")
         _check(self.bandwidth > 0, "bandwidth", "must be > 0")
+        _check(self.threshold_lr_multiplier > 0, "threshold_lr_multiplier", "must be > 0")
         _check(self.aux_k >= 0, "aux_k", "must be >= 0")
         _check(self.lr >= 0 and self.lr == self.lr, "lr", "must be >= 0 (0: recipe default)")
 
@@ -265,6 +268,15 @@ class ExperimentConfig:
             if inst.name == name:
                 return inst
         raise KeyError(f"no SAE named {name!r} in this run; known: {', '.join(i.name for i in self.instances())}")
+
+    def compared_instances(self) -> list[Instance]:
+        """One SAE per compared variant (sweep points left out): its first seed. What clustering describes."""
+        sweep = self.sweep_points()
+        first: dict[str, Instance] = {}
+        for inst in self.instances():
+            if inst.variant not in sweep:
+                first.setdefault(inst.variant, inst)
+        return list(first.values())
 
     def sweep_points(self) -> dict[str, dict[str, Any]]:
         """Expanded variant name -> {"sweep", "variant" (the swept base), "knobs" {path: value}}."""

@@ -99,6 +99,7 @@ def evaluate_sae(sae: SAE, store: Any, cfg: ExperimentConfig, name: str, progres
     result: dict[str, Any] = {
         "eval_type_id": "core",
         "variant": name,
+        "seed": None,
         "eval_config": {
             "split": "eval",
             "n_sequences": n_eval,
@@ -116,6 +117,7 @@ def evaluate_sae(sae: SAE, store: Any, cfg: ExperimentConfig, name: str, progres
     }
     if gt is not None:
         result["ground_truth"] = gt.result()
+    result["geometry"] = sae.extra_metrics()
     result["health"] = assess_health(result)
     return result
 
@@ -154,7 +156,11 @@ def evaluate_variant(
     sae = load_sae(run_dir / "saes" / name, device=resolve_device(cfg.run.device))
     if model is None and cfg.eval.model_max_sequences > 0:
         model = load_model(cfg)
+    inst = cfg.instance(name)
     result = evaluate_sae(sae, store, cfg, name, progress=progress, model=model)
+    # the instance (`<variant>-seed<N>` with several seeds) is the file name; figures group by variant
+    result.update({"variant": inst.variant, "instance": inst.name, "seed": inst.seed,
+                   "sweep": cfg.sweep_points().get(inst.variant)})
     write_json(run_dir / "eval" / f"{name}.json", result, stamp=provenance(cfg.hash()))
     return result
 
@@ -185,3 +191,33 @@ def summary_row(name: str, result: dict[str, Any]) -> dict[str, Any]:
                 row[f"recovered_{kind}"] = gt["by_kind"][kind]["frac_recovered"]
     row["healthy"] = result["health"]["healthy"]
     return row
+
+
+def summary_table(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per variant, numbers formatted as strings: the value, or `mean ± std (n seeds)`."""
+    from tsae_core.aggregate import group_by_variant
+
+    rows = []
+    for variant, es in group_by_variant(results).items():
+        per_seed = [summary_row(variant, e) for e in es]
+        row: dict[str, Any] = {"variant": variant, "seeds": len(es)}
+        for key in per_seed[0]:
+            if key in ("variant",):
+                continue
+            values = [r.get(key) for r in per_seed]
+            row[key] = _mean_std_text(values)
+        rows.append(row)
+    return rows
+
+
+def _mean_std_text(values: list[Any]) -> str:
+    if all(isinstance(v, bool) for v in values):
+        return str(all(values))
+    nums = [float(v) for v in values if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)]
+    if not nums:
+        return "n/a"
+    mean = sum(nums) / len(nums)
+    if len(nums) == 1:
+        return f"{mean:.4f}"
+    std = math.sqrt(sum((x - mean) ** 2 for x in nums) / (len(nums) - 1))
+    return f"{mean:.4f} ± {std:.4f}"

@@ -58,3 +58,76 @@ def aux_k(
     e_hat_ND = codes_NF @ W_dec_FD
     scale = min(n_dead / k_aux, 1.0)
     return scale * fraction_unexplained(residual_ND.detach(), e_hat_ND, mask_N)
+
+
+# ---------------------------------------------------------------- temporal and geometric terms
+
+
+def same_document_pairs(doc_start_BT: torch.Tensor, mask_BT: torch.Tensor, delta: int) -> torch.Tensor:
+    """(B, T - delta) True where tokens t and t + delta are in one document and both count.
+
+    A document begins where `doc_start_BT` is True, so the pair straddles a boundary iff a start
+    lies in (t, t + delta]; special tokens (mask False) never pair."""
+    doc_id_BT = doc_start_BT.long().cumsum(dim=1)
+    same_doc = doc_id_BT[:, delta:] == doc_id_BT[:, :-delta]
+    return same_doc & mask_BT[:, delta:] & mask_BT[:, :-delta]
+
+
+def temporal_consistency(
+    features_BTF: torch.Tensor, doc_start_BT: torch.Tensor, mask_BT: torch.Tensor, window: int, power: int = 1
+) -> torch.Tensor:
+    """Relative change of codes within documents, over lags delta = 1..window:
+
+        C = sum_{delta, valid (t, t+delta)} sum_i |f_{t,i} - f_{t+delta,i}|^p
+            / sum_{delta, valid (t, t+delta)} sum_i (|f_{t,i}|^p + |f_{t+delta,i}|^p)   (denominator detached)
+
+    C lies in [0, 1] for p = 1 and [0, 2] for p = 2 whatever the width, k or activation scale, so one
+    coefficient means the same across them; 0 when no valid pair exists."""
+    num = features_BTF.new_zeros(())
+    den = features_BTF.new_zeros(())
+    for delta in range(1, min(window, features_BTF.shape[1] - 1) + 1):
+        valid = same_document_pairs(doc_start_BT, mask_BT, delta).unsqueeze(-1).to(features_BTF.dtype)
+        a, b = features_BTF[:, :-delta], features_BTF[:, delta:]
+        num = num + ((a - b).abs().pow(power) * valid).sum()
+        den = den + ((a.abs().pow(power) + b.abs().pow(power)) * valid).sum()
+    return num / den.detach().clamp_min(1e-12)
+
+
+def info_nce(
+    anchor_PH: torch.Tensor, positive_PH: torch.Tensor, queue_QH: torch.Tensor, same_doc_PP: torch.Tensor, temperature: float
+) -> torch.Tensor:
+    """Symmetric InfoNCE on cosine similarities (rows are normalised here).
+
+    For pair p the positive is its partner; the negatives are the other pairs' partners and the
+    queue of past codes. Partners from p's own document are masked out (they are not negatives):
+        L = (CE(z_a z_p^T / tau over [positives, queue]) + CE(z_p z_a^T / tau over [anchors, queue])) / 2
+    """
+    za, zp = nn_normalize(anchor_PH), nn_normalize(positive_PH)
+    zq = nn_normalize(queue_QH)
+    blocked_PP = same_doc_PP & ~torch.eye(len(za), dtype=torch.bool, device=za.device)
+    labels = torch.arange(len(za), device=za.device)
+    losses_ = []
+    for u, v in ((za, zp), (zp, za)):
+        logits = torch.cat([u @ v.T, u @ zq.T], dim=1) / temperature  # (P, P + Q)
+        logits[:, : len(za)] = logits[:, : len(za)].masked_fill(blocked_PP, float("-inf"))
+        losses_.append(torch.nn.functional.cross_entropy(logits, labels))
+    return (losses_[0] + losses_[1]) / 2
+
+
+def nn_normalize(x_NH: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    return x_NH / x_NH.norm(dim=-1, keepdim=True).clamp_min(eps)
+
+
+def grouped_orthogonality(W_dec_FD: torch.Tensor, groups_GS: torch.Tensor, alpha: float) -> torch.Tensor:
+    """Mean over latents i and the other members j of i's group of max(0, |cos(W_i, W_j)| - alpha)^2.
+
+    `groups_GS` holds latent indices, -1 for padding. Zero for orthogonal rows and for every
+    |cos| <= alpha (the allowed sharing); grows quadratically above it. Cost F * S * D for groups of
+    size S: linear in the dictionary size."""
+    valid_GS = groups_GS >= 0
+    W_GSD = nn_normalize(W_dec_FD[groups_GS.clamp_min(0)])
+    cos_GSS = W_GSD @ W_GSD.transpose(1, 2)
+    pair_GSS = valid_GS.unsqueeze(2) & valid_GS.unsqueeze(1)
+    pair_GSS &= ~torch.eye(groups_GS.shape[1], dtype=torch.bool, device=W_dec_FD.device)
+    excess = torch.relu(cos_GSS.abs() - alpha).pow(2) * pair_GSS.to(cos_GSS.dtype)
+    return excess.sum() / pair_GSS.sum().clamp_min(1)

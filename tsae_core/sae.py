@@ -48,6 +48,7 @@ class SAEConfig:
     l0_coefficient: float = 0.0
     target_l0: float = 0.0
     bandwidth: float = 0.0
+    threshold_lr_multiplier: float = 1.0
     aux_k_coefficient: float = 0.0
     aux_k: int = 0
     source: dict[str, Any] = field(default_factory=dict)
@@ -68,6 +69,7 @@ class SAEConfig:
             l0_coefficient=v.l0_coefficient if v.activation == "jumprelu" else 0.0,
             target_l0=v.target_l0 if v.activation == "jumprelu" else 0.0,
             bandwidth=v.bandwidth if v.activation == "jumprelu" else 0.0,
+            threshold_lr_multiplier=v.threshold_lr_multiplier,
             aux_k_coefficient=0.0 if v.activation == "relu" else v.aux_k_coefficient,
             aux_k=v.aux_k or d_in // 2,
             source=dict(source),
@@ -207,6 +209,18 @@ class SAE(nn.Module):
         return losses.reconstruction(out.x_normalized.reshape(-1, D), out.recon_normalized.reshape(-1, D), mask_N)
 
     # -- training-time state and hooks (variants override) ---------------------------------------
+    def param_groups(self) -> list[dict[str, Any]]:
+        """Optimizer parameter groups; `lr_multiplier` scales the schedule's learning rate in a group.
+
+        JumpReLU's thresholds get `threshold_lr_multiplier`: under Adam a parameter moves about lr per
+        step, so at SAE learning rates log-thresholds would need ~10^4 steps to move by one unit."""
+        thresholds = [p for n, p in self.named_parameters() if n == "activation.log_threshold"]
+        rest = [p for n, p in self.named_parameters() if n != "activation.log_threshold"]
+        groups: list[dict[str, Any]] = [{"params": rest, "lr_multiplier": 1.0}]
+        if thresholds:
+            groups.append({"params": thresholds, "lr_multiplier": self.cfg.threshold_lr_multiplier})
+        return groups
+
     @torch.no_grad()
     def init_from_sample(self, x_n_ND: torch.Tensor) -> None:
         """After `reset_parameters`: fit data-dependent initial values (jumprelu's thresholds)."""

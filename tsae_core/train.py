@@ -184,7 +184,7 @@ def train_variant(cfg: ExperimentConfig, name: str, store: Any, run_dir: Path, p
     device = resolve_device(cfg.run.device)
     sae = _init_sae(cfg, name, store, device)
     lr = v.lr or v.default_lr * tc.lr_scale  # an explicit lr is taken as it is
-    opt = torch.optim.Adam(sae.parameters(), lr=lr, betas=tc.adam_betas)
+    opt = torch.optim.Adam(sae.param_groups(), lr=lr, betas=tc.adam_betas)
     loader = store.split("train").loader(tc.batch_sequences, seed=derive_seed(inst.seed, "data", inst.variant))
     tracker = DeadLatentTracker(v.d_sae, tc.dead_after_tokens, device)
     start = 0
@@ -212,7 +212,7 @@ def train_variant(cfg: ExperimentConfig, name: str, store: Any, run_dir: Path, p
             batch = next(loader).to(device)
             lr_now = lr * lr_multiplier(step, tc.steps, tc.warmup_steps, tc.decay_fraction)
             for group in opt.param_groups:
-                group["lr"] = lr_now
+                group["lr"] = lr_now * group.get("lr_multiplier", 1.0)
             ctx = LossContext(batch.mask_BT, batch.doc_start_BT, sparsity_scale(step, tc.steps, tc.sparsity_warmup_fraction),
                               tracker.dead_F, step=step, seed=inst.seed)
             with autocast:

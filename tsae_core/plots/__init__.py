@@ -10,12 +10,15 @@ shown and nothing stays open.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import matplotlib
 
+from tsae_core.aggregate import aggregate_seeds
 from tsae_core.io import read_json
+from tsae_core.plots.ablation import plot_ablations
 from tsae_core.plots.analysis import plot_feature_clusters, plot_gt_recovery, plot_temporal_metrics
 from tsae_core.plots.common import DPI, Clusters, Curves, Evals, PathLike, variant_colors, variant_order
 from tsae_core.plots.metrics import (
@@ -27,7 +30,7 @@ from tsae_core.plots.metrics import (
 )
 
 __all__ = [
-    "load_cluster_results", "load_curves", "load_evals", "plot_all", "plot_feature_clusters", "plot_final_metrics",
+    "load_cluster_results", "load_curves", "load_evals", "load_run_results", "plot_all", "plot_feature_clusters", "plot_final_metrics",
     "plot_gt_recovery", "plot_model_preservation", "plot_reconstruction_metrics", "plot_sparsity_metrics",
     "plot_temporal_metrics", "plot_training_metrics", "read_curves", "variant_colors", "variant_order",
 ]
@@ -44,33 +47,65 @@ def read_curves(path: PathLike) -> list[dict[str, Any]]:
     return records
 
 
-def load_evals(eval_dir: PathLike) -> Evals:
-    """variant -> eval JSON for every `<variant>.json` in `eval_dir` (sorted by name)."""
-    return {p.stem: read_json(p) for p in sorted(Path(eval_dir).glob("*.json")) if not p.name.startswith(".")}
+def load_evals(eval_dir: PathLike, names: Iterable[str] | None = None) -> Evals:
+    """SAE name -> eval JSON for every `<name>.json` in `eval_dir` (sorted by name), or only the given names."""
+    files = sorted(Path(eval_dir).glob("*.json")) if names is None else [Path(eval_dir) / f"{n}.json" for n in names]
+    return {p.stem: read_json(p) for p in files if not p.name.startswith(".") and p.is_file()}
 
 
-def load_curves(train_dir: PathLike) -> Curves:
-    """variant -> training-curve records for every `<variant>.jsonl` in `train_dir` (sorted by name)."""
-    return {p.stem: read_curves(p) for p in sorted(Path(train_dir).glob("*.jsonl")) if not p.name.startswith(".")}
+def load_curves(train_dir: PathLike, names: Iterable[str] | None = None) -> Curves:
+    """SAE name -> training-curve records for every `<name>.jsonl` in `train_dir`, or only the given names."""
+    files = sorted(Path(train_dir).glob("*.jsonl")) if names is None else [Path(train_dir) / f"{n}.jsonl" for n in names]
+    return {p.stem: read_curves(p) for p in files if not p.name.startswith(".") and p.is_file()}
+
+
+def load_run_results(cfg: Any) -> tuple[Evals, Curves, Clusters]:
+    """The evals, training curves and clusterings of the SAEs the config names (nothing else in the
+    folders: an SAE removed from the params leaves the figures). Clusterings are keyed by variant."""
+    names = [i.name for i in cfg.instances()]
+    evals = load_evals(cfg.run_dir / "eval", names)
+    curves = load_curves(cfg.run_dir / "train", names)
+    compared = cfg.compared_instances()
+    clusters = load_cluster_results(cfg.run_dir / "analysis", [i.name for i in compared])
+    return evals, curves, {i.variant: clusters[i.name] for i in compared if i.name in clusters}
 
 
 # ---------------------------------------------------------------- shared helpers
 
 
-def load_cluster_results(analysis_dir: PathLike) -> Clusters:
-    """{variant: clustering result} from `analysis/clusters_<variant>.json` files."""
-    files = sorted(Path(analysis_dir).glob("clusters_*.json")) if Path(analysis_dir).is_dir() else []
+def load_cluster_results(analysis_dir: PathLike, names: Iterable[str] | None = None) -> Clusters:
+    """{variant: clustering result} from `analysis/clusters_<variant>.json` files (all, or the given names)."""
+    if names is not None:
+        files = [f for n in names if (f := Path(analysis_dir) / f"clusters_{n}.json").is_file()]
+    else:
+        files = sorted(Path(analysis_dir).glob("clusters_*.json")) if Path(analysis_dir).is_dir() else []
     return {f.stem.removeprefix("clusters_"): read_json(f) for f in files}
 
 
 def plot_all(
     evals: Evals, curves: Curves, cluster_results: Clusters | None, out_dir: PathLike, dpi: int = DPI
 ) -> list[Path]:
-    """Every figure the inputs allow (PNG paths), with one colour per variant across all of them."""
-    colors = variant_colors({*evals, *curves, *(cluster_results or {})})
+    """Every figure the inputs allow (PNG paths), with one colour per variant across all of them.
+
+    Evals of several seeds of a variant are drawn as one bar (mean, ±1 std error bar); sweep points
+    go to the ablation figures only, so the comparison figures keep one bar per variant."""
+    per_variant = aggregate_seeds(evals)
+    main = {v: e for v, e in per_variant.items() if not e.get("sweep")}
+    curves = _curves_per_variant(curves, evals, main)
+    colors = variant_colors({*main, *curves, *(cluster_results or {})})
     with matplotlib.rc_context({"savefig.dpi": dpi}):
-        paths = _draw_all(evals, curves, cluster_results, out_dir, colors)
+        paths = _draw_all(main, curves, cluster_results, out_dir, colors) + plot_ablations(per_variant, out_dir)
     return [p for p in paths if p is not None]
+
+
+def _curves_per_variant(curves: Curves, evals: Evals, keep: Iterable[str]) -> Curves:
+    """One training curve per compared variant: its first seed's."""
+    out: Curves = {}
+    for name in sorted(curves):
+        variant = (evals.get(name) or {}).get("variant", name)
+        if variant in keep and variant not in out:
+            out[variant] = curves[name]
+    return out
 
 
 def _draw_all(evals: Evals, curves: Curves, cluster_results: Clusters | None, out_dir: PathLike, colors) -> list[Path | None]:

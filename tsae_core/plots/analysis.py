@@ -27,6 +27,7 @@ from tsae_core.plots.common import (
     _num,
     _ref_line,
     _save,
+    _seed_std,
     _styled,
     _variant_ticks,
     variant_colors,
@@ -56,8 +57,10 @@ def plot_gt_recovery(evals: Evals, out_dir: PathLike, colors: Colors = None) -> 
         na_height = _limits(ax, [1.0])
         style = ("pct0" if key == "frac_recovered" else "f2") if n <= 5 else None
         for j, v in enumerate(variants):
-            for g, x in enumerate(data[key][v]):
-                _bar(ax, g + (j - (n - 1) / 2) * width, x, colors[v], width, na_height, style, rotation=90 if n > 3 else 0)
+            for g, (kind, x) in enumerate(zip(kinds, data[key][v])):
+                err = _seed_std(evals[v], "ground_truth", *(("overall",) if kind == "overall" else ("by_kind", kind)), key)
+                _bar(ax, g + (j - (n - 1) / 2) * width, x, colors[v], width, na_height, style, err=err,
+                     rotation=90 if n > 3 else 0)
         ax.set(ylim=(0, 1.18), ylabel=ylabel)
     axes[0, 0].yaxis.set_major_formatter(PercentFormatter(1.0))
     axes[0, 0].set_title(f"Recovered: a decoder direction with cos ≥ {threshold:g}" if threshold else "Recovered features")
@@ -109,7 +112,8 @@ def plot_temporal_metrics(evals: Evals, out_dir: PathLike, colors: Colors = None
         control = [_num(temporal[v].get(f"{key}_mean_control")) for v in variants]
         na_height = _limits(ax, actual + control, ref, headroom=0.35 if crowded else 0.2)
         for i, v in enumerate(variants):
-            _bar(ax, i - 0.2, actual[i], colors[v], 0.38, na_height, "f", fontsize=7, rotation=90 if crowded else 0)
+            _bar(ax, i - 0.2, actual[i], colors[v], 0.38, na_height, "f", err=_seed_std(evals[v], "temporal", f"{key}_mean"),
+                 fontsize=7, rotation=90 if crowded else 0)
             _bar(ax, i + 0.2, control[i], colors[v], 0.38, na_height, None if crowded else "f", hatch="///", fontsize=7)
         _ref_line(ax, ref, "i.i.d.")
         ax.set(title=title, ylabel=ylabel)

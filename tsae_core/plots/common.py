@@ -111,10 +111,12 @@ def _fmt(v: float, style: str) -> str:
     return {"pct": f"{v:.1%}", "pct0": f"{v:.0%}", "sci": f"{v:.2e}", "int": f"{v:.1f}", "f2": f"{v:.2f}"}.get(style, f"{v:.3f}")
 
 
-def _bar(ax, x, v: float | None, color, width, na_h, style: str | None = None, hatch: str | None = None, **text_kw) -> None:
+def _bar(ax, x, v: float | None, color, width, na_h, style: str | None = None, hatch: str | None = None,
+         err: float | None = None, **text_kw) -> None:
     """One bar with its value (formatted by `style`) above it; None becomes an empty hatched bar marked n/a.
 
-    `hatch` draws a faded, hatched bar (a control); `text_kw` goes to the annotation."""
+    `hatch` draws a faded, hatched bar (a control); `err` a ±1 std error bar across seeds (the note
+    then says mean ± std); `text_kw` goes to the annotation."""
     text_kw = {"fontsize": 8, **text_kw}
     if v is None:
         ax.bar(x, na_h, width, color="none", edgecolor="0.6", hatch="xx", linewidth=0.5)
@@ -122,8 +124,17 @@ def _bar(ax, x, v: float | None, color, width, na_h, style: str | None = None, h
     else:
         ax.bar(x, v, width, color=color, edgecolor="0.2", linewidth=0.5, hatch=hatch, alpha=0.45 if hatch else 1.0)
         note = _fmt(v, style) if style else None
+        if err is not None:
+            ax.errorbar(x, v, yerr=err, color="0.1", capsize=3, lw=1.2, zorder=4)
+            note = f"{note}\n±{_fmt(err, style)}" if note else None
+            v = v + err if v >= 0 else v - err
     if note:
         ax.text(x, v, note, va="bottom" if v >= 0 else "top", **_NOTE, **text_kw)
+
+
+def _seed_std(e: dict[str, Any], *path: str) -> float | None:
+    """The across-seed standard deviation of the value at `path` (None for a single seed)."""
+    return _num(_get(e.get("seed_std") or {}, *path))
 
 
 def _ref_line(ax, y: float | None, label: str) -> None:
@@ -168,8 +179,9 @@ def _metric_bars(ax, p: _Panel, variants: list[str], evals: Evals, colors: dict[
     widest = max((len(_fmt(v, p.style)) for v in vals if v is not None), default=3)
     upright = widest * len(variants) > 50  # horizontal annotations would touch
     na_height = _limits(ax, vals + marks, p.ref, headroom=0.4 if upright else 0.15)
-    for i, (name, v) in enumerate(zip(variants, vals)):
-        _bar(ax, i, v, colors[name], 0.7, na_height, p.style, rotation=90 if upright else 0)
+    errs = [_seed_std(evals[v], *p.section, p.key) for v in variants]
+    for i, (name, v, err) in enumerate(zip(variants, vals, errs)):
+        _bar(ax, i, v, colors[name], 0.7, na_height, p.style, err=err, rotation=90 if upright else 0)
     for i, (name, m) in enumerate(zip(variants, marks)):
         if m is not None:
             ax.scatter(i + 0.35, m, marker="D", s=30, facecolor="white", edgecolor=colors[name], lw=1.5, zorder=4)
@@ -178,7 +190,8 @@ def _metric_bars(ax, p: _Panel, variants: list[str], evals: Evals, colors: dict[
         ax.yaxis.set_major_formatter(PercentFormatter(1.0))
     ax.set(title=p.title, ylabel=p.ylabel)
     _variant_ticks(ax, variants)
-    return {p.key: vals, **({p.marker: marks} if p.marker else {})}
+    return {p.key: vals, **({f"{p.key}_seed_std": errs} if any(e is not None for e in errs) else {}),
+            **({p.marker: marks} if p.marker else {})}
 
 
 def _metric_grid(

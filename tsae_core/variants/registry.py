@@ -11,9 +11,17 @@ if TYPE_CHECKING:
 
 def _registry() -> dict[str, type[SAE]]:
     from tsae_core.sae import SAE
+    from tsae_core.variants.consistency import ConsistencySAE
+    from tsae_core.variants.contrastive import ContrastiveSAE
+    from tsae_core.variants.matryoshka import MatryoshkaSAE
+    from tsae_core.variants.orthogonal import OrthogonalSAE
 
     return {
         "standard": SAE,
+        "consistency": ConsistencySAE,
+        "contrastive": ContrastiveSAE,
+        "matryoshka": MatryoshkaSAE,
+        "orthogonal": OrthogonalSAE,
     }
 
 

@@ -1,0 +1,100 @@
+"""Ablation figures: each headline metric against a swept knob, one figure per swept variant."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib.ticker import PercentFormatter
+
+from tsae_core.plots.common import _MP, _RQ, _SP, Evals, PathLike, _figure, _get, _num, _save, _seed_std, _styled
+
+HEADLINE = [
+    ("explained variance", (*_RQ, "explained_variance"), False),
+    ("L0 (latents / token)", (*_SP, "l0"), False),
+    ("dead latents", (*_SP, "dead_fraction"), True),
+    ("lag-1 autocorrelation", ("temporal", "autocorr_lag1_mean"), False),
+    ("true features recovered", ("ground_truth", "overall", "frac_recovered"), True),
+    ("rare slow features recovered", ("ground_truth", "by_kind", "rare_slow", "frac_recovered"), True),
+    ("CE loss score", (*_MP, "ce_loss_score"), False),
+]
+"""(title, path in the eval JSON, is a fraction); a metric no eval has is left out."""
+
+BASELINE = "topk"
+
+
+def sweep_groups(evals: Evals) -> dict[str, dict[str, dict[str, Any]]]:
+    """swept variant -> sweep name -> {"knobs": [paths], "points": {eval name: knob values}}."""
+    groups: dict[str, dict[str, dict[str, Any]]] = {}
+    for name, e in evals.items():
+        point = e.get("sweep")
+        if isinstance(point, dict):
+            g = groups.setdefault(point["variant"], {}).setdefault(point["sweep"], {"knobs": list(point["knobs"]), "points": {}})
+            g["points"][name] = point["knobs"]
+    return groups
+
+
+def _positions(values: list[Any]) -> tuple[list[float], bool]:
+    """x positions for knob values: the numbers themselves (log scale if they span >= 10x), else 0..n-1."""
+    if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        nums = [float(v) for v in values]
+        return nums, min(nums) > 0 and max(nums) / min(nums) >= 10
+    return list(range(len(values))), False
+
+
+@_styled
+def plot_ablation(variant: str, sweeps: dict[str, dict[str, Any]], evals: Evals, out_dir: PathLike) -> Path | None:
+    """`ablation_<variant>.png`: a row per sweep of `variant`, a column per headline metric; the value
+    as configured (the unswept variant, dashed) and the TopK baseline (dotted) as references."""
+    metrics = [m for m in HEADLINE if any(_num(_get(e, *m[1])) is not None for e in evals.values())]
+    if not metrics or not sweeps:
+        return None
+    fig, axes = _figure(len(sweeps), len(metrics), (3.1 * len(metrics) + 1, 2.9 * len(sweeps) + 0.8))
+    data: dict[str, Any] = {"variant": variant, "sweeps": {}}
+    for row, (sweep_name, sw) in enumerate(sweeps.items()):
+        x_knob, other = sw["knobs"][0], sw["knobs"][1:]
+        xs = sorted({tuple_[x_knob] for tuple_ in sw["points"].values()}, key=lambda v: (str(type(v)), v))
+        pos, log = _positions(xs)
+        series = {}
+        for combo in itertools.product(*(sorted({p[k] for p in sw["points"].values()}) for k in other)):
+            fixed = dict(zip(other, combo))
+            members = {p[x_knob]: n for n, p in sw["points"].items() if all(p[k] == fixed[k] for k in other)}
+            label = ", ".join(f"{k.rsplit('.', 1)[-1]} = {v}" for k, v in fixed.items()) or sweep_name
+            series[label] = [members.get(x) for x in xs]
+        data["sweeps"][sweep_name] = {"knob": x_knob, "values": xs, "series": {}}
+        for col, (title, path, is_frac) in enumerate(metrics):
+            ax = axes[row, col]
+            for i, (label, names) in enumerate(series.items()):
+                ys = [_num(_get(evals[n], *path)) if n else None for n in names]
+                errs = [_seed_std(evals[n], *path) if n else None for n in names]
+                y = np.array([np.nan if v is None else v for v in ys])
+                ax.errorbar(pos, y, yerr=[0 if e is None else e for e in errs], marker="o", ms=5, lw=1.6, capsize=3,
+                            color=f"C{i}", label=label)
+                data["sweeps"][sweep_name]["series"].setdefault(label, {})[path[-1]] = {"mean": ys, "seed_std": errs}
+            for ref, style, ref_label in ((variant, "--", f"{variant} as configured"), (BASELINE, ":", f"{BASELINE} baseline")):
+                v = _num(_get(evals.get(ref, {}), *path))
+                if v is not None:
+                    ax.axhline(v, ls=style, color="0.25", lw=1.2, label=ref_label)
+            if log:
+                ax.set_xscale("log")
+            ax.set_xticks(pos, [str(x) for x in xs])
+            ax.minorticks_off()
+            if is_frac:
+                ax.yaxis.set_major_formatter(PercentFormatter(1.0))
+            ax.set(title=title if row == 0 else "", xlabel=x_knob)
+        axes[row, 0].set_ylabel(sweep_name)
+    handles, labels = [], []
+    for ax in axes.flat:  # one legend entry per label, over all panels
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            if lab not in labels:
+                handles.append(h)
+                labels.append(lab)
+    fig.legend(handles, labels, loc="outside lower center", ncol=min(len(labels), 5))
+    fig.suptitle(f"Ablation of {variant}: headline metrics against each swept knob (held-out tokens; mean ± std over seeds)")
+    return _save(fig, out_dir, f"ablation_{variant}", data)
+
+
+def plot_ablations(evals: Evals, out_dir: PathLike) -> list[Path | None]:
+    return [plot_ablation(v, sweeps, evals, out_dir) for v, sweeps in sweep_groups(evals).items()]

@@ -1,0 +1,55 @@
+"""Temporal consistency: penalise how much codes change between nearby positions of one document.
+
+    L = L_recon + coefficient * C(f[..., :S]),   S = round(subset_fraction * F)
+
+with C the relative change of codes over lags 1..window (`losses.temporal_consistency`): pairs that
+straddle a document boundary or touch a special token are never compared. With `subset_fraction`
+< 1 only the first S latents (a "slow" part of the dictionary) are asked to persist; the rest stay
+free to follow fast, token-level features. The idea of the research log that started this project
+(seed 000), in the spirit of slow-feature analysis (Wiskott & Sejnowski 2002) applied to SAE codes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from tsae_core import losses
+from tsae_core.sae import SAE, LossContext, SAEOutput
+from tsae_core.typed import check
+
+
+@dataclass(frozen=True)
+class ConsistencyOptions:
+    window: int = 4
+    """Largest lag delta compared: pairs (t, t + delta) for delta = 1..window."""
+    coefficient: float = 0.1
+    """Weight of the relative change C (in [0, 1] for L1), the same meaning at any width or k."""
+    norm: Literal["l1", "l2"] = "l1"
+    """|f_t - f_{t+delta}| (l1) or its square (l2)."""
+    subset_fraction: float = 1.0
+    """Only the first fraction of latents is penalised (the "slow" part); 1: all of them."""
+
+    def __post_init__(self) -> None:
+        check(self.window >= 1, "options.window", "must be >= 1")
+        check(self.coefficient >= 0, "options.coefficient", "must be >= 0")
+        check(0 < self.subset_fraction <= 1, "options.subset_fraction", "must be in (0, 1]")
+
+
+class ConsistencySAE(SAE):
+    Options = ConsistencyOptions
+
+    @property
+    def n_slow(self) -> int:
+        return max(1, round(self.options.subset_fraction * self.cfg.d_sae))
+
+    def loss_terms(self, out: SAEOutput, ctx: LossContext) -> dict[str, torch.Tensor]:
+        terms = super().loss_terms(out, ctx)
+        o = self.options
+        change = losses.temporal_consistency(
+            out.features[..., : self.n_slow], ctx.doc_start_BT, ctx.mask_BT, o.window, power=1 if o.norm == "l1" else 2
+        )
+        terms["consistency"] = o.coefficient * change
+        return terms
