@@ -26,8 +26,8 @@ from torch import nn
 from tsae_core import losses
 from tsae_core.activations import make_activation
 from tsae_core.config import VariantConfig
-from tsae_core.typed import ConfigError, build
 from tsae_core.io import provenance, read_json, save_tensors, write_json
+from tsae_core.typed import ConfigError, build
 
 SAE_WEIGHTS = "sae.safetensors"
 SAE_CFG = "cfg.json"
