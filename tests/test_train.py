@@ -68,34 +68,36 @@ KILL_SCRIPT = textwrap.dedent(
             os.kill(os.getpid(), signal.SIGKILL)
         return rec
     T._record = record_then_maybe_die
-    T.train_variant(cfg, "topk", store, cfg.run_dir, progress=False)
+    T.train_variant(cfg, {variant!r}, store, cfg.run_dir, progress=False)
     """
 )
 
 
-def test_killed_training_resumes_to_identical_result(harvested, tmp_path):
+@pytest.mark.parametrize("variant", ["topk", "contrastive", "orthogonal"])
+def test_killed_training_resumes_to_identical_result(harvested, tmp_path, variant):
+    """Also for variants with training state: the contrastive queue and the orthogonal sketches and groups."""
     cfg0, store = harvested
     acts = str(cfg0.run_dir / "activations")
     interrupted = tmp_path / "interrupted"
-    script = KILL_SCRIPT.format(root=str(ROOT), out=str(interrupted), acts=acts)
+    script = KILL_SCRIPT.format(root=str(ROOT), out=str(interrupted), acts=acts, variant=variant)
     proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True,
                           env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert proc.returncode == -9, f"the training process should have been killed: {proc.stderr[-2000:]}"
     cfg = ci_config(interrupted, **{"train.checkpoint_every": 40})
-    paths = TrainPaths.of(cfg.run_dir, "topk")
+    paths = TrainPaths.of(cfg.run_dir, variant)
     assert sorted(p.name for p in paths.checkpoints.glob("*.pt"))[-1] == "step_00000080.pt"
     assert not (paths.sae_dir / "sae.safetensors").exists()
 
-    resumed = train_variant(cfg, "topk", store, cfg.run_dir, progress=False)
+    resumed = train_variant(cfg, variant, store, cfg.run_dir, progress=False)
     assert resumed["resumed_from"] == 80
 
     reference_cfg = ci_config(tmp_path / "reference", **{"train.checkpoint_every": 40})
-    train_variant(reference_cfg, "topk", store, reference_cfg.run_dir, progress=False)
+    train_variant(reference_cfg, variant, store, reference_cfg.run_dir, progress=False)
     a = load_file(str(paths.sae_dir / "sae.safetensors"))
-    b = load_file(str(reference_cfg.run_dir / "saes" / "topk" / "sae.safetensors"))
+    b = load_file(str(reference_cfg.run_dir / "saes" / variant / "sae.safetensors"))
     for name in b:
         assert torch.allclose(a[name], b[name], atol=1e-6), name
-    curve = lambda c: [json.loads(ln) for ln in (c.run_dir / "train" / "topk.jsonl").read_text().splitlines()]  # noqa: E731
+    curve = lambda c: [json.loads(ln) for ln in (c.run_dir / "train" / f"{variant}.jsonl").read_text().splitlines()]  # noqa: E731
     got, want = curve(cfg), curve(reference_cfg)
     assert [r["step"] for r in got] == [r["step"] for r in want], "curves are truncated to the checkpoint, not duplicated"
     assert got[-1]["fvu"] == pytest.approx(want[-1]["fvu"], rel=1e-5)

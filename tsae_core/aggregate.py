@@ -22,6 +22,10 @@ def group_by_variant(evals: dict[str, dict[str, Any]]) -> dict[str, list[dict[st
     return {v: sorted(es, key=lambda e: (e.get("seed") is None, e.get("seed") or 0)) for v, es in groups.items()}
 
 
+KEPT_AS_IS = {"tsae", "seed", "instance", "sweep", "sae_cfg", "eval_config", "health"}
+"""Top-level keys that describe the SAE or the run, not a measurement: taken from the first seed."""
+
+
 def _is_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
@@ -32,6 +36,8 @@ def _mean_std(values: list[Any]) -> tuple[Any, Any]:
         xs = [float(v) for v in values if _is_number(v) and math.isfinite(float(v))]
         if not xs:
             return None, None
+        if all(v == first for v in values):  # the same for every seed (a count, a setting): kept as it is
+            return first, 0.0 if len(values) > 1 else None
         return float(np.mean(xs)), float(np.std(xs, ddof=1)) if len(xs) > 1 else None
     if isinstance(first, dict):
         keys = [k for k in first if all(isinstance(v, dict) for v in values)]
@@ -50,7 +56,8 @@ def aggregate_seeds(evals: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any
     """variant -> mean eval over its seeds, with `seed_std`, `seeds` and `n_seeds` added."""
     out = {}
     for variant, es in group_by_variant(evals).items():
-        mean, std = _mean_std(es)
+        mean, std = _mean_std([{k: v for k, v in e.items() if k not in KEPT_AS_IS} for e in es])
+        mean = {**es[0], **mean}
         out[variant] = {**mean, "variant": variant, "seeds": [e.get("seed") for e in es], "n_seeds": len(es),
                         "seed_std": std if len(es) > 1 else {}}
         out[variant]["health"] = {

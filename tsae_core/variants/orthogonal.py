@@ -67,17 +67,23 @@ def _pad_groups(order_F: torch.Tensor, size: int) -> torch.Tensor:
 def balanced_coactivation_order(sketch_FR: torch.Tensor, size: int) -> torch.Tensor:
     """An order of the latents in which latents with similar sketches are neighbours.
 
-    Recursive balanced bisection: split a set at a multiple of `size` along the principal direction
-    of its (normalised, centred) sketches, until sets have at most `size` latents."""
+    Recursive balanced bisection: a set is split in two parts whose sizes are multiples of `size`,
+    first along the principal direction of its (normalised, centred) sketches, then refined by a few
+    rounds of balanced 2-means (order by which centroid is nearer, cut at the same place), until sets
+    have at most `size` latents. Cost O(F * R * log(F / size))."""
     z_FR = losses.nn_normalize(sketch_FR.float())
 
     def split(idx: torch.Tensor) -> list[torch.Tensor]:
         if len(idx) <= size:
             return [idx]
         X = z_FR[idx] - z_FR[idx].mean(0)
-        direction = torch.linalg.svd(X, full_matrices=False).Vh[0]
-        ordered = idx[torch.argsort(X @ direction, stable=True)]
         cut = math.ceil(len(idx) / size) // 2 * size
+        score = X @ torch.linalg.svd(X, full_matrices=False).Vh[0]
+        for _ in range(10):
+            order = torch.argsort(score, stable=True)
+            c_low, c_high = X[order[:cut]].mean(0), X[order[cut:]].mean(0)
+            score = (X - c_low).pow(2).sum(-1) - (X - c_high).pow(2).sum(-1)
+        ordered = idx[torch.argsort(score, stable=True)]
         return split(ordered[:cut]) + split(ordered[cut:])
 
     return torch.cat(split(torch.arange(len(z_FR), device=z_FR.device)))

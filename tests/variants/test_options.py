@@ -1,0 +1,33 @@
+"""Variant options are typed: a wrong knob is a ConfigError that names the key and the file."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import ci_config
+from tsae_core.config import ConfigError
+from tsae_core.variants.registry import architectures
+
+
+def test_every_part_one_variant_is_registered():
+    assert {"standard", "consistency", "contrastive", "matryoshka", "orthogonal"} <= set(architectures())
+
+
+@pytest.mark.parametrize("key, value, words", [
+    ("variants.consistency.options.window", 0, "options.window"),
+    ("variants.consistency.options.wndow", 4, "unknown key options.wndow"),
+    ("variants.consistency.options.norm", "l3", "options.norm"),
+    ("variants.contrastive.options.temperature", -1.0, "options.temperature"),
+    ("variants.contrastive.options.high_level_fraction", 1.5, "options.high_level_fraction"),
+    ("variants.matryoshka.options.prefixes", [16, 8], "options.prefixes"),
+    ("variants.matryoshka.options.prefixes", [8, 64], "prefixes"),
+    ("variants.orthogonal.options.mode", "sometimes", "options.mode"),
+    ("variants.orthogonal.options.alpha", 1.0, "options.alpha"),
+    ("variants.topk.options.window", 4, "takes no options"),
+    ("variants.jumprelu.target_l0", -1, "target_l0"),
+])
+def test_bad_option_is_a_named_config_error(tmp_path, key, value, words):
+    with pytest.raises(ConfigError) as e:
+        ci_config(tmp_path, **{key: value})
+    msg = str(e.value)
+    assert words in msg and "ci.yaml" in msg and key.split(".")[1] in msg
