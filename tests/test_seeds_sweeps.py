@@ -92,5 +92,6 @@ def test_seeds_and_a_sweep_end_to_end_with_error_bars_and_an_ablation_figure(har
     assert recon["explained_variance_seed_std"][0] == pytest.approx(abs(a - b) / 2**0.5, rel=1e-6)
     ablation = json.loads(paths["ablation_consistency.png"].with_suffix(".json").read_text())
     series = ablation["sweeps"]["coef"]["series"]["coef"]["explained_variance"]
-    assert ablation["sweeps"]["coef"]["values"] == [0.01, 1.0] and all(v is not None for v in series["mean"])
+    # the variant as configured (default coefficient 0.1) is the middle point of the sweep
+    assert ablation["sweeps"]["coef"]["values"] == [0.01, 0.1, 1.0] and all(v is not None for v in series["mean"])
     assert all(s is not None for s in series["seed_std"])

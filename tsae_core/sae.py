@@ -73,7 +73,7 @@ class SAEConfig:
             aux_k_coefficient=0.0 if v.activation == "relu" else v.aux_k_coefficient,
             aux_k=v.aux_k or d_in // 2,
             source=dict(source),
-            options=dict(v.options),
+            options=resolved_options(v),
         )
 
 
@@ -300,6 +300,14 @@ def geometric_median(points_ND: torch.Tensor, iters: int = 50, eps: float = 1e-6
             return y_next
         y = y_next
     return y
+
+
+def resolved_options(v: VariantConfig) -> dict[str, Any]:
+    """Every knob of the variant, defaults included, so cfg.json and the eval record all of them."""
+    from tsae_core.variants.registry import variant_class
+
+    parsed = variant_class(v.architecture).parse_options(v.options)
+    return {} if parsed is None else dataclasses.asdict(parsed)
 
 
 def build_sae(cfg: SAEConfig) -> SAE:

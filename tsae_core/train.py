@@ -172,6 +172,27 @@ def _truncate_curves(curves: Path, last_step: int) -> None:
     write_text(curves, "".join(ln + "\n" for ln in kept))
 
 
+def training_step(sae: SAE, opt: torch.optim.Optimizer, batch: Any, ctx: LossContext, grad_clip: float,
+                  autocast: Any, on_nonfinite: Any = None) -> tuple[Any, dict[str, torch.Tensor]]:
+    """One optimizer step of the recipe: forward, loss terms, backward, parallel decoder gradient
+    removed, global-norm clip, Adam, decoder rows renormalised, the variant's after-step hook.
+    `on_nonfinite(terms, grad_norm)` is called (and must raise) before a non-finite step is taken."""
+    with autocast:
+        out = sae(batch.acts_BTD, batch.mask_BT, batch.doc_start_BT)
+        terms = {k: t.float() for k, t in sae.loss_terms(out, ctx).items()}
+    loss = sum(terms.values())
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    sae.remove_parallel_decoder_grad()
+    grad_norm = torch.nn.utils.clip_grad_norm_(sae.parameters(), grad_clip)
+    if on_nonfinite is not None and not (torch.isfinite(loss) and torch.isfinite(grad_norm)):
+        on_nonfinite(terms, grad_norm)
+    opt.step()
+    sae.normalize_decoder()
+    sae.after_step(out, ctx)
+    return out, terms
+
+
 def train_variant(cfg: ExperimentConfig, name: str, store: Any, run_dir: Path, progress: bool = True) -> dict[str, Any]:
     """Train (or resume, or skip if already trained) the SAE `name`; returns a summary dict."""
     tc, inst = cfg.train, cfg.instance(name)
@@ -215,19 +236,8 @@ def train_variant(cfg: ExperimentConfig, name: str, store: Any, run_dir: Path, p
                 group["lr"] = lr_now * group.get("lr_multiplier", 1.0)
             ctx = LossContext(batch.mask_BT, batch.doc_start_BT, sparsity_scale(step, tc.steps, tc.sparsity_warmup_fraction),
                               tracker.dead_F, step=step, seed=inst.seed)
-            with autocast:
-                out = sae(batch.acts_BTD, batch.mask_BT, batch.doc_start_BT)
-                terms = {k: t.float() for k, t in sae.loss_terms(out, ctx).items()}
-            loss = sum(terms.values())
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            sae.remove_parallel_decoder_grad()
-            grad_norm = torch.nn.utils.clip_grad_norm_(sae.parameters(), tc.grad_clip)
-            if not (torch.isfinite(loss) and torch.isfinite(grad_norm)):
-                _diverged(name, step, terms, grad_norm, paths)
-            opt.step()
-            sae.normalize_decoder()
-            sae.after_step(out, ctx)
+            out, terms = training_step(sae, opt, batch, ctx, tc.grad_clip, autocast,
+                                       on_nonfinite=lambda terms, g: _diverged(name, step, terms, g, paths))
 
             n_tok = int(batch.mask_BT.sum())
             features_NF = out.features.detach()[batch.mask_BT]

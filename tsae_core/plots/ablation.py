@@ -36,6 +36,11 @@ def sweep_groups(evals: Evals) -> dict[str, dict[str, dict[str, Any]]]:
     return groups
 
 
+def _cfg_path(knob: str) -> tuple[str, ...]:
+    """Where a knob (`k`, `options.window`) sits in an eval's `sae_cfg`."""
+    return tuple(knob.split("."))
+
+
 def _positions(values: list[Any]) -> tuple[list[float], bool]:
     """x positions for knob values: the numbers themselves (log scale if they span >= 10x), else 0..n-1."""
     if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
@@ -46,8 +51,9 @@ def _positions(values: list[Any]) -> tuple[list[float], bool]:
 
 @_styled
 def plot_ablation(variant: str, sweeps: dict[str, dict[str, Any]], evals: Evals, out_dir: PathLike) -> Path | None:
-    """`ablation_<variant>.png`: a row per sweep of `variant`, a column per headline metric; the value
-    as configured (the unswept variant, dashed) and the TopK baseline (dotted) as references."""
+    """`ablation_<variant>.png`: a row per sweep of `variant`, a column per headline metric. The variant
+    as configured is a point of each sweep at its own knob values (and a dashed line); the TopK
+    baseline is a dotted line."""
     metrics = [m for m in HEADLINE if any(_num(_get(e, *m[1])) is not None for e in evals.values())]
     if not metrics or not sweeps:
         return None
@@ -55,12 +61,16 @@ def plot_ablation(variant: str, sweeps: dict[str, dict[str, Any]], evals: Evals,
     data: dict[str, Any] = {"variant": variant, "sweeps": {}}
     for row, (sweep_name, sw) in enumerate(sweeps.items()):
         x_knob, other = sw["knobs"][0], sw["knobs"][1:]
-        xs = sorted({tuple_[x_knob] for tuple_ in sw["points"].values()}, key=lambda v: (str(type(v)), v))
+        points = dict(sw["points"])
+        configured = {k: _get(evals.get(variant, {}).get("sae_cfg", {}), *_cfg_path(k)) for k in sw["knobs"]}
+        if variant in evals and None not in configured.values() and configured not in points.values():
+            points[variant] = configured  # the variant as configured is the grid point at its own values
+        xs = sorted({p[x_knob] for p in points.values()}, key=lambda v: (str(type(v)), v))
         pos, log = _positions(xs)
         series = {}
-        for combo in itertools.product(*(sorted({p[k] for p in sw["points"].values()}) for k in other)):
+        for combo in itertools.product(*(sorted({p[k] for p in points.values()}) for k in other)):
             fixed = dict(zip(other, combo))
-            members = {p[x_knob]: n for n, p in sw["points"].items() if all(p[k] == fixed[k] for k in other)}
+            members = {p[x_knob]: n for n, p in points.items() if all(p[k] == fixed[k] for k in other)}
             label = ", ".join(f"{k.rsplit('.', 1)[-1]} = {v}" for k, v in fixed.items()) or sweep_name
             series[label] = [members.get(x) for x in xs]
         data["sweeps"][sweep_name] = {"knob": x_knob, "values": xs, "series": {}}

@@ -1,9 +1,12 @@
 """Temporal consistency: penalise how much codes change between nearby positions of one document.
 
-    L = L_recon + coefficient * C(f[..., :S]),   S = round(subset_fraction * F)
+    L = L_recon + coefficient * d_in * C(f[..., :S]),   S = round(subset_fraction * F)
 
 with C the relative change of codes over lags 1..window (`losses.temporal_consistency`): pairs that
-straddle a document boundary or touch a special token are never compared. With `subset_fraction`
+straddle a document boundary or touch a special token are never compared. C is a ratio in [0, 1]
+(free of width, k and activation scale) and d_in = E||x_n||^2 is the reconstruction's natural scale
+(the dataset scaling makes E||x_n|| = sqrt(d_in)), so a coefficient trades the same fraction of
+variance for the same relative change on any model, width or k. With `subset_fraction`
 < 1 only the first S latents (a "slow" part of the dictionary) are asked to persist; the rest stay
 free to follow fast, token-level features. The idea of the research log that started this project
 (seed 000), in the spirit of slow-feature analysis (Wiskott & Sejnowski 2002) applied to SAE codes.
@@ -26,7 +29,7 @@ class ConsistencyOptions:
     window: int = 4
     """Largest lag delta compared: pairs (t, t + delta) for delta = 1..window."""
     coefficient: float = 0.1
-    """Weight of the relative change C (in [0, 1] for L1), the same meaning at any width or k."""
+    """Weight of the relative change C (in [0, 1] for L1) against the input's energy d_in; same meaning at any width, k or d_in."""
     norm: Literal["l1", "l2"] = "l1"
     """|f_t - f_{t+delta}| (l1) or its square (l2)."""
     subset_fraction: float = 1.0
@@ -51,5 +54,5 @@ class ConsistencySAE(SAE):
         change = losses.temporal_consistency(
             out.features[..., : self.n_slow], ctx.doc_start_BT, ctx.mask_BT, o.window, power=1 if o.norm == "l1" else 2
         )
-        terms["consistency"] = o.coefficient * change
+        terms["consistency"] = o.coefficient * self.cfg.d_in * change
         return terms

@@ -12,7 +12,9 @@ batch (never ones from the anchor's own document) and a FIFO queue of the last `
 positive codes of earlier batches (detached), so rare high-level features meet enough negatives.
 The queue is training state: it is saved in checkpoints so that a resumed run is exact. Only
 pairs where both codes have an active high-level latent take part (a cosine needs a direction).
-The published design uses dot products of codes without a queue; the cosine, the temperature and
+The InfoNCE term is in nats and, as published, is weighed against the reconstruction as it is (no
+d_in factor, unlike the consistency and orthogonality terms). The published design uses dot
+products of codes without a queue; the cosine, the temperature and
 the queue follow the seed's specification (MoCo-style, He et al. 2020).
 """
 

@@ -1,8 +1,9 @@
 """Adaptive orthogonal SAE (seed 003): decoder directions of latents that fire together are kept
 apart, up to a controlled amount of sharing alpha.
 
-    L = L_recon + coefficient * mean_{groups g} mean_{i != j in g} max(0, |cos(W_i, W_j)| - alpha)^2
+    L = L_recon + coefficient * d_in * mean_{groups g} mean_{i != j in g} max(0, |cos(W_i, W_j)| - alpha)^2
 
+(d_in = E||x_n||^2, the reconstruction's scale, so a coefficient means the same on any model).
 Comparing every pair costs F^2 D; instead latents are split into groups of at most `group_size`
 (cost F * group_size * D, linear in F). In `adaptive` mode the groups are re-formed every
 `regroup_every` steps from co-activation, so the penalty acts where it matters (latents that fire
@@ -34,8 +35,8 @@ from tsae_core.typed import check
 class OrthogonalOptions:
     alpha: float = 0.1
     """Allowed sharing: |cos| up to alpha between decoder rows of one group is free."""
-    coefficient: float = 1.0
-    """Weight of the orthogonality penalty."""
+    coefficient: float = 0.1
+    """Weight of the orthogonality penalty against the input's energy d_in."""
     group_size: int = 32
     """Latents per group (the penalty costs F * group_size * d_in)."""
     regroup_every: int = 250
@@ -107,7 +108,7 @@ class OrthogonalSAE(SAE):
     def loss_terms(self, out: SAEOutput, ctx: LossContext) -> dict[str, torch.Tensor]:
         terms = super().loss_terms(out, ctx)
         penalty = losses.grouped_orthogonality(self.W_dec, self.groups, self.options.alpha)
-        terms["orthogonality"] = self.options.coefficient * penalty
+        terms["orthogonality"] = self.options.coefficient * self.cfg.d_in * penalty
         return terms
 
     @torch.no_grad()
