@@ -96,22 +96,25 @@ def temporal_consistency(
 def info_nce(
     anchor_PH: torch.Tensor, positive_PH: torch.Tensor, queue_QH: torch.Tensor, same_doc_PP: torch.Tensor, temperature: float
 ) -> torch.Tensor:
-    """Symmetric InfoNCE on cosine similarities (rows are normalised here).
+    """Symmetric InfoNCE on cosine similarities (anchor and positive rows are normalised here; queued
+    rows are expected normalised).
 
     For pair p the positive is its partner; the negatives are the other pairs' partners and the
     queue of past codes. Partners from p's own document are masked out (they are not negatives):
         L = (CE(z_a z_p^T / tau over [positives, queue]) + CE(z_p z_a^T / tau over [anchors, queue])) / 2
+    computed as logsumexp over each block, combined with logaddexp: no (P, P + Q) concatenation.
     """
     za, zp = nn_normalize(anchor_PH), nn_normalize(positive_PH)
-    zq = nn_normalize(queue_QH)
     blocked_PP = same_doc_PP & ~torch.eye(len(za), dtype=torch.bool, device=za.device)
-    labels = torch.arange(len(za), device=za.device)
-    losses_ = []
+    total = za.new_zeros(())
     for u, v in ((za, zp), (zp, za)):
-        logits = torch.cat([u @ v.T, u @ zq.T], dim=1) / temperature  # (P, P + Q)
-        logits[:, : len(za)] = logits[:, : len(za)].masked_fill(blocked_PP, float("-inf"))
-        losses_.append(torch.nn.functional.cross_entropy(logits, labels))
-    return (losses_[0] + losses_[1]) / 2
+        u = u / temperature
+        positive_P = (u * v).sum(-1)
+        lse_P = torch.logsumexp((u @ v.T).masked_fill(blocked_PP, float("-inf")), dim=1)
+        if len(queue_QH):
+            lse_P = torch.logaddexp(lse_P, torch.logsumexp(u @ queue_QH.T, dim=1))
+        total = total + (lse_P - positive_P).mean()
+    return total / 2
 
 
 def nn_normalize(x_NH: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:

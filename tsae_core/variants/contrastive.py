@@ -43,7 +43,7 @@ class ContrastiveOptions:
     """Past positive codes kept as extra negatives (FIFO); 0: in-batch negatives only."""
     high_level_fraction: float = 0.2
     """The prefix of the dictionary the contrastive term acts on (also a Matryoshka level)."""
-    pairs_per_batch: int = 512
+    pairs_per_batch: int = 256
     """At most this many anchor/positive pairs per batch (bounds the P x (P + Q) similarity matrix)."""
 
     def __post_init__(self) -> None:
