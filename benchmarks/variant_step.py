@@ -53,7 +53,8 @@ def _current_rss() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def measure(params: str, variant: str, steps: int, warmup: int, device_name: str, d_in: int | None) -> dict:
+def measure(params: str, variant: str, steps: int, warmup: int, device_name: str, d_in: int | None,
+            d_sae: int | None = None, batch_sequences: int | None = None) -> dict:
     """Time `steps` training steps of one variant in this process; returns the numbers."""
     import dataclasses
 
@@ -69,11 +70,13 @@ def measure(params: str, variant: str, steps: int, warmup: int, device_name: str
     v = cfg.variants[name]
     if base:
         v = dataclasses.replace(v, architecture="standard", options={})
+    if d_sae:
+        v = dataclasses.replace(v, d_sae=d_sae)
     D = d_in or _d_in(cfg)
     device = torch.device(device_name)
     sae = build_sae(SAEConfig.from_variant(v, D, 1.0, {})).to(device)
     opt = torch.optim.Adam(sae.param_groups(), lr=1e-4)
-    B, T = cfg.train.batch_sequences, cfg.harvest.context_size
+    B, T = batch_sequences or cfg.train.batch_sequences, cfg.harvest.context_size
     gen = torch.Generator().manual_seed(0)
     batches = [_batch(B, T, D, device, gen) for _ in range(4)]
     autocast = torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
@@ -111,13 +114,16 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--d-in", type=int, default=None)
+    ap.add_argument("--d-in", type=int, default=None, help="activation width (default: the source's)")
+    ap.add_argument("--d-sae", type=int, default=None, help="dictionary size of every variant (default: the params')")
+    ap.add_argument("--batch-sequences", type=int, default=None, help="sequences per step (default: train.batch_sequences)")
     ap.add_argument("--only", default="", help="comma-separated variant names (default: all)")
     ap.add_argument("--json", default="", help="also write the rows to this JSON file")
     ap.add_argument("--_child", default="", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args._child:
-        print(json.dumps(measure(args.params, args._child, args.steps, args.warmup, args.device, args.d_in)))
+        print(json.dumps(measure(args.params, args._child, args.steps, args.warmup, args.device, args.d_in,
+                                 args.d_sae, args.batch_sequences)))
         return
 
     from tsae_core.config import load_config
@@ -130,14 +136,17 @@ def main() -> None:
         jobs = [name] + ([f"{name}@baseline"] if cfg.variants[name].architecture != "standard" else [])
         for job in jobs:
             cmd = [sys.executable, __file__, args.params, "--steps", str(args.steps), "--warmup", str(args.warmup),
-                   "--device", args.device, "--_child", job] + (["--d-in", str(args.d_in)] if args.d_in else [])
+                   "--device", args.device, "--_child", job]
+            for flag, value in (("--d-in", args.d_in), ("--d-sae", args.d_sae), ("--batch-sequences", args.batch_sequences)):
+                cmd += [flag, str(value)] if value else []
             out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=os.environ.copy())
             if out.returncode != 0:
                 raise SystemExit(f"{job} failed:\n{out.stderr[-3000:]}")
             rows[job] = json.loads(out.stdout.strip().splitlines()[-1])
     header = f"{'variant':14s} {'arch':12s} {'act':9s} {'ms/step':>9s} {'x base':>7s} {'tok/s':>9s} {'peak MB':>9s} {'x base':>7s}"
-    print(f"params {args.params}, device {args.device}, d_in {next(iter(rows.values()))['d_in']}, "
-          f"{cfg.train.batch_sequences} x {cfg.harvest.context_size} tokens per step, {args.steps} timed steps")
+    first = next(iter(rows.values()))
+    print(f"params {args.params}, device {args.device}, d_in {first['d_in']}, d_sae {first['d_sae']}, "
+          f"{args.batch_sequences or cfg.train.batch_sequences} x {cfg.harvest.context_size} tokens per step, {args.steps} timed steps")
     print(header)
     print("-" * len(header))
     for name in names:

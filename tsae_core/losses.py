@@ -60,6 +60,16 @@ def aux_k(
     return scale * fraction_unexplained(residual_ND.detach(), e_hat_ND, mask_N)
 
 
+def dead_threshold_gap(pre_NF: torch.Tensor, threshold_F: torch.Tensor, dead_F: torch.Tensor, mask_N: torch.Tensor) -> torch.Tensor:
+    """JumpReLU's remedy for dead latents: mean over tokens and dead latents of max(0, theta_i - pre_i).
+
+    A dead latent gets no gradient from the reconstruction (its jump is closed everywhere); this
+    term raises its pre-activations and lowers its threshold until it fires again, in the spirit of
+    the pre-activation loss of Anthropic's JumpReLU update (Conerly et al. 2025). Zero when none is dead."""
+    gap_NF = torch.relu(threshold_F - pre_NF)[:, dead_F]
+    return masked_mean(gap_NF.mean(-1), mask_N)
+
+
 # ---------------------------------------------------------------- temporal and geometric terms
 
 

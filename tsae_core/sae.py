@@ -198,7 +198,10 @@ class SAE(nn.Module):
             target = self.cfg.target_l0
             penalty = (l0 / target - 1.0).pow(2) if target > 0 else l0
             terms["l0"] = ctx.sparsity_scale * self.cfg.l0_coefficient * penalty
-        if self.cfg.activation != "relu" and self.cfg.aux_k_coefficient > 0 and ctx.dead_F is not None:
+            if ctx.dead_F is not None and bool(ctx.dead_F.any()) and self.cfg.aux_k_coefficient > 0:
+                revive = losses.dead_threshold_gap(out.pre_acts.reshape(-1, F), self.activation.threshold, ctx.dead_F, mask_N)
+                terms["revive"] = self.cfg.aux_k_coefficient * revive
+        if self.cfg.activation in ("topk", "batchtopk") and self.cfg.aux_k_coefficient > 0 and ctx.dead_F is not None:
             aux = losses.aux_k(x_ND - recon_ND, out.pre_acts.reshape(-1, F), ctx.dead_F, self.W_dec, self.cfg.aux_k, mask_N)
             terms["aux_k"] = self.cfg.aux_k_coefficient * aux
         return terms
