@@ -25,7 +25,7 @@ def default_results(tmp_path_factory):
     harvest(cfg, cfg.run_dir / "activations", progress=False)
     store = ActivationStore.open(cfg.run_dir / "activations")
     results = {}
-    for name in cfg.variants:
+    for name in ("topk", "batchtopk", "relu"):  # the baselines; the temporal family has its own test
         train_variant(cfg, name, store, cfg.run_dir, progress=False)
         results[name] = evaluate_variant(cfg, name, store, cfg.run_dir, progress=False)
     return results

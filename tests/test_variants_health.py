@@ -1,0 +1,58 @@
+"""Every variant of the synthetic benchmark trains to a healthy SAE next to its TopK baseline.
+
+On `params/synthetic.yaml` with a shorter training (1500 steps; the ablations' budget), each temporal
+variant built on TopK must be healthy, keep its explained variance within 0.05 of TopK's at the same L0,
+and leave no more than 5 points more dead latents than TopK. JumpReLU has no TopK to match: it must be
+healthy and land within 20% of its target L0.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tsae_core.config import load_config
+from tsae_core.evaluate import evaluate_variant
+from tsae_core.harvest import harvest
+from tsae_core.store import ActivationStore
+from tsae_core.train import train_variant
+
+pytestmark = pytest.mark.slow
+
+STEPS = 1500
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    cfg = load_config("params/synthetic.yaml", {"run.out_dir": str(tmp_path_factory.mktemp("family")), "train.steps": STEPS,
+                                                "train.warmup_steps": 150})
+    harvest(cfg, cfg.run_dir / "activations", progress=False)
+    store = ActivationStore.open(cfg.run_dir / "activations")
+    out = {}
+    for name, v in cfg.variants.items():
+        if v.architecture != "standard" or name in ("topk", "jumprelu"):
+            train_variant(cfg, name, store, cfg.run_dir, progress=False)
+            out[name] = evaluate_variant(cfg, name, store, cfg.run_dir, progress=False)
+    return cfg, out
+
+
+def _core(r):
+    m = r["eval_result_metrics"]
+    return m["reconstruction_quality"]["explained_variance"], m["sparsity"]["l0"], m["sparsity"]["dead_fraction"]
+
+
+@pytest.mark.parametrize("variant", ["consistency", "contrastive", "matryoshka", "orthogonal", "orthogonal_fixed"])
+def test_temporal_variant_is_as_healthy_as_topk(results, variant):
+    cfg, r = results
+    ev, l0, dead = _core(r[variant])
+    ev_topk, l0_topk, dead_topk = _core(r["topk"])
+    assert r[variant]["health"]["healthy"], r[variant]["health"]
+    assert l0 == pytest.approx(l0_topk, rel=0.1), "compared at matched L0"
+    assert ev >= ev_topk - 0.05, (ev, ev_topk)
+    assert dead <= dead_topk + 0.05, (dead, dead_topk)
+
+
+def test_jumprelu_is_healthy_at_its_target(results):
+    cfg, r = results
+    ev, l0, dead = _core(r["jumprelu"])
+    assert r["jumprelu"]["health"]["healthy"], r["jumprelu"]["health"]
+    assert l0 == pytest.approx(cfg.variants["jumprelu"].target_l0, rel=0.2)
