@@ -43,6 +43,20 @@ def test_aux_k_zero_without_dead_latents_and_positive_with():
     assert pre.grad[:, :4].abs().sum() > 0
 
 
+def test_aux_k_is_in_the_units_of_reconstruction():
+    """aux_k_coefficient weighs AuxK against reconstruction as alpha in the paper's
+    L = ||x - x_hat||^2 + alpha ||e - e_hat||^2: dead latents that explain nothing leave E||e||^2,
+    and scaling the data by c scales AuxK by c^2, like the reconstruction loss (a Var(e)-normalised
+    AuxK stays at 1 and makes alpha act as alpha / Var(e), far too weak at E||x||^2 = d_in)."""
+    g = torch.Generator().manual_seed(5)
+    resid, pre, W = 3.0 * torch.randn(32, 6, generator=g), torch.randn(32, 12, generator=g), torch.randn(12, 6, generator=g)
+    mask, dead = torch.ones(32, dtype=torch.bool), torch.ones(12, dtype=torch.bool)
+    silent = losses.aux_k(resid, pre, dead, torch.zeros(12, 6), 3, mask)
+    assert torch.allclose(silent, losses.reconstruction(resid, torch.zeros_like(resid), mask))
+    base = losses.aux_k(resid, pre, dead, W, 3, mask)
+    assert torch.allclose(losses.aux_k(10.0 * resid, 10.0 * pre, dead, W, 3, mask), 100.0 * base, rtol=1e-4)
+
+
 def test_topk_keeps_exactly_k_positive():
     pre = torch.randn(20, 50, generator=torch.Generator().manual_seed(3)) + 3.0
     f = TopK(5)(pre)

@@ -45,8 +45,14 @@ def aux_k(
     """AuxK (Gao et al. 2024): dead latents' top-k_aux activations must reconstruct the residual.
 
     e = x - x_hat (no gradient through it), e_hat = TopK_aux(relu(pre) over dead latents) W_dec,
-    loss = sum ||e - e_hat||^2 / sum ||e - mean(e)||^2, scaled by min(n_dead / k_aux, 1) so a few
-    dead latents do not dominate. Zero when no latent is dead.
+    loss = min(n_dead / k_aux, 1) * E ||e - e_hat||^2, the scale so that a few dead latents do not
+    dominate. Zero when no latent is dead.
+
+    It is in the units of `reconstruction` (E ||x - x_hat||^2), so that the objective is the
+    paper's L = ||x - x_hat||^2 + alpha ||e - e_hat||^2 and alpha (aux_k_coefficient, 1/32) is its
+    weight relative to reconstruction whatever the data's scale. Dividing by Var(e) instead, while
+    the reconstruction term stays unnormalised, weights it by alpha / Var(e) = alpha / (FVU Var(x)):
+    about alpha / 15 at E||x||^2 = d_in = 64, and less as d_in grows — too weak to revive a latent.
     """
     n_dead = int(dead_F.sum())
     if n_dead == 0:
@@ -57,7 +63,7 @@ def aux_k(
     codes_NF = torch.zeros_like(pre_NF).scatter(-1, idx_NK, torch.relu(values_NK))
     e_hat_ND = codes_NF @ W_dec_FD
     scale = min(n_dead / k_aux, 1.0)
-    return scale * fraction_unexplained(residual_ND.detach(), e_hat_ND, mask_N)
+    return scale * reconstruction(residual_ND.detach(), e_hat_ND, mask_N)
 
 
 def dead_threshold_gap(pre_NF: torch.Tensor, threshold_F: torch.Tensor, dead_F: torch.Tensor, mask_N: torch.Tensor) -> torch.Tensor:
