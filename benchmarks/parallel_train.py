@@ -42,11 +42,13 @@ def main() -> None:
     ap.add_argument("params")
     ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--only", default="", help="comma-separated variants (default: all)")
     args = ap.parse_args()
     overrides = dict(parse_override(s) for s in args.sets)
     cfg = load_config(args.params, overrides)
     harvest(cfg, cfg.run_dir / "activations")
-    names = [i.name for i in cfg.instances()]
+    only = set(filter(None, args.only.split(",")))
+    names = [i.name for i in cfg.instances() if not only or i.variant in only]
     print(f"{len(names)} SAEs on {args.workers} workers", flush=True)
     os.environ["OMP_NUM_THREADS"] = "1"
     with ProcessPoolExecutor(args.workers, mp_context=get_context("spawn")) as pool:
