@@ -70,3 +70,28 @@ def test_subset_fraction_penalises_only_the_slow_prefix():
     assert sae.loss_terms(out, ctx)["consistency"].item() == pytest.approx(0.0, abs=1e-7)
     f[0, ::2, 1] = 1.0  # a flicker inside the slow prefix is penalised
     assert sae.loss_terms(out, ctx)["consistency"].item() > 0.1
+
+
+def _dense_reference(f, doc, mask, window, power):
+    num = den = 0.0
+    for delta in range(1, window + 1):
+        valid = losses.same_document_pairs(doc, mask, delta).unsqueeze(-1).float()
+        a, b = f[:, :-delta], f[:, delta:]
+        num = num + ((a - b).abs().pow(power) * valid).sum()
+        den = den + ((a.pow(power) + b.pow(power)) * valid).sum()
+    return num / den.detach()
+
+
+@pytest.mark.parametrize("power", [1, 2])
+def test_sparse_computation_equals_the_dense_definition_with_gradients(power):
+    gen = torch.Generator().manual_seed(power)
+    f = torch.relu(torch.randn(3, 20, 30, generator=gen) - 1.2)  # sparse, non-negative codes
+    doc = torch.rand(3, 20, generator=gen) < 0.15
+    mask = torch.rand(3, 20, generator=gen) > 0.1
+    f1, f2 = f.clone().requires_grad_(), f.clone().requires_grad_()
+    got = losses.temporal_consistency(f1, doc, mask, window=5, power=power)
+    want = _dense_reference(f2, doc, mask, window=5, power=power)
+    assert got.item() == pytest.approx(want.item(), rel=1e-5)
+    got.backward()
+    want.backward()
+    assert torch.allclose(f1.grad, f2.grad, atol=1e-6)
