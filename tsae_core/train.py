@@ -237,7 +237,7 @@ def train_variant(cfg: ExperimentConfig, name: str, store: Any, run_dir: Path, p
             ctx = LossContext(batch.mask_BT, batch.doc_start_BT, sparsity_scale(step, tc.steps, tc.sparsity_warmup_fraction),
                               tracker.dead_F, step=step, seed=inst.seed)
             out, terms = training_step(sae, opt, batch, ctx, tc.grad_clip, autocast,
-                                       on_nonfinite=lambda terms, g: _diverged(name, step, terms, g, paths))
+                                       on_nonfinite=lambda terms, g, step=step: _diverged(name, step, terms, g, paths))
 
             n_tok = int(batch.mask_BT.sum())
             features_NF = out.features.detach()[batch.mask_BT]
