@@ -12,15 +12,16 @@ from matplotlib.ticker import PercentFormatter
 from tsae_core.plots.common import _MP, _RQ, _SP, Evals, PathLike, _figure, _get, _num, _save, _seed_std, _styled
 
 HEADLINE = [
-    ("explained variance", (*_RQ, "explained_variance"), False),
-    ("L0 (latents / token)", (*_SP, "l0"), False),
-    ("dead latents", (*_SP, "dead_fraction"), True),
-    ("lag-1 autocorrelation", ("temporal", "autocorr_lag1_mean"), False),
-    ("true features recovered", ("ground_truth", "overall", "frac_recovered"), True),
-    ("rare slow features recovered", ("ground_truth", "by_kind", "rare_slow", "frac_recovered"), True),
-    ("CE loss score", (*_MP, "ce_loss_score"), False),
+    ("explained variance", (*_RQ, "explained_variance"), False, 0.02),
+    ("L0 (latents / token)", (*_SP, "l0"), False, 1.0),
+    ("dead latents", (*_SP, "dead_fraction"), True, 0.1),
+    ("lag-1 autocorrelation", ("temporal", "autocorr_lag1_mean"), False, 0.02),
+    ("true features recovered", ("ground_truth", "overall", "frac_recovered"), True, 0.1),
+    ("rare slow features recovered", ("ground_truth", "by_kind", "rare_slow", "frac_recovered"), True, 0.1),
+    ("CE loss score", (*_MP, "ce_loss_score"), False, 0.02),
 ]
-"""(title, path in the eval JSON, is a fraction); a metric no eval has is left out."""
+"""(title, path in the eval JSON, is a fraction, smallest y-span drawn); a metric no eval has is left out.
+The smallest span keeps differences below noise level from filling a panel."""
 
 BASELINE = "topk"
 
@@ -74,7 +75,7 @@ def plot_ablation(variant: str, sweeps: dict[str, dict[str, Any]], evals: Evals,
             label = ", ".join(f"{k.rsplit('.', 1)[-1]} = {v}" for k, v in fixed.items()) or sweep_name
             series[label] = [members.get(x) for x in xs]
         data["sweeps"][sweep_name] = {"knob": x_knob, "values": xs, "series": {}}
-        for col, (title, path, is_frac) in enumerate(metrics):
+        for col, (title, path, is_frac, min_span) in enumerate(metrics):
             ax = axes[row, col]
             for i, (label, names) in enumerate(series.items()):
                 ys = [_num(_get(evals[n], *path)) if n else None for n in names]
@@ -87,6 +88,12 @@ def plot_ablation(variant: str, sweeps: dict[str, dict[str, Any]], evals: Evals,
                 v = _num(_get(evals.get(ref, {}), *path))
                 if v is not None:
                     ax.axhline(v, ls=style, color="0.25", lw=1.2, label=ref_label)
+            lo, hi = ax.get_ylim()
+            if hi - lo < min_span:
+                mid = (lo + hi) / 2
+                ax.set_ylim(mid - min_span / 2, mid + min_span / 2)
+            if not is_frac:
+                ax.ticklabel_format(axis="y", useOffset=False)
             if log:
                 ax.set_xscale("log")
             ax.set_xticks(pos, [str(x) for x in xs])
