@@ -199,7 +199,7 @@ def cluster_run_variant(cfg: Any, name: str, store: Any, run_dir: str | Path, pr
     batches = eval_batches(store, cfg, max_sequences=cfg.cluster.max_sequences)
     for batch in tqdm(batches, desc=f"describe {name}", disable=not progress):
         b = batch.to(device)
-        features_BTF = sae(b.acts_BTD, b.mask_BT, b.doc_start_BT).features.float().cpu()
+        features_BTF = sae(b.acts_BTD, b.mask_BT, b.doc_start_BT, b.position_BT).features.float().cpu()
         temporal.update(features_BTF, batch.doc_start_BT, batch.mask_BT)
         profile.update(features_BTF, batch.position_BT, batch.mask_BT)
 

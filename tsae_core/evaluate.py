@@ -50,13 +50,16 @@ def model_preservation(sae: SAE, model: Any, store: Any, cfg: ExperimentConfig, 
     metric = ModelPreservation(model, hook)
     device = next(sae.parameters()).device
 
-    def reconstruct(x_BTD: torch.Tensor, special_BT: torch.Tensor) -> torch.Tensor:
-        return sae(x_BTD.float().to(device), ~special_BT.to(device)).recon
-
     n = min(cfg.eval.model_max_sequences, store.split("eval").n_sequences)
     batch_size = min(cfg.source.model_batch_size, cfg.eval.batch_sequences)
     for batch in tqdm(eval_batches(store, cfg, max_sequences=n, batch_sequences=batch_size), desc=f"model metrics {name}",
                       disable=not progress, total=math.ceil(n / batch_size)):
+        b = batch.to(device)
+
+        # the batch's document structure goes with it: temporal encoders read earlier tokens
+        def reconstruct(x_BTD: torch.Tensor, special_BT: torch.Tensor, b=b) -> torch.Tensor:
+            return sae(x_BTD.float().to(device), ~special_BT.to(device), b.doc_start_BT, b.position_BT).recon
+
         metric.update(batch.tokens_BT, batch.special_BT, reconstruct)
     return metric.result()
 
@@ -84,7 +87,7 @@ def evaluate_sae(sae: SAE, store: Any, cfg: ExperimentConfig, name: str, progres
     for batch in tqdm(eval_batches(store, cfg), desc=f"evaluate {name}", disable=not progress,
                       total=math.ceil(n_eval / cfg.eval.batch_sequences)):
         b = batch.to(device)
-        out = sae(b.acts_BTD, b.mask_BT, b.doc_start_BT)
+        out = sae(b.acts_BTD, b.mask_BT, b.doc_start_BT, b.position_BT)
         features = out.features.float().cpu()
         core.update(batch.acts_BTD.float(), out.recon.float().cpu(), features, batch.mask_BT)
         temporal.update(features, batch.doc_start_BT, batch.mask_BT)

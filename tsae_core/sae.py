@@ -150,29 +150,36 @@ class SAE(nn.Module):
         self.b_dec.copy_(b_dec if b_dec is not None else torch.zeros(self.cfg.d_in))
 
     # -- forward -------------------------------------------------------------------------------
-    def encode_pre(self, x_n_BTD: torch.Tensor, doc_start_BT: torch.Tensor | None = None) -> torch.Tensor:
+    def encode_pre(
+        self, x_n_BTD: torch.Tensor, doc_start_BT: torch.Tensor | None = None, position_BT: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Pre-activations; temporal variants add a term that uses earlier positions of the same
-        document (`doc_start_BT` marks where documents begin)."""
+        document (`doc_start_BT` marks where documents begin, `position_BT` counts tokens from it;
+        see `tsae_core.sequence` for the defaults when they are None)."""
         return (x_n_BTD - self.b_dec) @ self.W_enc + self.b_enc
 
     def decode(self, features_BTF: torch.Tensor) -> torch.Tensor:
         return features_BTF @ self.W_dec + self.b_dec
 
     def forward(
-        self, x_BTD: torch.Tensor, mask_BT: torch.Tensor | None = None, doc_start_BT: torch.Tensor | None = None
+        self,
+        x_BTD: torch.Tensor,
+        mask_BT: torch.Tensor | None = None,
+        doc_start_BT: torch.Tensor | None = None,
+        position_BT: torch.Tensor | None = None,
     ) -> SAEOutput:
         """x (B, T, D) or (N, D) raw activations -> SAEOutput.
 
         `mask_BT` (True = token counts) keeps excluded tokens out of batchtopk's budget;
-        `doc_start_BT` is used by temporal variants only."""
+        `doc_start_BT` and `position_BT` are used by temporal variants only (None: each sequence is
+        one document starting at its first token)."""
         squeeze = x_BTD.dim() == 2
         if squeeze:
             x_BTD = x_BTD.unsqueeze(0)
-            mask_BT = None if mask_BT is None else mask_BT.unsqueeze(0)
-            doc_start_BT = None if doc_start_BT is None else doc_start_BT.unsqueeze(0)
+            mask_BT, doc_start_BT, position_BT = (None if t is None else t.unsqueeze(0) for t in (mask_BT, doc_start_BT, position_BT))
         s = self.cfg.activation_scaling_factor
         x_n = x_BTD * s
-        pre = self.encode_pre(x_n, doc_start_BT)
+        pre = self.encode_pre(x_n, doc_start_BT, position_BT)
         B, T, F = pre.shape
         mask_N = None if mask_BT is None else mask_BT.reshape(-1)
         features = self.activation(pre.reshape(B * T, F), mask_N).view(B, T, F)
@@ -255,7 +262,7 @@ class SAE(nn.Module):
             return
         pre_batches = []
         for b in batches:
-            pre = self.encode_pre(b.acts_BTD * self.cfg.activation_scaling_factor, b.doc_start_BT)
+            pre = self.encode_pre(b.acts_BTD * self.cfg.activation_scaling_factor, b.doc_start_BT, b.position_BT)
             pre_batches.append((pre.reshape(-1, self.cfg.d_sae), b.mask_BT.reshape(-1)))
         calibrate(pre_batches)
 

@@ -178,7 +178,7 @@ def training_step(sae: SAE, opt: torch.optim.Optimizer, batch: Any, ctx: LossCon
     removed, global-norm clip, Adam, decoder rows renormalised, the variant's after-step hook.
     `on_nonfinite(terms, grad_norm)` is called (and must raise) before a non-finite step is taken."""
     with autocast:
-        out = sae(batch.acts_BTD, batch.mask_BT, batch.doc_start_BT)
+        out = sae(batch.acts_BTD, batch.mask_BT, batch.doc_start_BT, batch.position_BT)
         terms = {k: t.float() for k, t in sae.loss_terms(out, ctx).items()}
     loss = sum(terms.values())
     opt.zero_grad(set_to_none=True)
