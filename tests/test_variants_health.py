@@ -3,9 +3,10 @@
 On `params/synthetic.yaml` with a shorter training (1500 steps; the ablations' budget), each temporal
 variant built on TopK must be healthy, keep its explained variance within 0.05 of TopK's at the same L0,
 and leave no more than 5 points more dead latents than TopK. JumpReLU has no TopK to match: it must land
-within 20% of its target L0 and reconstruct as well as the L1 SAE does at 3x its L0 (EV >= 0.8). Its dead
-latents are a measured trade-off, not a test: with this recipe about half of its latents stop firing
-on the synthetic benchmark (0.53 after 5000 steps over 3 seeds), which the health verdict reports.
+within 20% of its target L0 and reconstruct within 0.05 of TopK's explained variance. Its pre-activation
+loss keeps latents alive, but slowly: measured 5.9% dead at this budget against TopK's 0% (bounded here
+at 8 points), and 0.4% against TopK's 21% at the benchmark's 5000 steps (the dead-only revival it
+replaced left 53%).
 """
 
 from __future__ import annotations
@@ -63,4 +64,6 @@ def test_jumprelu_reaches_its_target_and_reconstructs(results):
     cfg, r = results
     ev, l0, dead = _core(r["jumprelu"])
     assert l0 == pytest.approx(cfg.variants["jumprelu"].target_l0, rel=0.2)
-    assert ev >= 0.8, ev
+    ev_topk, _, dead_topk = _core(r["topk"])
+    assert ev >= ev_topk - 0.05, (ev, ev_topk)
+    assert dead <= dead_topk + 0.08, (dead, dead_topk)

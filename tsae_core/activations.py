@@ -143,7 +143,7 @@ class JumpReLU(nn.Module):
     thresholds move slowly, and a dense start would need many steps to become sparse.
     """
 
-    def __init__(self, d_sae: int, k: int, bandwidth: float = 0.05, init_threshold: float = 0.01):
+    def __init__(self, d_sae: int, k: int, bandwidth: float = 2.0, init_threshold: float = 0.01):
         super().__init__()
         self.k, self.bandwidth = k, bandwidth
         self.log_threshold = nn.Parameter(torch.full((d_sae,), math.log(init_threshold)))
@@ -175,7 +175,7 @@ class JumpReLU(nn.Module):
             self.log_threshold.copy_(tensors["threshold"].clamp_min(1e-12).log())
 
 
-def make_activation(name: str, k: int, d_sae: int, bandwidth: float = 0.05) -> nn.Module:
+def make_activation(name: str, k: int, d_sae: int, bandwidth: float = 2.0) -> nn.Module:
     if name == "relu":
         return ReLU()
     if name == "topk":

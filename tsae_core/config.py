@@ -86,10 +86,13 @@ class VariantConfig:
     """jumprelu only: weight of the L0 penalty (or of the squared relative miss of `target_l0`)."""
     target_l0: float = 0.0
     """jumprelu only: the L0 the penalty aims for, coefficient * (L0 / target - 1)^2; 0: plain coefficient * L0."""
-    bandwidth: float = 0.05
-    """jumprelu only: width of the straight-through estimator's window around each threshold (normalised units)."""
-    threshold_lr_multiplier: float = 50.0
+    bandwidth: float = 2.0
+    """jumprelu only: width of the straight-through estimator's window around each threshold, in normalised
+    units (E||x|| = sqrt(d_in), where an active latent's pre-activation is a few units)."""
+    threshold_lr_multiplier: float = 10.0
     """jumprelu only: the thresholds' learning rate as a multiple of the SAE's (they must move far in few steps)."""
+    pre_act_coefficient: float = 1.0
+    """jumprelu only: weight of the pre-activation loss mean max(0, theta - pre), which keeps latents from dying."""
     aux_k_coefficient: float = 1.0 / 32
     """Weight of the AuxK dead-latent loss (topk / batchtopk); 0 disables it."""
     aux_k: int = 0
@@ -108,6 +111,7 @@ class VariantConfig:
         _check(0 <= self.target_l0 <= self.d_sae, "target_l0", f"must be in [0, d_sae ({self.d_sae})]")
         _check(self.bandwidth > 0, "bandwidth", "must be > 0")
         _check(self.threshold_lr_multiplier > 0, "threshold_lr_multiplier", "must be > 0")
+        _check(self.pre_act_coefficient >= 0, "pre_act_coefficient", "must be >= 0")
         _check(self.aux_k >= 0, "aux_k", "must be >= 0")
         _check(self.lr >= 0 and self.lr == self.lr, "lr", "must be >= 0 (0: recipe default)")
 

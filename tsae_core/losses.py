@@ -66,14 +66,15 @@ def aux_k(
     return scale * reconstruction(residual_ND.detach(), e_hat_ND, mask_N)
 
 
-def dead_threshold_gap(pre_NF: torch.Tensor, threshold_F: torch.Tensor, dead_F: torch.Tensor, mask_N: torch.Tensor) -> torch.Tensor:
-    """JumpReLU's remedy for dead latents: mean over tokens and dead latents of max(0, theta_i - pre_i).
+def threshold_gap(pre_NF: torch.Tensor, threshold_F: torch.Tensor, mask_N: torch.Tensor) -> torch.Tensor:
+    """JumpReLU's pre-activation loss: mean over tokens and latents of max(0, theta_i - pre_i).
 
-    A dead latent gets no gradient from the reconstruction (its jump is closed everywhere); this
-    term raises its pre-activations and lowers its threshold until it fires again, in the spirit of
-    the pre-activation loss of Anthropic's JumpReLU update (Conerly et al. 2025). Zero when none is dead."""
-    gap_NF = torch.relu(threshold_F - pre_NF)[:, dead_F]
-    return masked_mean(gap_NF.mean(-1), mask_N)
+    A latent gets gradient from the reconstruction only where it fires (and its threshold only within
+    the estimator's window), so once its threshold passes every pre-activation it is dead for good.
+    This term lifts the pre-activations that sit below their thresholds, and lowers the thresholds,
+    by a small constant pull on every latent (the pre-activation loss of Conerly et al. 2025, "Circuits
+    Updates — January 2025", with unit-norm decoders); the L0 penalty holds the balance."""
+    return masked_mean(torch.relu(threshold_F - pre_NF).mean(-1), mask_N)
 
 
 # ---------------------------------------------------------------- temporal and geometric terms

@@ -49,6 +49,7 @@ class SAEConfig:
     target_l0: float = 0.0
     bandwidth: float = 0.0
     threshold_lr_multiplier: float = 1.0
+    pre_act_coefficient: float = 0.0
     aux_k_coefficient: float = 0.0
     aux_k: int = 0
     source: dict[str, Any] = field(default_factory=dict)
@@ -70,6 +71,7 @@ class SAEConfig:
             target_l0=v.target_l0 if v.activation == "jumprelu" else 0.0,
             bandwidth=v.bandwidth if v.activation == "jumprelu" else 0.0,
             threshold_lr_multiplier=v.threshold_lr_multiplier,
+            pre_act_coefficient=v.pre_act_coefficient if v.activation == "jumprelu" else 0.0,
             aux_k_coefficient=0.0 if v.activation == "relu" else v.aux_k_coefficient,
             aux_k=v.aux_k or d_in // 2,
             source=dict(source),
@@ -114,7 +116,9 @@ class SAE(nn.Module):
         self.b_enc = nn.Parameter(torch.zeros(d_sae))
         self.W_dec = nn.Parameter(torch.empty(d_sae, d_in))
         self.b_dec = nn.Parameter(torch.zeros(d_in))
-        self.activation = make_activation(cfg.activation, cfg.k or 1, d_sae, bandwidth=cfg.bandwidth or 0.05)
+        # jumprelu's thresholds start where latents fire `target_l0` times per token when it has one
+        k = max(1, round(cfg.target_l0)) if cfg.activation == "jumprelu" and cfg.target_l0 > 0 else cfg.k or 1
+        self.activation = make_activation(cfg.activation, k, d_sae, bandwidth=cfg.bandwidth or 2.0)
         self.options = self.parse_options(cfg.options)
         self.reset_parameters(torch.Generator().manual_seed(0))
 
@@ -205,9 +209,9 @@ class SAE(nn.Module):
             target = self.cfg.target_l0
             penalty = (l0 / target - 1.0).pow(2) if target > 0 else l0
             terms["l0"] = ctx.sparsity_scale * self.cfg.l0_coefficient * penalty
-            if ctx.dead_F is not None and bool(ctx.dead_F.any()) and self.cfg.aux_k_coefficient > 0:
-                revive = losses.dead_threshold_gap(out.pre_acts.reshape(-1, F), self.activation.threshold, ctx.dead_F, mask_N)
-                terms["revive"] = self.cfg.aux_k_coefficient * revive
+            if self.cfg.pre_act_coefficient > 0:
+                gap = losses.threshold_gap(out.pre_acts.reshape(-1, F), self.activation.threshold, mask_N)
+                terms["pre_act"] = self.cfg.pre_act_coefficient * gap
         if self.cfg.activation in ("topk", "batchtopk") and self.cfg.aux_k_coefficient > 0 and ctx.dead_F is not None:
             aux = losses.aux_k(x_ND - recon_ND, out.pre_acts.reshape(-1, F), ctx.dead_F, self.W_dec, self.cfg.aux_k, mask_N)
             terms["aux_k"] = self.cfg.aux_k_coefficient * aux
