@@ -52,6 +52,16 @@ def test_the_prediction_reads_at_most_window_tokens_back():
     assert (sae(near, None, d).recon[:, t] - a.recon[:, t]).abs().max() > 1e-2
 
 
+def test_special_tokens_are_not_read():
+    sae = _sae().eval()
+    x, d, g = _data()
+    mask = ~d  # document starts are special tokens (BOS)
+    x2 = torch.where(d.unsqueeze(-1), torch.randn(x.shape, generator=g) * 10, x)
+    a, b = sae(x, mask, d), sae(x2, mask, d)
+    assert (a.recon - b.recon)[mask].abs().max() <= 1e-6
+    assert (sae(x, None, d).recon - a.recon)[mask].abs().max() > 1e-3, "without a mask every token is read"
+
+
 @pytest.mark.filterwarnings("ignore::tsae_core.variants.predictive.PredictionCollapseWarning")
 def test_only_the_novel_code_is_sparse_and_the_reconstruction_uses_both():
     sae = _sae("topk", k=3)

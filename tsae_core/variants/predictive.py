@@ -12,7 +12,7 @@ With x_c = x_n - b_dec and e_s = relu(x_c,s W_enc + b_enc) the dense encoding of
     x_n^    = (z_pred + z_novel) W_dec + b_dec
 
 S(t) holds the `window` tokens before t of t's own document (never t itself, never a later token,
-never another document); the null slot (the projections of a zero encoding, as the reference's
+never another document, never a special token such as BOS); the null slot (the projections of a zero encoding, as the reference's
 zero-padded first context token) lets a token read nothing, e.g. at a document's first token. Only
 e_t and x_t enter the query and the projection: the content of the prediction comes from the past.
 
@@ -117,7 +117,8 @@ class CausalCodeAttention(nn.Module):
         for b in (self.b_q, self.b_k, self.b_v, self.b_o):
             b.zero_()
 
-    def forward(self, enc_BTF: torch.Tensor, doc_start_BT: torch.Tensor) -> torch.Tensor:
+    def forward(self, enc_BTF: torch.Tensor, doc_start_BT: torch.Tensor, context_BT: torch.Tensor | None = None) -> torch.Tensor:
+        """`context_BT`: the tokens that may be read (special tokens are not); None: all."""
         B, T, _ = enc_BTF.shape
         H, E = self.heads, self.head_dim
 
@@ -129,6 +130,8 @@ class CausalCodeAttention(nn.Module):
         null_v = self.b_v.view(1, H, 1, E).expand(B, H, 1, E)
         k, v = torch.cat([null_k, k], dim=2), torch.cat([null_v, v], dim=2)  # (B, H, 1 + T, E)
         readable_BTS = causal_window_mask(doc_start_BT, self.window, include_self=False)
+        if context_BT is not None:
+            readable_BTS = readable_BTS & context_BT.bool()[:, None, :]
         readable_BTS = torch.cat([readable_BTS.new_ones(B, T, 1), readable_BTS], dim=2)
         attended = F_nn.scaled_dot_product_attention(q, k, v, attn_mask=readable_BTS.unsqueeze(1))
         return attended.transpose(1, 2).reshape(B, T, H * E) @ self.W_o + self.b_o
@@ -157,14 +160,16 @@ class PredictiveSAE(SAE):
             self.predictor.reset_parameters(generator)
 
     # -- forward -------------------------------------------------------------------------------
-    def decompose(self, x_n_BTD: torch.Tensor, doc_start_BT: torch.Tensor | None) -> dict[str, torch.Tensor]:
-        """The prediction from the past and the novel code's pre-activations (normalised space)."""
+    def decompose(self, x_n_BTD: torch.Tensor, doc_start_BT: torch.Tensor | None,
+                  mask_BT: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """The prediction from the past and the novel code's pre-activations (normalised space).
+        Special tokens (mask False) are not read: a BOS's outlying norm would dominate the keys."""
         B, T, _ = x_n_BTD.shape
         if doc_start_BT is None:
             doc_start_BT = default_doc_start(B, T, x_n_BTD.device)
         xc_BTD = x_n_BTD - self.b_dec
         pre_BTF = xc_BTD @ self.W_enc + self.b_enc
-        p_BTF = torch.relu(self.predictor(torch.relu(pre_BTF), doc_start_BT))
+        p_BTF = torch.relu(self.predictor(torch.relu(pre_BTF), doc_start_BT, mask_BT))
         y_BTD = p_BTF @ self.W_dec
         # |alpha| ||y|| <= ||x_c||: bounded even where y nearly vanishes
         alpha_BT1 = (y_BTD * xc_BTD).sum(-1, keepdim=True) / (y_BTD.pow(2).sum(-1, keepdim=True) + 1e-6)
@@ -183,7 +188,7 @@ class PredictiveSAE(SAE):
                              extras={k: t.squeeze(0) for k, t in out.extras.items()})
         s = self.cfg.activation_scaling_factor
         x_n = x_BTD * s
-        parts = self.decompose(x_n, doc_start_BT)
+        parts = self.decompose(x_n, doc_start_BT, mask_BT)
         pre = parts["novel_pre"]
         B, T, F = pre.shape
         mask_N = None if mask_BT is None else mask_BT.reshape(-1)
@@ -192,6 +197,15 @@ class PredictiveSAE(SAE):
         recon_n = parts["predicted_recon"] + novel_recon + self.b_dec
         extras = {"predicted_code": parts["predicted_code"], "predicted_recon": parts["predicted_recon"], "novel_recon": novel_recon}
         return SAEOutput(novel, recon_n / s, pre, x_n, recon_n, extras)
+
+    @torch.no_grad()
+    def calibrate(self, batches: list) -> None:
+        """batchtopk: the inference threshold from novel pre-activations, special tokens unread as in training."""
+        if self.cfg.activation != "batchtopk":
+            return
+        s, F = self.cfg.activation_scaling_factor, self.cfg.d_sae
+        self.activation.calibrate([(self.decompose(b.acts_BTD * s, b.doc_start_BT, b.mask_BT)["novel_pre"].reshape(-1, F),
+                                    b.mask_BT.reshape(-1)) for b in batches])
 
     # -- losses and reporting --------------------------------------------------------------------
     def loss_terms(self, out: SAEOutput, ctx: LossContext) -> dict[str, torch.Tensor]:
