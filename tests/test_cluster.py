@@ -128,7 +128,10 @@ class _OracleSAE(torch.nn.Module):
         self._queue = list(store.split("eval").batches(batch_sequences, shuffle=False))
         self.n_extra = n_extra
 
-    def forward(self, x_BTD, mask_BT=None, doc_start_BT=None):
+    def decoder_directions(self):
+        return self.W_dec
+
+    def forward(self, x_BTD, mask_BT=None, doc_start_BT=None, position_BT=None):
         batch = self._queue.pop(0)
         assert torch.equal(batch.acts_BTD.to(x_BTD.dtype), x_BTD)
         codes = batch.true_codes_BTG.float()

@@ -45,7 +45,9 @@ class BatchTopK(nn.Module):
         self.register_buffer("threshold", torch.zeros(d_sae))
         self.register_buffer("threshold_initialised", torch.zeros((), dtype=torch.bool))
 
-    def forward(self, pre_NF: torch.Tensor, mask_N: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, pre_NF: torch.Tensor, mask_N: torch.Tensor | None = None, budget: int | None = None) -> torch.Tensor:
+        """`budget`: activations kept over the batch; None: k per counted row. A row that stands for
+        several tokens (a crosscoder's window) passes k times the tokens it holds."""
         if not self.training:
             return pre_NF * (pre_NF > self.threshold).to(pre_NF.dtype)
         acts_NF = torch.relu(pre_NF)
@@ -53,7 +55,8 @@ class BatchTopK(nn.Module):
             acts_NF = acts_NF * mask_N.unsqueeze(-1).to(acts_NF.dtype)
         n_tokens = int(mask_N.sum()) if mask_N is not None else acts_NF.shape[0]
         flat = acts_NF.flatten()
-        values, idx = flat.topk(min(self.k * max(n_tokens, 1), flat.numel()), sorted=False)
+        n_keep = self.k * max(n_tokens, 1) if budget is None else max(int(budget), 1)
+        values, idx = flat.topk(min(n_keep, flat.numel()), sorted=False)
         out = torch.zeros_like(flat).scatter(0, idx, values).view_as(acts_NF)
         self._update_threshold(values)
         return out
@@ -66,16 +69,18 @@ class BatchTopK(nn.Module):
         self.threshold_initialised.fill_(True)
 
     @torch.no_grad()
-    def calibrate(self, pre_batches: list[tuple[torch.Tensor, torch.Tensor | None]]) -> None:
+    def calibrate(self, pre_batches: list[tuple]) -> None:
         """Set the threshold to the mean, over batches, of the smallest activation batch top-k keeps.
 
-        The running average lags while the encoder is still changing (in a short run it never
-        catches up); calibrating on final-weight batches makes inference L0 match k."""
+        Each entry is (pre_NF, mask_N) or (pre_NF, mask_N, budget), as in `forward`. The running
+        average lags while the encoder is still changing (in a short run it never catches up);
+        calibrating on final-weight batches makes inference L0 match k."""
         smallest = []
-        for pre_NF, mask_N in pre_batches:
+        for pre_NF, mask_N, *budget in pre_batches:
             acts_NF = torch.relu(pre_NF) if mask_N is None else torch.relu(pre_NF) * mask_N.unsqueeze(-1).to(pre_NF.dtype)
             n_tokens = int(mask_N.sum()) if mask_N is not None else acts_NF.shape[0]
-            kept = acts_NF.flatten().topk(min(self.k * max(n_tokens, 1), acts_NF.numel()), sorted=False).values
+            n_keep = self.k * max(n_tokens, 1) if not budget else max(int(budget[0]), 1)
+            kept = acts_NF.flatten().topk(min(n_keep, acts_NF.numel()), sorted=False).values
             if (kept > 0).any():
                 smallest.append(kept[kept > 0].min().float())
         if smallest:

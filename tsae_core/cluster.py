@@ -209,7 +209,7 @@ def cluster_run_variant(cfg: Any, name: str, store: Any, run_dir: str | Path, pr
     labels = cluster_features(X, cfg.cluster.n_clusters, seed=seed)
     truth = store.ground_truth()
     if truth is not None:
-        kinds_F = latent_kinds(sae.W_dec.detach().cpu(), truth.directions_GD, truth.kinds, cfg.eval.recovery_threshold)
+        kinds_F = latent_kinds(sae.decoder_directions().detach().cpu(), truth.directions_GD, truth.kinds, cfg.eval.recovery_threshold)
     else:
         kinds_F = [UNMATCHED] * F
     kinds_A = [kinds_F[i] for i in alive_idx]

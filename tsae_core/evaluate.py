@@ -80,9 +80,10 @@ def evaluate_sae(sae: SAE, store: Any, cfg: ExperimentConfig, name: str, progres
     gt = None
     if truth is not None:
         gt = GroundTruthMetrics(
-            sae.W_dec.detach().cpu(), truth.directions_GD, truth.kinds, truth.rates_G,
+            sae.decoder_directions().detach().cpu(), truth.directions_GD, truth.kinds, truth.rates_G,
             rare_rate=_rare_rate(cfg), threshold=cfg.eval.recovery_threshold,
         )
+    variant_stats = sae.output_statistics()
     n_eval = cfg.eval.max_sequences or store.split("eval").n_sequences
     for batch in tqdm(eval_batches(store, cfg), desc=f"evaluate {name}", disable=not progress,
                       total=math.ceil(n_eval / cfg.eval.batch_sequences)):
@@ -93,6 +94,8 @@ def evaluate_sae(sae: SAE, store: Any, cfg: ExperimentConfig, name: str, progres
         temporal.update(features, batch.doc_start_BT, batch.mask_BT)
         if gt is not None and batch.true_codes_BTG is not None:
             gt.update(features, batch.true_codes_BTG.float(), batch.mask_BT)
+        if variant_stats is not None:
+            variant_stats.update(out, b.mask_BT)
 
     metrics = core.result()
     if model is not None and cfg.eval.model_max_sequences > 0:
@@ -121,6 +124,8 @@ def evaluate_sae(sae: SAE, store: Any, cfg: ExperimentConfig, name: str, progres
     if gt is not None:
         result["ground_truth"] = gt.result()
     result["geometry"] = sae.extra_metrics()
+    if variant_stats is not None:
+        result["variant_metrics"] = variant_stats.result()
     result["health"] = assess_health(result)
     return result
 

@@ -105,6 +105,16 @@ class LossContext:
     """The SAE's training seed."""
 
 
+class OutputStatistics:
+    """Variant-specific numbers accumulated over evaluation batches (see `SAE.output_statistics`)."""
+
+    def update(self, out: SAEOutput, mask_BT: torch.Tensor) -> None:
+        raise NotImplementedError
+
+    def result(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+
 class SAE(nn.Module):
     """Token-wise SAE (architecture `standard`); the base every temporal variant extends."""
 
@@ -257,6 +267,17 @@ class SAE(nn.Module):
     def extra_metrics(self) -> dict[str, Any]:
         """Variant-specific numbers for `eval/<variant>.json` (e.g. orthogonal groups' condition numbers)."""
         return {}
+
+    def output_statistics(self) -> OutputStatistics | None:
+        """A fresh accumulator of variant-specific numbers over the eval data (`variant_metrics` in
+        `eval/<variant>.json`), fed every eval batch's output; None: the variant has none."""
+        return None
+
+    def decoder_directions(self) -> torch.Tensor:
+        """(F, D): the one direction in input space that each latent writes, matched against true
+        features and used to name latents; a variant whose latent writes several (one per position)
+        says which direction stands for it."""
+        return self.W_dec
 
     @torch.no_grad()
     def calibrate(self, batches: list) -> None:

@@ -13,15 +13,19 @@ def _registry() -> dict[str, type[SAE]]:
     from tsae_core.sae import SAE
     from tsae_core.variants.consistency import ConsistencySAE
     from tsae_core.variants.contrastive import ContrastiveSAE
+    from tsae_core.variants.crosscoder import CrosscoderSAE
     from tsae_core.variants.matryoshka import MatryoshkaSAE
     from tsae_core.variants.orthogonal import OrthogonalSAE
+    from tsae_core.variants.predictive import PredictiveSAE
 
     return {
         "standard": SAE,
         "consistency": ConsistencySAE,
         "contrastive": ContrastiveSAE,
+        "crosscoder": CrosscoderSAE,
         "matryoshka": MatryoshkaSAE,
         "orthogonal": OrthogonalSAE,
+        "predictive": PredictiveSAE,
     }
 
 
