@@ -58,7 +58,7 @@ def model_preservation(sae: SAE, model: Any, store: Any, cfg: ExperimentConfig, 
 
         # the batch's document structure goes with it: temporal encoders read earlier tokens
         def reconstruct(x_BTD: torch.Tensor, special_BT: torch.Tensor, b=b) -> torch.Tensor:
-            return sae(x_BTD.float().to(device), ~special_BT.to(device), b.doc_start_BT, b.position_BT).recon
+            return sae.causal_reconstruction(x_BTD.float().to(device), ~special_BT.to(device), b.doc_start_BT, b.position_BT)
 
         metric.update(batch.tokens_BT, batch.special_BT, reconstruct)
     return metric.result()
@@ -181,6 +181,8 @@ def summary_row(name: str, result: dict[str, Any]) -> dict[str, Any]:
         "explained_variance": m["reconstruction_quality"]["explained_variance"],
         "cossim": m["reconstruction_quality"]["cossim"],
         "l0": m["sparsity"]["l0"],
+        # the L0 compared at matched sparsity: the sparse code's, where features are not that code
+        "l0_sparse": result.get("variant_metrics", {}).get("l0_sparse", m["sparsity"]["l0"]),
         "dead_fraction": m["sparsity"]["dead_fraction"],
         "autocorr_lag1": result.get("temporal", {}).get("autocorr_lag1_mean"),
     }

@@ -268,6 +268,16 @@ class SAE(nn.Module):
         """Variant-specific numbers for `eval/<variant>.json` (e.g. orthogonal groups' condition numbers)."""
         return {}
 
+    @torch.no_grad()
+    def causal_reconstruction(
+        self, x_BTD: torch.Tensor, mask_BT: torch.Tensor, doc_start_BT: torch.Tensor | None = None,
+        position_BT: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """(B, T, D) each token's reconstruction from itself and earlier tokens only: what may be spliced
+        into a language model, whose position t must not see later tokens. A variant whose code reads
+        later tokens (the crosscoder's window) overrides it."""
+        return self(x_BTD, mask_BT, doc_start_BT, position_BT).recon
+
     def output_statistics(self) -> OutputStatistics | None:
         """A fresh accumulator of variant-specific numbers over the eval data (`variant_metrics` in
         `eval/<variant>.json`), fed every eval batch's output; None: the variant has none."""

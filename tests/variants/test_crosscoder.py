@@ -188,3 +188,27 @@ def test_trains_and_reports_per_token_numbers_in_the_eval(harvested):
     assert vm["l0_token_view"] == pytest.approx(r["eval_result_metrics"]["sparsity"]["l0"])
     assert k < vm["l0_token_view"] <= k * T + 1e-9
     assert "ground_truth" in r and 0 < r["ground_truth"]["overall"]["mmcs"] <= 1
+
+
+@torch.no_grad()
+def test_the_model_splice_reconstruction_never_reads_a_later_token():
+    from tests.variants.causality import past_influence
+
+    sae = _sae().eval()
+    x, d, g = _data(starts=(0, 5, 11))
+    mask = torch.ones(d.shape, dtype=torch.bool)
+
+    class Splice(torch.nn.Module):  # what the model splice calls, seen as an SAE by the checks
+        def forward(self, x_BTD, mask_BT, doc_start_BT):
+            r = sae.causal_reconstruction(x_BTD, mask_BT, doc_start_BT)
+            return type("Out", (), {"features": r, "recon": r, "pre_acts": r})()
+
+    from tests.variants.causality import future_influence
+
+    for t in (5, 7, 12):
+        assert future_influence(Splice(), x, d, t, g) <= 1e-6
+    assert past_influence(Splice(), x, d, 8, g) > 1e-3, "a token still reads the earlier slots of its window"
+    # at a window's last slot (a full window) it is the ordinary reconstruction
+    full, causal = sae(x, mask, d).recon, sae.causal_reconstruction(x, mask, d)
+    assert torch.allclose(causal[:, 8], full[:, 8], atol=1e-6) and torch.allclose(causal[:, 14], full[:, 14], atol=1e-6)
+    assert float((causal[:, 5] - full[:, 5]).abs().max()) > 1e-3, "the window's first slot reads itself alone"

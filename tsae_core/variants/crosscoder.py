@@ -31,8 +31,11 @@ temporal metric use these per-token features (a window's code is shared by its t
 piecewise constant over windows by construction). `decoder_directions` is the sum over positions of
 each latent's decoder (the reference's average), used for ground-truth recovery and naming.
 
-The code of a token depends on the later tokens of its window: the crosscoder is not causal, so
-splicing its reconstruction into a language model lets position t see up to T - 1 later tokens.
+The code of a token depends on the later tokens of its window: the crosscoder is not causal, and
+splicing its reconstruction into a language model would let position t see up to T - 1 later tokens
+(measured on the tiny language model: a CE score of 0.999 at an explained variance of 0.92, where
+TopK reaches 0.987 at 0.95). The model splice therefore uses `causal_reconstruction`: the token at
+slot s is reconstructed from its window with the later slots left empty (as at a document's end).
 """
 
 from __future__ import annotations
@@ -169,6 +172,19 @@ class CrosscoderSAE(SAE):
         features = z_WF[lay.row_BT] * norm_TF[lay.slot_BT]
         extras = {"window_code": z_WF, "window_pre": w["pre"], "window_tokens": w["tokens"], "row_BT": lay.row_BT, "slot_BT": lay.slot_BT}
         return SAEOutput(features, recon_n / s, w["pre"][lay.row_BT], x_n, recon_n, extras)
+
+    @torch.no_grad()
+    def causal_reconstruction(self, x_BTD, mask_BT, doc_start_BT=None, position_BT=None) -> torch.Tensor:
+        """Each token from the slots of its window up to its own: T passes, the s-th with slots > s empty."""
+        B, T, _ = x_BTD.shape
+        if doc_start_BT is None:
+            doc_start_BT = default_doc_start(B, T, x_BTD.device)
+        slot_BT = window_layout(doc_start_BT, position_BT, self.options.T).slot_BT
+        recon = torch.zeros_like(x_BTD)
+        for s in range(self.options.T):
+            out = self(x_BTD, mask_BT.bool() & (slot_BT <= s), doc_start_BT, position_BT)
+            recon = torch.where((slot_BT == s).unsqueeze(-1), out.recon, recon)
+        return recon
 
     # -- losses --------------------------------------------------------------------------------
     def loss_terms(self, out: SAEOutput, ctx: LossContext) -> dict[str, torch.Tensor]:
