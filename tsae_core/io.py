@@ -38,10 +38,13 @@ TEMP_SUFFIX = ".tmp"
 class DiskFull(OSError):
     """No space left where a file is written; the message names the directory and its free space."""
 
-    def __init__(self, path: Path) -> None:
-        where = path.parent
-        super().__init__(errno.ENOSPC, f"no space left on device writing {path.name} in {where} "
-                                       f"({free_space_text(where)} free); free some space, then rerun the same command to resume")
+    def __init__(self, directory: Path, what: str) -> None:
+        super().__init__(errno.ENOSPC, f"no space left on device {what}: {directory} has {free_space_text(directory)} free; "
+                                       f"free some space, then rerun the same command to resume")
+
+    @classmethod
+    def writing(cls, path: Path) -> DiskFull:
+        return cls(path.parent, f"writing {path.name}")
 
     def __str__(self) -> str:
         return self.strerror
@@ -76,7 +79,7 @@ def atomic_path(path: str | Path, suffix: str = TEMP_SUFFIX) -> Iterator[Path]:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
     except OSError as e:
         if is_disk_full(e):
-            raise DiskFull(path) from None
+            raise DiskFull.writing(path) from None
         raise
     os.close(fd)
     tmp_path = Path(tmp)
@@ -87,7 +90,7 @@ def atomic_path(path: str | Path, suffix: str = TEMP_SUFFIX) -> Iterator[Path]:
     except OSError as e:
         if is_disk_full(e):
             tmp_path.unlink(missing_ok=True)  # first, so that the free space reported is the real one
-            raise DiskFull(path) from None
+            raise DiskFull.writing(path) from None
         raise
     finally:
         tmp_path.unlink(missing_ok=True)

@@ -292,7 +292,7 @@ def _append_line(f: Any, path: Path, line: str) -> None:
         f.flush()
     except OSError as e:
         if is_disk_full(e):
-            raise DiskFull(path) from None
+            raise DiskFull.writing(path) from None
         raise
 
 
