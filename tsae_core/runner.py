@@ -146,6 +146,9 @@ def _print_health(cfg: ExperimentConfig) -> list[str]:
     from tsae_core.stage_outputs import sae_health
 
     verdicts = sae_health(cfg)
+    if all(v.healthy is None for v in verdicts):
+        print("[tsae] health: no SAE evaluated yet (the evaluate stage gives each one a verdict)")
+        return []
     print("[tsae] health of each SAE:")
     for v in verdicts:
         word = {True: "healthy", False: "UNHEALTHY", None: "-"}[v.healthy]
@@ -259,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
         print("\ntsae: interrupted before any stage ran; nothing to resume", file=sys.stderr)
         return EXIT_INTERRUPTED
     except (DiskFull, StageFailed, RunDirectoryLocked) as e:
-        print(f"tsae: {e}", file=sys.stderr)
+        print(f"\ntsae: {e}", file=sys.stderr)  # on a line of its own, after any unfinished progress bar
         return EXIT_FAILED
 
 
