@@ -37,7 +37,7 @@ _PLAIN_NAME = re.compile(r"^[A-Za-z0-9._-]+$")
 
 def check_plain_name(name: str, key: str) -> None:
     """A name that becomes a file or folder name: letters, digits, `.`, `_`, `-`; not `.` or `..`."""
-    _check(bool(_PLAIN_NAME.match(name)) and name not in (".", ".."), key,
+    _check(bool(_PLAIN_NAME.fullmatch(name)) and name not in (".", ".."), key,
            f"{name!r} must be a plain name (letters, digits, '.', '_', '-'; not '.' or '..'): it names a folder")
 
 
@@ -348,7 +348,7 @@ def _expand_sweeps(data: dict[str, Any], cfg: ExperimentConfig, origin: str) -> 
             raise ConfigError(f"{origin}: sweep.{sweep_name}.variant: {sw.variant!r} is not a variant; "
                               f"variants are {', '.join(variants)}")
         for name, point in _grid_points(sweep_name, sw):
-            if not _PLAIN_NAME.match(name):
+            if not _PLAIN_NAME.fullmatch(name):
                 raise ConfigError(f"{origin}: sweep.{sweep_name}: point {name!r} is not a plain name (letters, digits, "
                                   f"'.', '_', '-'): sweep over numbers or plain words")
             if name in variants:
