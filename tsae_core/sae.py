@@ -350,6 +350,15 @@ def read_sae_cfg(directory: str | Path) -> dict[str, Any]:
     return raw
 
 
+def recorded_weights_sha256(directory: str | Path) -> str | None:
+    """The weights' sha256 recorded in `directory/cfg.json`, or None (no cfg, unreadable, older tsae)."""
+    try:
+        sha = read_sae_cfg(directory).get("weights_sha256")
+    except SAEFileError:
+        return None
+    return sha if isinstance(sha, str) else None
+
+
 def verify_sae_files(directory: str | Path) -> dict[str, Any]:
     """Check that `sae.safetensors` matches the sha256 recorded in cfg.json; returns the cfg dict."""
     directory = Path(directory)

@@ -20,7 +20,7 @@ from tsae_core.checkpoints import TrainPaths, recorded_failure
 from tsae_core.config import ExperimentConfig
 from tsae_core.harvest import harvest_hash
 from tsae_core.io import read_json
-from tsae_core.sae import SAEFileError, read_sae_cfg
+from tsae_core.sae import recorded_weights_sha256
 from tsae_core.store import ActivationStore, StoreError, verify_file
 from tsae_core.train import trained_instances, trained_state, variant_train_hash
 
@@ -66,10 +66,7 @@ def _train(cfg: ExperimentConfig) -> list[str]:
 
 
 def _weights_sha(cfg: ExperimentConfig, name: str) -> str | None:
-    try:
-        return read_sae_cfg(cfg.run_dir / "saes" / name).get("weights_sha256")
-    except SAEFileError:
-        return None
+    return recorded_weights_sha256(cfg.run_dir / "saes" / name)
 
 
 def _describes_current_sae(cfg: ExperimentConfig, name: str, path: Path) -> str | None:
