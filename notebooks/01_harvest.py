@@ -12,6 +12,7 @@
 # %% tags=["parameters"]
 params = "params/default.yaml"
 overrides = {}
+force = False  # regenerate every shard, even intact ones (`tsae run --force`)
 
 # %%
 from tsae_core import ActivationStore, load_config
@@ -19,7 +20,7 @@ from tsae_core.harvest import harvest
 
 cfg = load_config(params, overrides)
 activations_dir = cfg.run_dir / "activations"
-manifest = harvest(cfg, activations_dir)
+manifest = harvest(cfg, activations_dir, force=force)
 
 # %% [markdown]
 # ## What was harvested
