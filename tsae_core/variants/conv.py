@@ -32,11 +32,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as nnf
 from torch import nn
 
 from tsae_core import losses
 from tsae_core.sae import SAE, LossContext, SAEConfig, SAEOutput
-from tsae_core.sequence import default_doc_start, document_ids, shift_within_document
+from tsae_core.sequence import default_doc_start, document_ids
 from tsae_core.typed import check
 
 
@@ -79,11 +80,11 @@ class ConvSAE(SAE):
         p_BTF = (x_n_BTD - self.b_dec) @ self.W_enc
         if doc_start_BT is None:
             doc_start_BT = default_doc_start(B, T, x_n_BTD.device)
+        if self.options.buffer == 1:
+            return p_BTF + self.b_enc
         readable_BTF = p_BTF if mask_BT is None else p_BTF * mask_BT.unsqueeze(-1).to(p_BTF.dtype)
-        pre_BTF = p_BTF + self.b_enc
-        for lag in range(1, self.options.buffer):
-            pre_BTF = pre_BTF + self.kernel_LF[lag - 1] * shift_within_document(readable_BTF, lag, doc_start_BT)
-        return pre_BTF
+        past_BTF = causal_depthwise_conv(readable_BTF, self.kernel_LF, doc_start_BT)
+        return p_BTF + past_BTF + self.b_enc
 
     @torch.no_grad()
     def init_from_sample(self, x_n_ND: torch.Tensor) -> None:
@@ -109,6 +110,25 @@ class ConvSAE(SAE):
         k = self.kernel_LF.detach().float().abs()
         return {"conv_kernel_mean_abs_by_lag": [float(v) for v in k.mean(-1)],
                 "conv_latents_reading_past": float((k.max(0).values > 0.1).float().mean())}
+
+
+def causal_depthwise_conv(p_BTF: torch.Tensor, kernel_LF: torch.Tensor, doc_start_BT: torch.Tensor) -> torch.Tensor:
+    """y_t = sum_{l=1}^{L} kernel[l - 1] * p_{t-l} over lags whose token is in t's document (B, T, F).
+
+    One depthwise `conv1d` over the whole sequence (zeros before its start), then the few terms that
+    reached across a document start (tokens within L of one) are subtracted: the same result as
+    summing `shift_within_document` over lags, at a fraction of the memory traffic."""
+    B, T, F = p_BTF.shape
+    L = kernel_LF.shape[0]
+    taps_F1K = torch.cat([kernel_LF.flip(0), kernel_LF.new_zeros(1, F)]).T.unsqueeze(1)  # last tap: lag 0
+    y_BTF = nnf.conv1d(nnf.pad(p_BTF.transpose(1, 2), (L, 0)), taps_F1K.to(p_BTF.dtype), groups=F).transpose(1, 2)
+    doc_BT = document_ids(doc_start_BT)
+    t_T = torch.arange(T, device=p_BTF.device)
+    source_TL = t_T[:, None] - torch.arange(1, L + 1, device=p_BTF.device)[None, :]
+    crossed_BTL = (source_TL >= 0) & (doc_BT[:, :, None] != doc_BT[:, source_TL.clamp_min(0)])
+    b_N, t_N, l_N = crossed_BTL.nonzero(as_tuple=True)
+    leaked_NF = kernel_LF[l_N] * p_BTF[b_N, t_N - l_N - 1]
+    return y_BTF.index_put((b_N, t_N), -leaked_NF.to(y_BTF.dtype), accumulate=True)
 
 
 def pool_blocks(features_BTF: torch.Tensor, doc_start_BT: torch.Tensor, mask_BT: torch.Tensor, size: int):

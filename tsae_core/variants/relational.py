@@ -47,7 +47,7 @@ from torch import nn
 
 from tsae_core.activations import TopK
 from tsae_core.sae import SAE, LossContext, SAEConfig, SAEOutput
-from tsae_core.sequence import causal_window_mask, default_doc_start, positions_in_document
+from tsae_core.sequence import default_doc_start, document_ids, positions_in_document
 from tsae_core.typed import check
 
 
@@ -147,12 +147,9 @@ class RelationalSAE(SAE):
         codes_BHSG = activation(u_BTF.reshape(B * T, F)).view(B, T, H, F // H).transpose(1, 2)
         q_BHTE = (nnf.elu(x_BTD @ self.W_query) + 1).view(B, T, H, E).transpose(1, 2)
         k_BHSE = (nnf.elu(x_BTD @ self.W_key) + 1).view(B, T, H, E).transpose(1, 2)
-        allowed_BTS = causal_window_mask(doc_start_BT, self.current_window)
-        if mask_BT is not None:
-            allowed_BTS = allowed_BTS & mask_BT[:, None, :].bool()
-        scores_BHTS = (q_BHTE @ k_BHSE.transpose(-1, -2)) * allowed_BTS[:, None].to(q_BHTE.dtype)
-        weights_BHTS = scores_BHTS / scores_BHTS.sum(-1, keepdim=True).clamp_min(1e-6)  # 0 where nothing is readable
-        return (weights_BHTS @ codes_BHSG).transpose(1, 2).reshape(B, T, F)
+        readable_BT = torch.ones(B, T, dtype=torch.bool, device=u_BTF.device) if mask_BT is None else mask_BT.bool()
+        out_BHTG = local_linear_attention(q_BHTE, k_BHSE, codes_BHSG, doc_start_BT, readable_BT, self.current_window)
+        return out_BHTG.transpose(1, 2).reshape(B, T, F)
 
     @torch.no_grad()
     def init_from_sample(self, x_n_ND: torch.Tensor) -> None:
@@ -190,3 +187,43 @@ class RelationalSAE(SAE):
             "curriculum_window_reached": self.window_at(int(self.steps_done)),
             "inference_window": self.options.window,
         }
+
+
+MIN_BLOCK = 16
+"""Smallest block of the banded attention (smaller blocks make many tiny matmuls)."""
+
+
+def local_linear_attention(q_BHTE: torch.Tensor, k_BHTE: torch.Tensor, v_BHTG: torch.Tensor, doc_start_BT: torch.Tensor,
+                           readable_BT: torch.Tensor, window: int) -> torch.Tensor:
+    """out_t = sum_{s in N(t)} (q_t . k_s) v_s / sum_{s in N(t)} q_t . k_s, 0 where N(t) is empty,
+    with N(t) the readable tokens s of t's document with 1 <= t - s <= window (q, k positive).
+
+    Banded: the sequence is cut into blocks of W >= window tokens, and block j's queries meet only the
+    keys of blocks j - 1 and j, so the cost is B T 2W (E + G) instead of B T^2 (E + G); the result is
+    the masked T x T form's (`causal_window_mask`)."""
+    B, H, T, _ = q_BHTE.shape
+    W = max(window, MIN_BLOCK)
+    n = -(-T // W)
+    pad = n * W - T
+
+    def blocks(x: torch.Tensor, value: float = 0.0) -> torch.Tensor:  # (B, H, T, X) -> (B, H, n, W, X)
+        return nnf.pad(x, (0, 0, 0, pad), value=value).view(x.shape[0], x.shape[1], n, W, -1)
+
+    def with_previous(x: torch.Tensor, value: float = 0.0) -> torch.Tensor:  # (..., n, W, X) -> (..., n, 2W, X)
+        previous = nnf.pad(x, (0, 0, 0, 0, 1, 0), value=value)[..., :n, :, :]
+        return torch.cat([previous, x], dim=-2)
+
+    doc_B1TX = document_ids(doc_start_BT)[:, None, :, None].float()
+    doc_q_BnW = blocks(doc_B1TX, -1.0)[:, 0, ..., 0]
+    doc_kv_Bn2W = with_previous(blocks(doc_B1TX, -1.0), -2.0)[:, 0, ..., 0]
+    readable_Bn2W = with_previous(blocks(readable_BT[:, None, :, None].float()))[:, 0, ..., 0] > 0
+    i_W = torch.arange(W, device=q_BHTE.device)
+    lag_W2W = (W + i_W[:, None]) - torch.arange(2 * W, device=q_BHTE.device)[None, :]
+    allowed_BnW2W = ((lag_W2W >= 1) & (lag_W2W <= window)) & (doc_q_BnW[..., :, None] == doc_kv_Bn2W[..., None, :])
+    allowed_BnW2W = allowed_BnW2W & readable_Bn2W[..., None, :]
+    scores = blocks(q_BHTE) @ with_previous(blocks(k_BHTE)).transpose(-1, -2)  # (B, H, n, W, 2W)
+    scores = scores * allowed_BnW2W[:, None].to(scores.dtype)
+    weights = scores / scores.sum(-1, keepdim=True).clamp_min(1e-6)
+    out = weights @ with_previous(blocks(v_BHTG))  # (B, H, n, W, G)
+    return out.reshape(B, H, n * W, -1)[:, :, :T]
+
