@@ -162,3 +162,20 @@ def test_bad_options_are_named_config_errors(tmp_path, key, value, words):
     with pytest.raises(ConfigError) as e:
         ci_config(tmp_path, **{key: value})
     assert words in str(e.value) and "ci.yaml" in str(e.value)
+
+
+def test_trains_loads_and_evaluates_on_sequences(harvested):
+    from tsae_core.evaluate import evaluate_variant
+    from tsae_core.train import train_variant
+
+    cfg, store = harvested
+    train_variant(cfg, "relational", store, cfg.run_dir, progress=False)
+    result = evaluate_variant(cfg, "relational", store, cfg.run_dir, progress=False)
+    assert result["health"]["healthy"], result["health"]
+    assert result["eval_result_metrics"]["reconstruction_quality"]["explained_variance"] > 0.5
+    sae = load_sae(cfg.run_dir / "saes" / "relational")
+    assert int(sae.steps_done) == cfg.train.steps and result["geometry"]["curriculum_window_reached"] == 4
+    b = next(iter(store.split("eval").batches(batch_sequences=4)))
+    out = sae(b.acts_BTD, b.mask_BT, b.doc_start_BT, b.position_BT)
+    assert out.features.shape[:2] == b.acts_BTD.shape[:2] and torch.isfinite(out.recon).all()
+    assert float((out.features[b.mask_BT] > 0).sum(-1).float().mean()) > 1.0
