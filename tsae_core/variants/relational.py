@@ -16,8 +16,9 @@ token-wise code, heads h = 1..H each owning a slice F_h of F / H latents:
   done are a persistent buffer (saved with the weights and in checkpoints: a resumed run continues the
   curriculum exactly) and an SAE in eval mode, as `load_sae` returns it, always uses the full window.
 - Linear attention (Katharopoulos et al. 2020): a positive feature map instead of a softmax. Over a
-  local window of a 128-token context it is evaluated in its masked T x T form, which equals the
-  prefix-sum form and costs one batched matmul.
+  local window the prefix-sum form would need a (head_dim x F / H) state per token; it is evaluated
+  instead in banded blocks (`local_linear_attention`), two batched matmuls of cost B T 2W (head_dim +
+  F / H) for blocks of W = max(window, 16) tokens, equal to the masked T x T form.
 - Non-recursive codes. Seed 001 feeds "previous tokens' codes" to the encoder; the true codes depend
   on the encoder's output at those tokens, a recursion over T. Here c_s is the token-wise code of
   token s (the SAE's own activation applied to u_s, TopK(k) for batchtopk, whose batch-wide selection
