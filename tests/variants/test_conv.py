@@ -8,10 +8,11 @@ import torch
 
 from tests.conftest import ci_config
 from tests.variants.causality import earlier_document_influence, future_influence, past_influence
+from tsae_core import losses
 from tsae_core.config import ConfigError
 from tsae_core.sae import SAE, LossContext, SAEConfig, SAEOutput, build_sae
-from tsae_core.sequence import shift_within_document
-from tsae_core.variants.conv import causal_depthwise_conv, pool_blocks, pooled_change
+from tsae_core.sequence import document_ids, shift_within_document
+from tsae_core.variants.conv import adjacent_change, causal_depthwise_conv, pool_blocks, pooled_change
 
 
 def _sae(activation="topk", **options) -> SAE:
@@ -112,6 +113,31 @@ def test_pooled_blocks_never_mix_documents():
     one_doc = torch.zeros(1, 8, dtype=torch.bool)
     one_doc[0, 0] = True
     assert pooled_change(f, one_doc, torch.ones(1, 8, dtype=torch.bool), size=2).item() > 0.3
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 8])
+def test_pooled_means_from_running_sums_equal_the_direct_weighted_means(size):
+    g = torch.Generator().manual_seed(size)
+    f = torch.relu(torch.randn(3, 29, 6, generator=g))
+    doc_start, mask = torch.rand(3, 29, generator=g) < 0.2, torch.rand(3, 29, generator=g) > 0.2
+    n = 29 // size
+    doc = document_ids(doc_start)[:, : n * size].reshape(3, n, size)
+    w = (mask[:, : n * size].reshape(3, n, size) & (doc == doc[..., -1:])).float()
+    want = (f[:, : n * size].reshape(3, n, size, 6) * w[..., None]).sum(2) / w.sum(-1).clamp_min(1)[..., None]
+    pooled, _, counted = pool_blocks(f, doc_start, mask, size)
+    assert torch.allclose(pooled, want, atol=1e-5) and torch.equal(counted, w.sum(-1) > 0)
+
+
+def test_dense_adjacent_change_equals_the_shared_consistency_loss_with_gradients():
+    g = torch.Generator().manual_seed(4)
+    pooled = torch.relu(torch.randn(3, 12, 20, generator=g) - 0.5)
+    starts, counted = torch.rand(3, 12, generator=g) < 0.2, torch.rand(3, 12, generator=g) > 0.1
+    p1, p2 = pooled.clone().requires_grad_(), pooled.clone().requires_grad_()
+    got, want = adjacent_change(p1, starts, counted), losses.temporal_consistency(p2, starts, counted, window=1)
+    assert got.item() == pytest.approx(want.item(), rel=1e-6)
+    got.backward()
+    want.backward()
+    assert torch.allclose(p1.grad, p2.grad, atol=1e-6)
 
 
 def test_pooling_forgives_flicker_below_its_scale():
