@@ -8,10 +8,11 @@ With x~_t = s x_t - b_dec and p_t = x~_t W_enc (the token-wise pre-activation wi
     L     = L_recon + coefficient * d_in * mean_{s in scales} C(pool_s(f))
 
 - The kernel kappa (buffer - 1, F) is depthwise: latent i reads only its own pre-activations at lags
-  1..buffer-1, one weight per lag and latent (F (buffer - 1) parameters, no F x F mixing; one
-  depthwise `conv1d`, see `causal_depthwise_conv`). The lag-0 weight is fixed at 1: the current token's own term always remains, and a
-  learned lag-0 scale would only duplicate the scale of W_enc's column. kappa starts at 0, so
-  training starts from the token-wise SAE and the temporal part grows only where it helps.
+  1..buffer-1, one weight per lag and latent (F (buffer - 1) parameters, no F x F mixing; an
+  elementwise cost of buffer - 1 passes over (B, T, F), see `causal_depthwise_conv`). The lag-0
+  weight is fixed at 1: the current token's own term always remains, and a learned lag-0 scale would
+  only duplicate the scale of W_enc's column. kappa starts at 0, so training starts from the
+  token-wise SAE and the temporal part grows only where it helps.
 - r_{s,t} = 1 when s is in t's document and is not a special token (BOS, EOS: a model's outsized BOS
   activation is not evidence about a feature); the buffer is thus reset at every document boundary
   and nothing crosses one. Lags before the document's first token read zeros, and p carries no bias,
