@@ -173,6 +173,14 @@ class SAE(nn.Module):
         see `tsae_core.sequence` for the defaults when they are None)."""
         return (x_n_BTD - self.b_dec) @ self.W_enc + self.b_enc
 
+    def encode_pre_masked(
+        self, x_n_BTD: torch.Tensor, mask_BT: torch.Tensor | None, doc_start_BT: torch.Tensor | None, position_BT: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Pre-activations of a batch whose special tokens are known (`mask_BT` False at BOS, EOS,
+        padding; None: every token counts). An encoder that reads earlier tokens overrides this to keep
+        special tokens (a model's outsized BOS activation) out of what it reads; default `encode_pre`."""
+        return self.encode_pre(x_n_BTD, doc_start_BT, position_BT)
+
     def decode(self, features_BTF: torch.Tensor) -> torch.Tensor:
         return features_BTF @ self.W_dec + self.b_dec
 
@@ -194,7 +202,7 @@ class SAE(nn.Module):
             mask_BT, doc_start_BT, position_BT = (None if t is None else t.unsqueeze(0) for t in (mask_BT, doc_start_BT, position_BT))
         s = self.cfg.activation_scaling_factor
         x_n = x_BTD * s
-        pre = self.encode_pre(x_n, doc_start_BT, position_BT)
+        pre = self.encode_pre_masked(x_n, mask_BT, doc_start_BT, position_BT)
         B, T, F = pre.shape
         mask_N = None if mask_BT is None else mask_BT.reshape(-1)
         features = self.activation(pre.reshape(B * T, F), mask_N).view(B, T, F)
@@ -298,7 +306,7 @@ class SAE(nn.Module):
             return
         pre_batches = []
         for b in batches:
-            pre = self.encode_pre(b.acts_BTD * self.cfg.activation_scaling_factor, b.doc_start_BT, b.position_BT)
+            pre = self.encode_pre_masked(b.acts_BTD * self.cfg.activation_scaling_factor, b.mask_BT, b.doc_start_BT, b.position_BT)
             pre_batches.append((pre.reshape(-1, self.cfg.d_sae), b.mask_BT.reshape(-1)))
         calibrate(pre_batches)
 
