@@ -7,6 +7,10 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from tsae_core.config import VariantConfig
     from tsae_core.sae import SAE
+
+
+def _registry() -> dict[str, type[SAE]]:
+    from tsae_core.sae import SAE
     from tsae_core.variants.consistency import ConsistencySAE
     from tsae_core.variants.contrastive import ContrastiveSAE
     from tsae_core.variants.conv import ConvSAE
