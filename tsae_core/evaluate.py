@@ -126,6 +126,10 @@ def evaluate_sae(sae: SAE, store: Any, cfg: ExperimentConfig, name: str, progres
     result["geometry"] = sae.extra_metrics()
     if variant_stats is not None:
         result["variant_metrics"] = variant_stats.result()
+    # the L0 compared at matched sparsity: the sparse code's, where `features` are not that code
+    # (the crosscoder's per-token view); `l0` keeps the SAELens definition, non-zero features per token
+    sparsity = result["eval_result_metrics"]["sparsity"]
+    sparsity["l0_sparse"] = result.get("variant_metrics", {}).get("l0_sparse", sparsity["l0"])
     result["health"] = assess_health(result)
     return result
 
@@ -183,8 +187,7 @@ def summary_row(name: str, result: dict[str, Any]) -> dict[str, Any]:
         "explained_variance": m["reconstruction_quality"]["explained_variance"],
         "cossim": m["reconstruction_quality"]["cossim"],
         "l0": m["sparsity"]["l0"],
-        # the L0 compared at matched sparsity: the sparse code's, where features are not that code
-        "l0_sparse": result.get("variant_metrics", {}).get("l0_sparse", m["sparsity"]["l0"]),
+        "l0_sparse": m["sparsity"].get("l0_sparse", m["sparsity"]["l0"]),
         "dead_fraction": m["sparsity"]["dead_fraction"],
         "autocorr_lag1": result.get("temporal", {}).get("autocorr_lag1_mean"),
     }

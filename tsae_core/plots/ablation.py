@@ -13,7 +13,7 @@ from tsae_core.plots.common import _MP, _RQ, _SP, Evals, PathLike, _figure, _get
 
 HEADLINE = [
     ("explained variance", (*_RQ, "explained_variance"), False, 0.02),
-    ("L0 (latents / token)", (*_SP, "l0"), False, 1.0),
+    ("L0 of the sparse code (latents / token)", (*_SP, "l0_sparse"), False, 1.0),
     ("dead latents", (*_SP, "dead_fraction"), True, 0.1),
     ("lag-1 autocorrelation", ("temporal", "autocorr_lag1_mean"), False, 0.02),
     ("true features recovered", ("ground_truth", "overall", "frac_recovered"), True, 0.1),
