@@ -44,3 +44,32 @@ def past_influence(sae: SAE, x_BTD: torch.Tensor, doc_start_BT: torch.Tensor, t:
     x2[:, :t] = torch.randn(x2[:, :t].shape, generator=generator) * 3
     a, b = _outputs(sae, x_BTD, doc_start_BT), _outputs(sae, x2, doc_start_BT)
     return float((a[:, t] - b[:, t]).abs().max())
+
+
+@torch.no_grad()
+def token_influence(sae: SAE, x_BTD: torch.Tensor, doc_start_BT: torch.Tensor, source: int, target: int,
+                    mask: torch.Tensor | None = None) -> float:
+    """max |change| of the features and pre-activations at `target` when only token `source` changes."""
+    x2 = x_BTD.clone()
+    x2[:, source] += 5.0
+    a, b = sae(x_BTD, mask, doc_start_BT), sae(x2, mask, doc_start_BT)
+    return float(torch.cat([(a.pre_acts - b.pre_acts)[:, target], (a.features - b.features)[:, target]], -1).abs().max())
+
+
+def assert_reads_only_its_documents_past(sae: SAE, x_BTD: torch.Tensor, doc_start_BT: torch.Tensor, t: int,
+                                         generator: torch.Generator) -> None:
+    """Nothing from after t, nothing from an earlier document, and something from t's own past."""
+    assert future_influence(sae, x_BTD, doc_start_BT, t=t, generator=generator) <= 1e-6
+    assert earlier_document_influence(sae, x_BTD, doc_start_BT, generator=generator) <= 1e-6
+    assert past_influence(sae, x_BTD, doc_start_BT, t=t, generator=generator) > 1e-2
+
+
+@torch.no_grad()
+def assert_round_trip(sae: SAE, directory, x_BTD: torch.Tensor, doc_start_BT: torch.Tensor) -> None:
+    """`save_sae` then `load_sae` gives the same reconstructions and the same active latents."""
+    from tsae_core.sae import load_sae, save_sae
+
+    save_sae(sae, directory)
+    loaded = load_sae(directory)
+    a, b = sae(x_BTD, None, doc_start_BT), loaded(x_BTD, None, doc_start_BT)
+    assert torch.allclose(a.recon, b.recon, atol=1e-6) and torch.equal(a.features != 0, b.features != 0)

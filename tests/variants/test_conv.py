@@ -6,10 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.conftest import ci_config
-from tests.variants.causality import earlier_document_influence, future_influence, past_influence
+from tests.variants.causality import assert_reads_only_its_documents_past, token_influence
 from tsae_core import losses
-from tsae_core.config import ConfigError
 from tsae_core.sae import SAE, LossContext, SAEConfig, SAEOutput, build_sae
 from tsae_core.sequence import document_ids, shift_within_document
 from tsae_core.variants.conv import adjacent_change, causal_depthwise_conv, pool_blocks, pooled_change
@@ -41,29 +39,20 @@ def _one_doc(T=16):
     return d
 
 
-def _change_at(sae, x, doc_start, source: int, target: int, mask=None) -> float:
-    x2 = x.clone()
-    x2[:, source] += 5.0
-    with torch.no_grad():
-        a, b = sae(x, mask, doc_start), sae(x2, mask, doc_start)
-    return float(torch.cat([(a.pre_acts - b.pre_acts)[:, target], (a.features - b.features)[:, target]], -1).abs().max())
-
 
 @pytest.mark.parametrize("activation", ["topk", "relu", "jumprelu", "batchtopk"])
 def test_no_future_no_earlier_document_but_the_past(activation):
     x, d, g = _data()
     sae = _sae(activation).eval()  # batchtopk picks codes over the whole batch while training
-    assert future_influence(sae, x, d, t=7, generator=g) <= 1e-6
-    assert earlier_document_influence(sae, x, d, generator=g) <= 1e-6
-    assert past_influence(sae, x, d, t=7, generator=g) > 1e-2
+    assert_reads_only_its_documents_past(sae, x, d, t=7, generator=g)
 
 
 def test_reads_exactly_the_buffer():
     x, _, _ = _data()
     sae = _sae(buffer=4)
-    assert _change_at(sae, x, _one_doc(), source=10 - 3, target=10) > 1e-3
-    assert _change_at(sae, x, _one_doc(), source=10 - 4, target=10) == 0.0
-    assert _change_at(_sae(buffer=1), x, _one_doc(), source=9, target=10) == 0.0, "buffer 1 is token-wise"
+    assert token_influence(sae, x, _one_doc(), source=10 - 3, target=10) > 1e-3
+    assert token_influence(sae, x, _one_doc(), source=10 - 4, target=10) == 0.0
+    assert token_influence(_sae(buffer=1), x, _one_doc(), source=9, target=10) == 0.0, "buffer 1 is token-wise"
 
 
 def test_special_tokens_are_not_read():
@@ -71,8 +60,8 @@ def test_special_tokens_are_not_read():
     mask = torch.ones(3, 16, dtype=torch.bool)
     mask[:, 8] = False
     sae = _sae()
-    assert _change_at(sae, x, _one_doc(), source=8, target=10, mask=mask) == 0.0
-    assert _change_at(sae, x, _one_doc(), source=8, target=10) > 1e-3
+    assert token_influence(sae, x, _one_doc(), source=8, target=10, mask=mask) == 0.0
+    assert token_influence(sae, x, _one_doc(), source=8, target=10) > 1e-3
 
 
 def test_convolution_equals_the_sum_of_shifts_with_gradients():
@@ -162,17 +151,6 @@ def test_hierarchy_term_is_the_mean_over_scales_on_the_reconstruction_scale():
     assert terms["hierarchy"].item() == pytest.approx(0.5 * 8 * (1.0 + 0.0) / 2)
     assert "hierarchy" not in _sae(coefficient=0.0).loss_terms(SAEOutput(f, x, f, x, x), LossContext(torch.ones(1, 16, dtype=torch.bool), d))
 
-
-@pytest.mark.parametrize("key, value, words", [
-    ("variants.conv.options.buffer", 0, "options.buffer"),
-    ("variants.conv.options.scales", [4, 2], "options.scales"),
-    ("variants.conv.options.scales", [], "options.scales"),
-    ("variants.conv.options.coefficient", -1.0, "options.coefficient"),
-])
-def test_bad_options_are_named_config_errors(tmp_path, key, value, words):
-    with pytest.raises(ConfigError) as e:
-        ci_config(tmp_path, **{key: value})
-    assert words in str(e.value) and "ci.yaml" in str(e.value)
 
 
 def test_trains_loads_and_evaluates_on_sequences(harvested):

@@ -6,11 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.conftest import ci_config
-from tests.variants.causality import earlier_document_influence, future_influence, past_influence
-from tsae_core.config import ConfigError
+from tests.variants.causality import assert_round_trip, earlier_document_influence, future_influence, past_influence
 from tsae_core.evaluate import evaluate_variant
-from tsae_core.sae import LossContext, SAEConfig, build_sae, load_sae, save_sae
+from tsae_core.sae import LossContext, SAEConfig, build_sae
 from tsae_core.train import train_variant
 from tsae_core.variants.predictive import PredictionCollapseWarning, collapse_verdict
 
@@ -136,22 +134,8 @@ def test_saved_and_loaded_sae_gives_the_same_outputs(tmp_path):
     with torch.no_grad():
         sae.activation.threshold.fill_(0.3)
     x, d, _ = _data()
-    save_sae(sae, tmp_path)
-    loaded = load_sae(tmp_path)
-    a, b = sae(x, None, d), loaded(x, None, d)
-    assert torch.allclose(a.recon, b.recon, atol=1e-6) and torch.equal(a.features != 0, b.features != 0)
+    assert_round_trip(sae, tmp_path, x, d)
 
-
-@pytest.mark.parametrize("key, value, words", [
-    ("variants.predictive.options.window", 0, "options.window"),
-    ("variants.predictive.options.heads", 0, "options.heads"),
-    ("variants.predictive.options.collapse_share", 0.5, "options.collapse_share"),
-    ("variants.predictive.activation", "relu", "activation"),
-])
-def test_bad_knob_is_a_named_config_error(tmp_path, key, value, words):
-    with pytest.raises(ConfigError) as e:
-        ci_config(tmp_path, **{key: value})
-    assert words in str(e.value) and "ci.yaml" in str(e.value)
 
 
 def test_trains_and_reports_its_numbers_in_the_eval(harvested):

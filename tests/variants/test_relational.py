@@ -6,9 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.conftest import ci_config
-from tests.variants.causality import earlier_document_influence, future_influence, past_influence
-from tsae_core.config import ConfigError
+from tests.variants.causality import assert_reads_only_its_documents_past, token_influence
 from tsae_core.sae import SAE, LossContext, SAEConfig, build_sae, load_sae, save_sae
 from tsae_core.sequence import causal_window_mask
 from tsae_core.variants.relational import local_linear_attention
@@ -35,22 +33,12 @@ def _data(T=16):
     return x, d, g
 
 
-def _change_at(sae, x, doc_start, source: int, target: int, mask=None) -> float:
-    """max |change| of the features and pre-activations at `target` when only token `source` changes."""
-    x2 = x.clone()
-    x2[:, source] += 5.0
-    with torch.no_grad():
-        a, b = sae(x, mask, doc_start), sae(x2, mask, doc_start)
-    return float(torch.cat([(a.pre_acts - b.pre_acts)[:, target], (a.features - b.features)[:, target]], -1).abs().max())
-
 
 @pytest.mark.parametrize("activation", ["topk", "relu", "jumprelu", "batchtopk"])
 def test_no_future_no_earlier_document_but_the_past(activation):
     x, d, g = _data()
     sae = _sae(activation).eval()  # batchtopk picks codes over the whole batch while training
-    assert future_influence(sae, x, d, t=7, generator=g) <= 1e-6
-    assert earlier_document_influence(sae, x, d, generator=g) <= 1e-6
-    assert past_influence(sae, x, d, t=7, generator=g) > 1e-2
+    assert_reads_only_its_documents_past(sae, x, d, t=7, generator=g)
 
 
 def test_reads_exactly_the_previous_window_tokens():
@@ -58,9 +46,9 @@ def test_reads_exactly_the_previous_window_tokens():
     d = torch.zeros_like(d)
     d[:, 0] = True
     sae = _sae(window=4).eval()
-    assert _change_at(sae, x, d, source=10 - 4, target=10) > 1e-3
-    assert _change_at(sae, x, d, source=10 - 5, target=10) == 0.0
-    assert _change_at(sae, x, d, source=10, target=10) > 1e-3, "the token itself"
+    assert token_influence(sae, x, d, source=10 - 4, target=10) > 1e-3
+    assert token_influence(sae, x, d, source=10 - 5, target=10) == 0.0
+    assert token_influence(sae, x, d, source=10, target=10) > 1e-3, "the token itself"
 
 
 def test_curriculum_window_at_a_given_step_and_full_window_at_inference():
@@ -72,10 +60,10 @@ def test_curriculum_window_at_a_given_step_and_full_window_at_inference():
     ctx = LossContext(torch.ones(3, 20, dtype=torch.bool), d, step=49)
     sae.train().after_step(None, ctx)  # 50 steps done: window 5
     assert sae.current_window == 5
-    assert _change_at(sae, x, d, source=15 - 5, target=15) > 1e-3
-    assert _change_at(sae, x, d, source=15 - 6, target=15) == 0.0
+    assert token_influence(sae, x, d, source=15 - 5, target=15) > 1e-3
+    assert token_influence(sae, x, d, source=15 - 6, target=15) == 0.0
     sae.eval()
-    assert sae.current_window == 9 and _change_at(sae, x, d, source=15 - 9, target=15) > 1e-3
+    assert sae.current_window == 9 and token_influence(sae, x, d, source=15 - 9, target=15) > 1e-3
 
 
 def test_curriculum_state_travels_with_the_weights(tmp_path):
@@ -98,8 +86,8 @@ def test_special_tokens_are_not_read():
     mask = torch.ones(3, 16, dtype=torch.bool)
     mask[:, 8] = False  # e.g. an EOS inside the window of token 10
     sae = _sae().eval()
-    assert _change_at(sae, x, d, source=8, target=10, mask=mask) == 0.0
-    assert _change_at(sae, x, d, source=8, target=10) > 1e-3
+    assert token_influence(sae, x, d, source=8, target=10, mask=mask) == 0.0
+    assert token_influence(sae, x, d, source=8, target=10) > 1e-3
 
 
 def test_a_fresh_sae_is_the_token_wise_sae():
@@ -152,16 +140,6 @@ def test_jumprelu_thresholds_start_from_token_wise_pre_activations():
     theta = base_pre.kthvalue(round(500 * (1 - 3 / 32)), dim=0).values.clamp_min(1e-3)
     assert torch.allclose(sae.activation.threshold, theta, rtol=1e-5)
 
-
-@pytest.mark.parametrize("key, value, words", [
-    ("variants.relational.options.heads", 3, "options.heads"),
-    ("variants.relational.options.window", 0, "options.window"),
-    ("variants.relational.options.curriculum_steps", -1, "options.curriculum_steps"),
-])
-def test_bad_options_are_named_config_errors(tmp_path, key, value, words):
-    with pytest.raises(ConfigError) as e:
-        ci_config(tmp_path, **{key: value})
-    assert words in str(e.value) and "ci.yaml" in str(e.value)
 
 
 def test_trains_loads_and_evaluates_on_sequences(harvested):
