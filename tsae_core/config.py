@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 import yaml
 
-from tsae_core.source_config import HFConfig, SourceConfig, SyntheticConfig, TinyLMConfig  # noqa: F401 (every section importable from here)
+from tsae_core.source_config import GGUFConfig, HFConfig, SourceConfig, SyntheticConfig, TinyLMConfig  # noqa: F401 (every section importable from here)
 from tsae_core.typed import ConfigError, build
 from tsae_core.typed import check as _check
 
