@@ -24,6 +24,7 @@ import os
 # papermill's `-p params ...` replaces these; nbmake (no parameters) reads TSAE_PARAMS / TSAE_OVERRIDES (JSON)
 params = os.environ.get("TSAE_PARAMS", "params/default.yaml")
 overrides = json.loads(os.environ.get("TSAE_OVERRIDES", "{}"))
+force = False  # regenerate every shard, even intact ones (`tsae run --force`)
 
 # %%
 from tsae_core import ActivationStore, load_config
@@ -31,7 +32,7 @@ from tsae_core.harvest import harvest
 
 cfg = load_config(params, overrides)
 activations_dir = cfg.run_dir / "activations"
-manifest = harvest(cfg, activations_dir)
+manifest = harvest(cfg, activations_dir, force=force)
 
 # %% [markdown]
 # ## What was harvested

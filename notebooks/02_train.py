@@ -25,6 +25,7 @@ import os
 # papermill's `-p params ...` replaces these; nbmake (no parameters) reads TSAE_PARAMS / TSAE_OVERRIDES (JSON)
 params = os.environ.get("TSAE_PARAMS", "params/default.yaml")
 overrides = json.loads(os.environ.get("TSAE_OVERRIDES", "{}"))
+force = False  # retrain every SAE, even those already trained with these parameters (`tsae run --force`)
 
 # %%
 from tsae_core import ActivationStore, load_config
@@ -32,15 +33,19 @@ from tsae_core.train import train_variant
 
 cfg = load_config(params, overrides)
 store = ActivationStore.open(cfg.run_dir / "activations")
-summaries = [train_variant(cfg, inst.name, store, cfg.run_dir) for inst in cfg.instances()]
+summaries = [train_variant(cfg, inst.name, store, cfg.run_dir, force=force) for inst in cfg.instances()]
 
 # %% [markdown]
 # ## Final training state
 # FVU is the fraction of variance unexplained on the last training batch; L0 the mean number of
 # active latents per token; dead fraction the latents silent for `train.dead_after_tokens` tokens.
+# A training that ended with every latent silent is listed as FAILED, with its reason.
 
 # %%
 for s in summaries:
+    if s.get("failed"):
+        print(f"{s['variant']:12s} FAILED: {s['failed']}")
+        continue
     final = s["final"]
     state = "skipped (already trained)" if s["skipped"] else f"{s['steps']} steps"
     print(f"{s['variant']:12s} {state:26s} loss {final['loss']:.4g}  FVU {final['fvu']:.4f}  "

@@ -34,11 +34,13 @@ import pandas as pd
 from tsae_core import ActivationStore, load_config
 from tsae_core.evaluate import evaluate_variant, summary_table
 from tsae_core.sources.factory import load_model
+from tsae_core.train import trained_instances
 
 cfg = load_config(params, overrides)
 store = ActivationStore.open(cfg.run_dir / "activations")
 model = load_model(cfg)  # the language model behind the activations (None for synthetic data)
-results = {inst.name: evaluate_variant(cfg, inst.name, store, cfg.run_dir, model=model) for inst in cfg.instances()}
+results = {inst.name: evaluate_variant(cfg, inst.name, store, cfg.run_dir, model=model)
+           for inst in trained_instances(cfg, cfg.run_dir)}  # a failed training has no SAE to evaluate
 
 # %% [markdown]
 # ## Summary

@@ -30,10 +30,12 @@ overrides = json.loads(os.environ.get("TSAE_OVERRIDES", "{}"))
 # %%
 from tsae_core import ActivationStore, load_config
 from tsae_core.cluster import cluster_run_variant
+from tsae_core.train import trained_instances
 
 cfg = load_config(params, overrides)
 store = ActivationStore.open(cfg.run_dir / "activations")
-clusters = {inst.variant: cluster_run_variant(cfg, inst.name, store, cfg.run_dir) for inst in cfg.compared_instances()}
+clusters = {inst.variant: cluster_run_variant(cfg, inst.name, store, cfg.run_dir)
+            for inst in trained_instances(cfg, cfg.run_dir, cfg.compared_instances())}
 
 # %% [markdown]
 # ## Clusters against the true feature kinds

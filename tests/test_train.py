@@ -73,9 +73,10 @@ KILL_SCRIPT = textwrap.dedent(
 )
 
 
-@pytest.mark.parametrize("variant", ["topk", "contrastive", "orthogonal"])
+@pytest.mark.parametrize("variant", ["topk", "contrastive", "orthogonal", "relational"])
 def test_killed_training_resumes_to_identical_result(harvested, tmp_path, variant):
-    """Also for variants with training state: the contrastive queue and the orthogonal sketches and groups."""
+    """Also for variants with training state: the contrastive queue, the orthogonal sketches and groups, and
+    the relational curriculum (mid-way at the checkpoint: window 3 of 4)."""
     cfg0, store = harvested
     acts = str(cfg0.run_dir / "activations")
     interrupted = tmp_path / "interrupted"

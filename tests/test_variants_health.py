@@ -52,7 +52,8 @@ def _core(r):
 EXTRA_DEAD = {"matryoshka": 0.10}
 
 
-TEMPORAL = ["consistency", "contrastive", "matryoshka", "orthogonal", "orthogonal_fixed", "predictive", "crosscoder"]
+TEMPORAL = ["consistency", "contrastive", "matryoshka", "orthogonal", "orthogonal_fixed", "predictive", "crosscoder", "relational",
+            "conv"]
 
 
 def test_every_temporal_variant_of_the_benchmark_is_checked(results):

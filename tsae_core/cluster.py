@@ -186,7 +186,7 @@ def cluster_run_variant(cfg: Any, name: str, store: Any, run_dir: str | Path, pr
     `analysis/clusters_<name>.json` (labels, embedding_2d and latent_kind per alive latent, scores)."""
     from tsae_core.evaluate import eval_batches  # late: evaluation pulls in the model stack
     from tsae_core.io import provenance, write_json
-    from tsae_core.sae import load_sae
+    from tsae_core.sae import load_sae, recorded_weights_sha256
     from tsae_core.seeds import derive_seed
     from tsae_core.train import resolve_device
 
@@ -230,6 +230,7 @@ def cluster_run_variant(cfg: Any, name: str, store: Any, run_dir: str | Path, pr
         "ari": cmp["adjusted_rand_index"],
         "nmi": cmp["normalized_mutual_information"],
         **{k: v for k, v in cmp.items() if k not in ("adjusted_rand_index", "normalized_mutual_information")},
+        "sae_weights_sha256": recorded_weights_sha256(run_dir / "saes" / name),  # which weights this describes
     }
     write_json(run_dir / "analysis" / f"clusters_{name}.json", result, stamp=provenance(cfg.hash()))
     return result

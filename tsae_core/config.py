@@ -11,12 +11,19 @@ import dataclasses
 import hashlib
 import itertools
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-
+from tsae_core.params_file import (  # noqa: F401 (part of this module's interface)
+    apply_overrides,
+    find_params_file,
+    parse_override,
+    project_root,
+    read_params,
+    resolve_path,
+)
 from tsae_core.source_config import GGUFConfig, HFConfig, SourceConfig, SyntheticConfig, TinyLMConfig  # noqa: F401 (every section importable from here)
 from tsae_core.typed import ConfigError, build
 from tsae_core.typed import check as _check
@@ -24,6 +31,15 @@ from tsae_core.typed import check as _check
 # --------------------------------------------------------------------------------------------
 # Sections
 # --------------------------------------------------------------------------------------------
+
+_PLAIN_NAME = re.compile(r"^[A-Za-z0-9._-]+$")
+
+
+def check_plain_name(name: str, key: str) -> None:
+    """A name that becomes a file or folder name: letters, digits, `.`, `_`, `-`; not `.` or `..`."""
+    _check(bool(_PLAIN_NAME.fullmatch(name)) and name not in (".", ".."), key,
+           f"{name!r} must be a plain name (letters, digits, '.', '_', '-'; not '.' or '..'): it names a folder")
+
 
 
 @dataclass(frozen=True)
@@ -41,7 +57,7 @@ class RunConfig:
     """`auto` (CUDA when available, else CPU), `cpu`, `cuda` or `cuda:N`."""
 
     def __post_init__(self) -> None:
-        _check(bool(self.name) and "/" not in self.name, "run.name", "must be a plain, non-empty name")
+        check_plain_name(self.name, "run.name")
         _check(len(set(self.seeds)) == len(self.seeds), "run.seeds", f"must not repeat a seed, got {self.seeds}")
         _check(
             self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
@@ -66,6 +82,8 @@ class HarvestConfig:
     def __post_init__(self) -> None:
         for name in ("context_size", "n_train_sequences", "n_eval_sequences", "sequences_per_shard"):
             _check(getattr(self, name) > 0, f"harvest.{name}", "must be > 0")
+        _check(self.context_size >= 2, "harvest.context_size",
+               "must be >= 2: temporal losses and metrics compare neighbouring positions, and a context of 1 has none")
 
 
 @dataclass(frozen=True)
@@ -257,7 +275,14 @@ class ExperimentConfig:
     def __post_init__(self) -> None:
         _check(len(self.variants) > 0, "variants", "list at least one SAE to train")
         for name in self.variants:
-            _check(bool(name) and "/" not in name, f"variants.{name}", "must be a plain name")
+            check_plain_name(name, f"variants.{name}")
+        for name in self.sweep:
+            check_plain_name(name, f"sweep.{name}")
+        for what, base, key in (("run", self.run.out_dir, "run.out_dir"), ("figures", self.plot.figures_dir, "plot.figures_dir")):
+            parent = resolve_path(base).resolve()
+            inside = (parent / self.run.name).resolve()
+            _check(inside.parent == parent, "run.name",
+                   f"the {what} directory {parent / self.run.name} resolves to {inside}, outside {key} ({parent})")
 
     # -- what gets trained --------------------------------------------------------------------
     def instances(self) -> list[Instance]:
@@ -307,59 +332,8 @@ class ExperimentConfig:
 
 
 # --------------------------------------------------------------------------------------------
-# Project root and paths
-# --------------------------------------------------------------------------------------------
-
-
-def project_root() -> Path:
-    """The project checkout (holding `params/`) when the package is used from one, else the cwd."""
-    here = Path(__file__).resolve().parent.parent
-    return here if (here / "params").is_dir() else Path.cwd()
-
-
-def resolve_path(p: str | Path) -> Path:
-    p = Path(p).expanduser()
-    return p if p.is_absolute() else project_root() / p
-
-
-def find_params_file(path: str | Path) -> Path:
-    """A params file given as a path (absolute, relative to the cwd or to the project root)."""
-    p = Path(path).expanduser()
-    for candidate in (p, project_root() / p, project_root() / "params" / p):
-        if candidate.is_file():
-            return candidate.resolve()
-    raise ConfigError(
-        f"params file {str(path)!r} not found (looked in the current directory and in "
-        f"{project_root() / 'params'}); pass a path such as params/default.yaml"
-    )
-
-
-# --------------------------------------------------------------------------------------------
 # Loading
 # --------------------------------------------------------------------------------------------
-
-
-def parse_override(text: str) -> tuple[str, Any]:
-    """`"train.steps=200"` -> `("train.steps", 200)`; the value is read as YAML."""
-    if "=" not in text:
-        raise ConfigError(f"override {text!r} must look like key.sub=value")
-    key, raw = text.split("=", 1)
-    return key.strip(), yaml.safe_load(raw)
-
-
-def apply_overrides(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-    """Set dotted keys in a nested dict (a copy); intermediate mappings are created as needed."""
-    data = json.loads(json.dumps(data))
-    for dotted, value in overrides.items():
-        node = data
-        parts = dotted.split(".")
-        for part in parts[:-1]:
-            nxt = node.setdefault(part, {})
-            if not isinstance(nxt, dict):
-                raise ConfigError(f"override {dotted}: {part} is not a section")
-            node = nxt
-        node[parts[-1]] = value
-    return data
 
 
 def _grid_points(sweep_name: str, sw: SweepConfig):
@@ -378,6 +352,9 @@ def _expand_sweeps(data: dict[str, Any], cfg: ExperimentConfig, origin: str) -> 
             raise ConfigError(f"{origin}: sweep.{sweep_name}.variant: {sw.variant!r} is not a variant; "
                               f"variants are {', '.join(variants)}")
         for name, point in _grid_points(sweep_name, sw):
+            if not _PLAIN_NAME.fullmatch(name):
+                raise ConfigError(f"{origin}: sweep.{sweep_name}: point {name!r} is not a plain name (letters, digits, "
+                                  f"'.', '_', '-'): sweep over numbers or plain words")
             if name in variants:
                 raise ConfigError(f"{origin}: sweep.{sweep_name}: point {name!r} clashes with an existing variant")
             variants[name] = apply_overrides(variants[sw.variant] or {}, point["knobs"])
@@ -408,10 +385,6 @@ def config_from_dict(data: dict[str, Any], origin: str = "<dict>") -> Experiment
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> ExperimentConfig:
     """Read, override and validate a params file. Raises `ConfigError` naming the key and file."""
     file = find_params_file(path)
-    try:
-        data = yaml.safe_load(file.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{file}: not valid YAML: {e}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{file}: the top level must be a mapping of sections")
-    return config_from_dict(apply_overrides(data, dict(overrides or {})), origin=str(file))
+    data = read_params(file)
+    return config_from_dict(apply_overrides(data, dict(overrides or {}), schema=ExperimentConfig, origin=str(file)),
+                            origin=str(file))

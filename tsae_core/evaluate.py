@@ -21,7 +21,7 @@ from tsae_core.metrics.core import CoreMetrics
 from tsae_core.metrics.ground_truth import GroundTruthMetrics
 from tsae_core.metrics.model import ModelPreservation
 from tsae_core.metrics.temporal import TemporalMetrics
-from tsae_core.sae import SAE, load_sae
+from tsae_core.sae import SAE, load_sae, recorded_weights_sha256
 from tsae_core.seeds import derive_seed
 from tsae_core.sources.factory import load_model
 from tsae_core.train import resolve_device
@@ -168,7 +168,9 @@ def evaluate_variant(
     result = evaluate_sae(sae, store, cfg, name, progress=progress, model=model)
     # the instance (`<variant>-seed<N>` with several seeds) is the file name; figures group by variant
     result.update({"variant": inst.variant, "instance": inst.name, "seed": inst.seed,
-                   "sweep": cfg.sweep_points().get(inst.variant)})
+                   "sweep": cfg.sweep_points().get(inst.variant),
+                   # which weights these numbers describe: a retrained SAE makes this file stale
+                   "sae_weights_sha256": recorded_weights_sha256(run_dir / "saes" / name)})
     write_json(run_dir / "eval" / f"{name}.json", result, stamp=provenance(cfg.hash()))
     return result
 

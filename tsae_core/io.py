@@ -1,13 +1,24 @@
-"""Atomic file writes and provenance stamps: every artifact is written whole or not at all."""
+"""Atomic file writes and provenance stamps: every artifact is written whole or not at all.
+
+Every file of a run goes through `atomic_path` (a temporary file beside the target, renamed onto it
+once complete), so a crash, a kill or a full disk leaves the previous version or nothing, never a
+truncated file. A full disk raises `DiskFull`, whose one-line message names the directory and its
+free space. Tensor files are byte-deterministic: the same tensors give the same bytes in every
+process (safetensors' own header order follows a per-process hash seed).
+"""
 
 from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import errno
 import hashlib
+import io
 import json
 import math
 import os
+import shutil
+import struct
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -15,31 +26,86 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import save as safetensors_bytes
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+TEMP_SUFFIX = ".tmp"
+"""Temporary files are `.<name>.<random>.tmp` beside their target; a run removes stale ones at start."""
+
+
+class DiskFull(OSError):
+    """No space left where a file is written; the message names the directory and its free space."""
+
+    def __init__(self, directory: Path, what: str) -> None:
+        super().__init__(errno.ENOSPC, f"no space left on device {what}: {directory} has {free_space_text(directory)} free; "
+                                       f"free some space, then rerun the same command to resume")
+
+    @classmethod
+    def writing(cls, path: Path) -> DiskFull:
+        return cls(path.parent, f"writing {path.name}")
+
+    def __str__(self) -> str:
+        return self.strerror
+
+
+def free_space_text(directory: str | Path) -> str:
+    """Free space of the file system holding `directory` (or its nearest existing parent), e.g. '12.5 MB'."""
+    d = Path(directory)
+    while not d.exists() and d != d.parent:
+        d = d.parent
+    try:
+        free = shutil.disk_usage(d).free
+    except OSError:
+        return "unknown"
+    for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if free >= size:
+            return f"{free / size:.1f} {unit}"
+    return f"{free} bytes"
+
+
+def is_disk_full(error: BaseException) -> bool:
+    return isinstance(error, OSError) and error.errno in _NO_SPACE
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; on success it is renamed onto `path`."""
+def atomic_path(path: str | Path, suffix: str = TEMP_SUFFIX) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; on success it is renamed onto `path`, on any failure it
+    is removed (a full disk raises `DiskFull`)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    except OSError as e:
+        if is_disk_full(e):
+            raise DiskFull.writing(path) from None
+        raise
     os.close(fd)
     tmp_path = Path(tmp)
     try:
         yield tmp_path
         os.chmod(tmp_path, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; give the usual mode
         os.replace(tmp_path, path)
+    except OSError as e:
+        if is_disk_full(e):
+            tmp_path.unlink(missing_ok=True)  # first, so that the free space reported is the real one
+            raise DiskFull.writing(path) from None
+        raise
     finally:
         tmp_path.unlink(missing_ok=True)
 
 
+def write_bytes(path: str | Path, data: bytes) -> None:
+    """Write `data` to `path` atomically, flushed to disk before the rename."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
 def write_text(path: str | Path, text: str) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(text)
+    write_bytes(path, text.encode())
 
 
 def _finite_or_none(obj: Any) -> Any:
@@ -76,16 +142,33 @@ def read_json(path: str | Path) -> Any:
     return json.loads(Path(path).read_text())
 
 
-def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
-    """Save a safetensors file atomically (tensors made contiguous, on CPU)."""
+def tensor_file_bytes(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> bytes:
+    """The safetensors encoding of `tensors` (made contiguous, on CPU) with a canonical header.
+
+    safetensors writes its JSON header in a hash order that differs between processes; the header
+    is re-encoded here with sorted keys (same entries, same data offsets), so equal tensors give
+    equal bytes and equal checksums in every process."""
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=metadata)
+    raw = safetensors_bytes(tensors, metadata=metadata)
+    (n,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8 : 8 + n])
+    canonical = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+    canonical += b" " * (-len(canonical) % 8)  # the data section stays 8-byte aligned
+    return struct.pack("<Q", len(canonical)) + canonical + raw[8 + n :]
+
+
+def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> str:
+    """Save a byte-deterministic safetensors file atomically; returns its sha256."""
+    data = tensor_file_bytes(tensors, metadata)
+    write_bytes(path, data)
+    return hashlib.sha256(data).hexdigest()
 
 
 def torch_save(path: str | Path, obj: Any) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+    """`torch.save` atomically (serialised in memory first, so a full disk is an `OSError` like any other write)."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    write_bytes(path, buffer.getvalue())
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:

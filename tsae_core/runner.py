@@ -1,8 +1,15 @@
-"""`tsae run PARAMS [--set key=value ...] [--only STAGES] [--force]`: one experiment, end to end.
+"""`tsae run PARAMS [--set key=value ...] [--only STAGES] [--force] [--allow-unhealthy]`: one experiment, end to end.
 
-The params file is validated completely first. Each stage is a numbered notebook executed with
+The params file is validated completely first. The run directory is locked for the whole run (a
+second run of it fails at once, naming the holder). Each stage is a numbered notebook executed with
 papermill (kernel `python3`); the executed copy is kept in `runs/<run>/notebooks/`. A stage whose
-notebook, package code and parameters are unchanged since its last success is skipped.
+notebook, package code, parameters and input files are unchanged since its last success, and whose
+outputs are all there and intact, is skipped; a stage whose inputs are stale or damaged is refused
+with the command that repairs them. The summary gives each SAE's health verdict; an unhealthy or
+failed SAE makes the exit status 3 unless `--allow-unhealthy`.
+
+Exit status: 0 done, 1 a stage failed (or the directory is locked, or the disk is full), 2 invalid
+parameters, 3 an SAE is unhealthy, 130 interrupted (Ctrl-C).
 """
 
 from __future__ import annotations
@@ -12,15 +19,16 @@ import hashlib
 import json
 import os
 import sys
-import tempfile
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from tsae_core.config import ConfigError, ExperimentConfig, load_config, parse_override, project_root
-from tsae_core.io import provenance, read_json, write_json
+from tsae_core.io import DiskFull, provenance, read_json, write_json
+from tsae_core.run_lock import RunDirectoryLocked
+
+EXIT_FAILED, EXIT_INVALID, EXIT_UNHEALTHY, EXIT_INTERRUPTED = 1, 2, 3, 130
 
 
 class StageFailed(RuntimeError):
@@ -76,89 +84,143 @@ def parse_only(text: str | None) -> list[str]:
     return chosen
 
 
-def _local_kernel_manager() -> type:
-    """A kernel manager on local IPC sockets: the kernel is reachable only through this machine's
-    files, not an unencrypted TCP port (which ipykernel rightly warns about at every start)."""
-    from jupyter_client.manager import KernelManager
-
-    class LocalKernelManager(KernelManager):
-        def __init__(self, **kwargs: Any) -> None:
-            super().__init__(**kwargs)
-            self.transport = "ipc"
-            # socket files are `<ip>-<n>` and are removed when the kernel shuts down
-            self.ip = str(Path(tempfile.gettempdir()) / f"tsae-kernel-{uuid.uuid4().hex[:12]}")
-
-    return LocalKernelManager
+class StageInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped a stage; the message says where a rerun resumes."""
 
 
-def execute_stage(stage: Stage, params_file: Path, overrides: dict[str, Any], out_notebook: Path) -> None:
-    """Convert the jupytext script to a notebook and execute it with papermill."""
-    import jupytext
-    import papermill as pm
+def resume_point(stage: str, cfg: ExperimentConfig) -> str:
+    """Where a rerun of an interrupted stage picks up, read from the run directory."""
+    from tsae_core.checkpoints import TrainPaths, checkpoint_step, latest_checkpoint
+    from tsae_core.harvest import PROGRESS
 
-    nb = jupytext.read(notebooks_dir() / f"{stage.notebook}.py")
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    out_notebook.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory() as tmp:
-        src = Path(tmp) / f"{stage.notebook}.ipynb"
-        jupytext.write(nb, src)
-        pm.execute_notebook(
-            str(src),
-            str(out_notebook),
-            parameters={"params": str(params_file), "overrides": overrides},
-            kernel_name="python3",
-            cwd=str(project_root()),
-            progress_bar=False,
-            stderr_file=sys.stderr,  # the kernel's progress bars show live in the terminal
-            kernel_manager_class=_local_kernel_manager(),
-        )
+    if stage == "train":
+        for inst in cfg.instances():
+            ckpt = latest_checkpoint(TrainPaths.of(cfg.run_dir, inst.name))
+            if ckpt is not None:
+                return f"resume from step {checkpoint_step(ckpt)} ({inst.name})"
+        return "resume from step 0"
+    if stage == "harvest":
+        try:
+            done = len(read_json(cfg.run_dir / "activations" / PROGRESS)["shards"])
+        except (OSError, ValueError, KeyError, TypeError):
+            done = 0
+        return f"resume from shard {done}"
+    return "resume (finished stages are kept)"
 
 
-def run(params: str, overrides: dict[str, Any], only: list[str], force: bool = False) -> ExperimentConfig:
-    """Run the selected stages of an experiment; returns the validated config."""
+def execute_stage(stage: Stage, params_file: Path, overrides: dict[str, Any], out_notebook: Path, force: bool = False) -> None:
+    """Execute the stage's notebook (see `tsae_core.notebook_exec`)."""
+    from tsae_core.notebook_exec import execute_notebook
+
+    parameters = {"params": str(params_file), "overrides": overrides}
+    if stage.name in ("harvest", "train"):  # the stages that keep finished work between runs
+        parameters["force"] = force
+    execute_notebook(notebooks_dir() / f"{stage.notebook}.py", out_notebook, parameters, cwd=project_root())
+
+
+@dataclass
+class RunOutcome:
+    cfg: ExperimentConfig
+    unhealthy: list[str]
+    """SAEs whose training failed or whose health verdict is unhealthy."""
+
+
+def _command(params: str, only: str | None = None) -> str:
+    return f"tsae run {params}" + (f" --only {only}" if only else "")
+
+
+def _check_inputs(stage: Stage, cfg: ExperimentConfig, params: str, out_nb: Path) -> None:
+    """Refuse to run a stage on inputs that are missing, damaged or made for other parameters."""
+    from tsae_core.stage_outputs import NEEDS, output_problems
+
+    for upstream in NEEDS[stage.name]:
+        problems = output_problems(upstream, cfg)
+        if problems:
+            more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+            raise StageFailed(f"stage {stage.name} failed before running {out_nb.name}: it needs the {upstream} stage's "
+                              f"outputs for these parameters, but {problems[0]}{more}; run `{_command(params, upstream)}` "
+                              f"first, or run without --only")
+
+
+def _print_health(cfg: ExperimentConfig) -> list[str]:
+    from tsae_core.stage_outputs import sae_health
+
+    verdicts = sae_health(cfg)
+    if all(v.healthy is None for v in verdicts):
+        print("[tsae] health: no SAE evaluated yet (the evaluate stage gives each one a verdict)")
+        return []
+    print("[tsae] health of each SAE:")
+    for v in verdicts:
+        word = {True: "healthy", False: "UNHEALTHY", None: "-"}[v.healthy]
+        print(f"[tsae]   {v.name:28s} {word}" + ("" if v.healthy or v.healthy is None and v.detail == word else f": {v.detail}"))
+    return [v.name for v in verdicts if v.healthy is False]
+
+
+def run(params: str, overrides: dict[str, Any], only: list[str], force: bool = False) -> RunOutcome:
+    """Run the selected stages of an experiment under the run directory's lock."""
     from tsae_core.config import find_params_file
+    from tsae_core.notebook_exec import remove_stale_kernel_files
+    from tsae_core.run_lock import run_lock
 
     # Progress bars refresh at most once a second: readable in a terminal, few notebook outputs.
     os.environ.setdefault("TQDM_MININTERVAL", "1")
     params_file = find_params_file(params)
     cfg = load_config(params_file, overrides)  # validates everything before any heavy work
+    remove_stale_kernel_files()
+    with run_lock(cfg.run_dir):
+        _run_stages(cfg, params, params_file, overrides, only, force)
+        unhealthy = _print_health(cfg) if set(only) - {"harvest"} else []
+    print(f"[tsae] results: {cfg.run_dir}")
+    print(f"[tsae] figures: {cfg.figures_dir}")
+    return RunOutcome(cfg, unhealthy)
+
+
+def _run_stages(cfg: ExperimentConfig, params: str, params_file: Path, overrides: dict[str, Any], only: list[str],
+                force: bool) -> None:
+    from tsae_core.notebook_exec import NotebookFailed, NotebookInterrupted
+    from tsae_core.stage_outputs import inputs_fingerprint, output_problems
+
     run_dir = cfg.run_dir
-    run_dir.mkdir(parents=True, exist_ok=True)
     write_json(run_dir / "config.json", {"params_file": str(params_file), "overrides": overrides, "config": cfg.to_dict()},
                stamp=provenance(cfg.hash()))
     state_file = run_dir / "stages.json"
-    state: dict[str, Any] = read_json(state_file) if state_file.is_file() else {}
+    try:
+        state: dict[str, Any] = read_json(state_file) if state_file.is_file() else {}
+    except (OSError, ValueError):
+        state = {}
+    state = {k: v for k, v in state.items() if isinstance(v, dict)} if isinstance(state, dict) else {}
     state.pop("tsae", None)
 
-    upstream = ""
     for stage in STAGES:
-        key = stage_key(stage, cfg, upstream)
-        upstream = key
         if stage.name not in only:
             continue
         out_nb = run_dir / "notebooks" / f"{stage.notebook}.ipynb"
+        _check_inputs(stage, cfg, params, out_nb)
+        key = stage_key(stage, cfg, inputs_fingerprint(stage.name, cfg))
         if not force and state.get(stage.name, {}).get("key") == key and out_nb.is_file():
-            print(f"[tsae] {stage.name:9s} unchanged, skipped  ({out_nb})")
-            continue
+            problems = output_problems(stage.name, cfg)
+            if not problems:
+                print(f"[tsae] {stage.name:9s} unchanged, skipped  ({out_nb})")
+                continue
+            print(f"[tsae] {stage.name:9s} outputs need repair: {problems[0]}"
+                  + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""), flush=True)
         print(f"[tsae] {stage.name:9s} running {stage.notebook} ...", flush=True)
         t0 = time.perf_counter()
         state.pop(stage.name, None)
         write_json(state_file, state, stamp=provenance(cfg.hash()))
         try:
-            execute_stage(stage, params_file, overrides, out_nb)
-        except Exception as e:
-            if type(e).__name__ != "PapermillExecutionError":
-                raise
+            execute_stage(stage, params_file, overrides, out_nb, force=force)
+        except NotebookFailed as e:
+            if e.ename == "DiskFull" or "[Errno 28]" in e.evalue:
+                raise DiskFull(run_dir, f"during {stage.name}") from None
             raise StageFailed(f"stage {stage.name} failed: {e.ename}: {e.evalue}\n"
                               f"      the executed notebook, with the full traceback, is {out_nb}") from None
+        except (NotebookInterrupted, KeyboardInterrupt):
+            raise StageInterrupted(stage.name) from None
         seconds = time.perf_counter() - t0
         state[stage.name] = {"key": key, "seconds": round(seconds, 1), "notebook": str(out_nb)}
         write_json(state_file, state, stamp=provenance(cfg.hash()))
         print(f"[tsae] {stage.name:9s} done in {seconds:.0f} s  ({out_nb})", flush=True)
-
-    print(f"[tsae] results: {run_dir}")
-    print(f"[tsae] figures: {cfg.figures_dir}")
-    return cfg
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -172,21 +234,36 @@ def main(argv: list[str] | None = None) -> int:
                        help="override a value, e.g. --set train.steps=200 (repeatable)")
     p_run.add_argument("--only", help=f"comma-separated stages among {','.join(STAGE_NAMES)}")
     p_run.add_argument("--force", action="store_true", help="rerun stages even if unchanged")
+    p_run.add_argument("--allow-unhealthy", action="store_true",
+                       help="exit 0 even if an SAE's training failed or its health verdict is unhealthy")
     args = parser.parse_args(argv)
+    cfg: ExperimentConfig | None = None
     try:
         overrides = dict(parse_override(s) for s in args.sets)
+        cfg = load_config(args.params, overrides)
         if args.command == "validate":
-            cfg = load_config(args.params, overrides)
             print(json.dumps(cfg.to_dict(), indent=2))
             return 0
-        run(args.params, overrides, parse_only(args.only), force=args.force)
+        outcome = run(args.params, overrides, parse_only(args.only), force=args.force)
+        if outcome.unhealthy and not args.allow_unhealthy:
+            print(f"tsae: unhealthy SAEs: {', '.join(outcome.unhealthy)} (see the health summary above); "
+                  f"pass --allow-unhealthy to accept them", file=sys.stderr)
+            return EXIT_UNHEALTHY
         return 0
     except ConfigError as e:
         print(f"tsae: invalid parameters: {e}", file=sys.stderr)
-        return 2
-    except StageFailed as e:
-        print(f"tsae: {e}", file=sys.stderr)
-        return 1
+        return EXIT_INVALID
+    except StageInterrupted as e:
+        assert cfg is not None
+        again = " without --force" if args.force else ""
+        print(f"\ntsae: interrupted during {e}; rerun the same command{again} to {resume_point(str(e), cfg)}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except KeyboardInterrupt:
+        print("\ntsae: interrupted before any stage ran; nothing to resume", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except (DiskFull, StageFailed, RunDirectoryLocked) as e:
+        print(f"\ntsae: {e}", file=sys.stderr)  # on a line of its own, after any unfinished progress bar
+        return EXIT_FAILED
 
 
 if __name__ == "__main__":  # pragma: no cover

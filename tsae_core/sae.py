@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import safetensors
 import torch
 from safetensors.torch import load_file
 from torch import nn
@@ -26,7 +27,7 @@ from torch import nn
 from tsae_core import losses
 from tsae_core.activations import make_activation
 from tsae_core.config import VariantConfig
-from tsae_core.io import provenance, read_json, save_tensors, write_json
+from tsae_core.io import provenance, read_json, save_tensors, sha256_file, write_json
 from tsae_core.typed import ConfigError, build
 
 SAE_WEIGHTS = "sae.safetensors"
@@ -172,6 +173,14 @@ class SAE(nn.Module):
         see `tsae_core.sequence` for the defaults when they are None)."""
         return (x_n_BTD - self.b_dec) @ self.W_enc + self.b_enc
 
+    def encode_pre_masked(
+        self, x_n_BTD: torch.Tensor, mask_BT: torch.Tensor | None, doc_start_BT: torch.Tensor | None, position_BT: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Pre-activations of a batch whose special tokens are known (`mask_BT` False at BOS, EOS,
+        padding; None: every token counts). An encoder that reads earlier tokens overrides this to keep
+        special tokens (a model's outsized BOS activation) out of what it reads; default `encode_pre`."""
+        return self.encode_pre(x_n_BTD, doc_start_BT, position_BT)
+
     def decode(self, features_BTF: torch.Tensor) -> torch.Tensor:
         return features_BTF @ self.W_dec + self.b_dec
 
@@ -193,7 +202,7 @@ class SAE(nn.Module):
             mask_BT, doc_start_BT, position_BT = (None if t is None else t.unsqueeze(0) for t in (mask_BT, doc_start_BT, position_BT))
         s = self.cfg.activation_scaling_factor
         x_n = x_BTD * s
-        pre = self.encode_pre(x_n, doc_start_BT, position_BT)
+        pre = self.encode_pre_masked(x_n, mask_BT, doc_start_BT, position_BT)
         B, T, F = pre.shape
         mask_N = None if mask_BT is None else mask_BT.reshape(-1)
         features = self.activation(pre.reshape(B * T, F), mask_N).view(B, T, F)
@@ -297,7 +306,7 @@ class SAE(nn.Module):
             return
         pre_batches = []
         for b in batches:
-            pre = self.encode_pre(b.acts_BTD * self.cfg.activation_scaling_factor, b.doc_start_BT, b.position_BT)
+            pre = self.encode_pre_masked(b.acts_BTD * self.cfg.activation_scaling_factor, b.mask_BT, b.doc_start_BT, b.position_BT)
             pre_batches.append((pre.reshape(-1, self.cfg.d_sae), b.mask_BT.reshape(-1)))
         calibrate(pre_batches)
 
@@ -361,23 +370,74 @@ def build_sae(cfg: SAEConfig) -> SAE:
     return variant_class(cfg.architecture)(cfg)
 
 
+class SAEFileError(FileNotFoundError):
+    """An SAE's files are missing, unreadable or fail their checksum; the message names the file and the fix."""
+
+
+SAE_FIX = "retrain it: `tsae run params/<name>.yaml --only train` (the train stage retrains SAEs whose files fail their check)"
+
+
 def save_sae(sae: SAE, directory: str | Path, extra_cfg: dict[str, Any] | None = None, config_hash: str | None = None) -> None:
-    """Write `sae.safetensors` and `cfg.json` atomically (the weights first, the cfg last)."""
+    """Write `sae.safetensors` and `cfg.json` atomically (the weights first, the cfg last); cfg.json
+    records the weights' sha256, checked whenever the SAE is loaded or its training skipped."""
     directory = Path(directory)
-    save_tensors(directory / SAE_WEIGHTS, sae.weight_tensors(), metadata={"format": "pt"})
-    write_json(directory / SAE_CFG, {**dataclasses.asdict(sae.cfg), **(extra_cfg or {})}, stamp=provenance(config_hash))
+    sha256 = save_tensors(directory / SAE_WEIGHTS, sae.weight_tensors(), metadata={"format": "pt"})
+    cfg = {**dataclasses.asdict(sae.cfg), **(extra_cfg or {}), "weights_sha256": sha256}
+    write_json(directory / SAE_CFG, cfg, stamp=provenance(config_hash))
+
+
+def read_sae_cfg(directory: str | Path) -> dict[str, Any]:
+    """The cfg.json of `saes/<variant>/` as a dict; `SAEFileError` naming the file if it is missing or unreadable."""
+    path = Path(directory) / SAE_CFG
+    if not path.is_file():
+        raise SAEFileError(f"{path} is missing; train this SAE first (`tsae run params/<name>.yaml --only train`)")
+    try:
+        raw = read_json(path)
+    except (OSError, ValueError) as e:
+        raise SAEFileError(f"unreadable SAE config {path} ({type(e).__name__}: {e}); {SAE_FIX}") from None
+    if not isinstance(raw, dict):
+        raise SAEFileError(f"unreadable SAE config {path} (expected a JSON object, found {type(raw).__name__}); {SAE_FIX}")
+    return raw
+
+
+def recorded_weights_sha256(directory: str | Path) -> str | None:
+    """The weights' sha256 recorded in `directory/cfg.json`, or None (no cfg, unreadable, older tsae)."""
+    try:
+        sha = read_sae_cfg(directory).get("weights_sha256")
+    except SAEFileError:
+        return None
+    return sha if isinstance(sha, str) else None
+
+
+def verify_sae_files(directory: str | Path) -> dict[str, Any]:
+    """Check that `sae.safetensors` matches the sha256 recorded in cfg.json; returns the cfg dict."""
+    directory = Path(directory)
+    raw = read_sae_cfg(directory)
+    weights = directory / SAE_WEIGHTS
+    if not weights.is_file():
+        raise SAEFileError(f"{weights} is missing (its cfg.json is there); {SAE_FIX}")
+    expected = raw.get("weights_sha256")
+    if not isinstance(expected, str):
+        raise SAEFileError(f"{directory / SAE_CFG} records no checksum of {weights.name} (written by an older tsae); {SAE_FIX}")
+    actual = sha256_file(weights)
+    if actual != expected:
+        raise SAEFileError(f"corrupted SAE weights {weights}: sha256 {actual[:16]}... but cfg.json records "
+                           f"{expected[:16]}...; {SAE_FIX}")
+    return raw
 
 
 def load_sae(directory: str | Path, device: str | torch.device = "cpu") -> SAE:
-    """Load any variant from `saes/<variant>/`, in eval mode, ready for inference."""
+    """Load any variant from `saes/<variant>/`, in eval mode, ready for inference.
+
+    The weights are checked against the checksum in cfg.json first: flipped or truncated bytes are
+    an `SAEFileError` naming the file and the fix, never silently different numbers."""
     directory = Path(directory)
-    cfg_path, weights_path = directory / SAE_CFG, directory / SAE_WEIGHTS
-    for p in (cfg_path, weights_path):
-        if not p.is_file():
-            raise FileNotFoundError(f"{p} is missing: train this SAE first (tsae run PARAMS --only train)")
-    raw = read_json(cfg_path)
+    raw = verify_sae_files(directory)
     names = {f.name for f in dataclasses.fields(SAEConfig)}
-    cfg = SAEConfig(**{k: v for k, v in raw.items() if k in names})
-    sae = build_sae(cfg)
-    sae.load_weight_tensors(load_file(str(weights_path)))
+    try:
+        cfg = SAEConfig(**{k: v for k, v in raw.items() if k in names})
+        sae = build_sae(cfg)
+        sae.load_weight_tensors(load_file(str(directory / SAE_WEIGHTS)))
+    except (TypeError, ValueError, KeyError, ConfigError, safetensors.SafetensorError) as e:
+        raise SAEFileError(f"cannot load the SAE in {directory} ({type(e).__name__}: {e}); {SAE_FIX}") from None
     return sae.to(device).eval()

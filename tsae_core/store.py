@@ -13,6 +13,7 @@ non-special tokens) is applied by the SAE, not here. Training shuffles sequences
 
 from __future__ import annotations
 
+import json
 import math
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
@@ -77,8 +78,7 @@ def write_shard(
     if keep_true_codes and batch.true_codes_BTG is not None:
         tensors["true_codes"] = batch.true_codes_BTG.to(torch.float16)
     path = Path(directory) / name
-    save_tensors(path, tensors)
-    sha256 = sha256_file(path)
+    sha256 = save_tensors(path, tensors)
     _VERIFIED.add(_verify_key(path, sha256))  # just written and hashed: no need to hash it again on read
     return {"file": name, "n_sequences": int(acts.shape[0]), "sha256": sha256}
 
@@ -163,8 +163,8 @@ class ActivationStore:
         try:
             manifest = read_json(path)
             _check_manifest(manifest)
-        except (ValueError, KeyError, TypeError) as e:
-            raise StoreError(f"invalid manifest {path}: {e}; {_FIX}") from None
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            raise StoreError(f"invalid manifest {path}: {type(e).__name__}: {e}; {_FIX}") from None
         store = cls(directory, manifest)
         for name in manifest["splits"]:
             for shard in store.split(name).shards:
@@ -205,13 +205,17 @@ class ActivationStore:
         return GroundTruth.load(path)
 
 
-def _check_manifest(m: dict[str, Any]) -> None:
+def _check_manifest(m: Any) -> None:
+    if not isinstance(m, dict):
+        raise ValueError(f"expected a JSON object, found {type(m).__name__} ({json.dumps(m)[:40]})")
     if m.get("format") != FORMAT:
         raise ValueError(f"format {m.get('format')!r}, expected {FORMAT!r}")
     if m["dtype"] not in DTYPES or int(m["d_in"]) <= 0 or int(m["context_size"]) <= 0:
         raise ValueError(f"bad dtype/d_in/context_size: {m['dtype']}, {m['d_in']}, {m['context_size']}")
     if not math.isfinite(float(m["scaling_factor"])) or m["scaling_factor"] <= 0:
         raise ValueError(f"bad scaling_factor {m['scaling_factor']}")
+    if not isinstance(m["splits"], dict) or not all(isinstance(s, dict) for s in m["splits"].values()):
+        raise ValueError("splits must map split names to objects")
     for name, split in m["splits"].items():
         if sum(int(s["n_sequences"]) for s in split["shards"]) != split["n_sequences"]:
             raise ValueError(f"split {name}: shard sizes do not add up to n_sequences")
@@ -227,6 +231,8 @@ def _verify_key(path: Path, sha256: str) -> tuple[str, str, int, int]:
 
 def verify_file(path: Path, sha256: str, what: str = "shard") -> None:
     """Check a file's checksum the first time it is read in this process (or after it changed)."""
+    if not path.is_file():
+        raise StoreError(f"missing {what} {path} listed in {path.parent / MANIFEST}; {_FIX}")
     key = _verify_key(path, sha256)
     if key in _VERIFIED:
         return

@@ -3,8 +3,10 @@
 The recipe (DESIGN §7): Adam; linear warmup, constant, linear decay to zero over the final
 `decay_fraction`; sparsity coefficient warmed up; global grad-norm clip; unit-norm decoder rows
 with the parallel gradient removed (except the L1 recipe); AuxK on dead latents. A non-finite
-loss stops training with `TrainingDiverged`, keeping the last good checkpoint. An interrupted run
-resumes exactly from its latest checkpoint.
+loss stops training with `TrainingDiverged`, keeping the last good checkpoint. A training that
+ends with every latent silent is recorded as failed (`failed.json`, with the reason) instead of
+saved, so the other SAEs of a run go on. A killed run resumes exactly from its latest checkpoint;
+Ctrl-C stops at the end of the current step and saves a checkpoint there first.
 """
 
 from __future__ import annotations
@@ -13,16 +15,25 @@ import hashlib
 import json
 import shutil
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from tqdm import tqdm
 
-from tsae_core.config import ExperimentConfig
-from tsae_core.io import read_json, torch_save, write_text
-from tsae_core.sae import SAE, SAE_CFG, SAE_WEIGHTS, LossContext, SAEConfig, build_sae, geometric_median, save_sae
+from tsae_core.checkpoints import (
+    TrainPaths,
+    latest_checkpoint,
+    load_checkpoint,
+    record_failure,
+    recorded_failure,
+    save_checkpoint,
+    truncate_curves,
+)
+from tsae_core.config import ExperimentConfig, Instance
+from tsae_core.interrupts import Interrupted, StepInterrupt
+from tsae_core.io import DiskFull, is_disk_full
+from tsae_core.sae import SAE, LossContext, SAEConfig, SAEFileError, build_sae, geometric_median, save_sae, verify_sae_files
 from tsae_core.seeds import derive_seed
 
 CALIBRATION_BATCHES = 16
@@ -31,6 +42,10 @@ CALIBRATION_BATCHES = 16
 
 class TrainingDiverged(RuntimeError):
     """The loss (or gradient) became NaN or infinite."""
+
+
+class TrainingCollapsed(RuntimeError):
+    """Training ended in an SAE that does nothing (no logged step, or every latent silent)."""
 
 
 def resolve_device(name: str) -> torch.device:
@@ -72,20 +87,6 @@ class DeadLatentTracker:
         return self.tokens_since_fired_F >= self.threshold
 
 
-@dataclass
-class TrainPaths:
-    sae_dir: Path
-    curves: Path
-
-    @property
-    def checkpoints(self) -> Path:
-        return self.sae_dir / "checkpoints"
-
-    @classmethod
-    def of(cls, run_dir: Path, name: str) -> TrainPaths:
-        return cls(run_dir / "saes" / name, run_dir / "train" / f"{name}.jsonl")
-
-
 def variant_train_hash(cfg: ExperimentConfig, name: str, data_hash: str) -> str:
     """What a trained SAE depends on: its variant, the recipe, the seed and the data."""
     inst = cfg.instance(name)
@@ -96,11 +97,38 @@ def variant_train_hash(cfg: ExperimentConfig, name: str, data_hash: str) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+def trained_state(paths: TrainPaths, train_hash: str) -> tuple[str, str]:
+    """("trained", ""), ("failed", reason) for a recorded failed training of this hash, or
+    ("missing", why) when the SAE must be (re)trained: absent, trained for other parameters, or
+    files that fail their checksum."""
+    reason = recorded_failure(paths, train_hash)
+    if reason is not None:
+        return "failed", reason
+    if not paths.sae_dir.joinpath("cfg.json").is_file():
+        return "missing", f"{paths.sae_dir} is not trained"
+    try:
+        cfg = verify_sae_files(paths.sae_dir)
+    except SAEFileError as e:
+        return "missing", str(e).split("; ")[0]
+    if cfg.get("train_hash") != train_hash:
+        return "missing", f"{paths.sae_dir} was trained with other parameters"
+    return "trained", ""
+
+
 def is_trained(paths: TrainPaths, train_hash: str) -> bool:
-    cfg_file = paths.sae_dir / SAE_CFG
-    if not (cfg_file.is_file() and (paths.sae_dir / SAE_WEIGHTS).is_file()):
-        return False
-    return read_json(cfg_file).get("train_hash") == train_hash
+    return trained_state(paths, train_hash)[0] == "trained"
+
+
+def data_hash(store: Any) -> str:
+    """The identity of the training data: the harvest hash its manifest was written for."""
+    return store.manifest.get("tsae", {}).get("config_hash", "")
+
+
+def trained_instances(cfg: ExperimentConfig, run_dir: Path, instances: list[Instance] | None = None) -> list[Instance]:
+    """The SAEs of the run (or of `instances`) whose training did not fail: what evaluation and
+    clustering can use. A failed training leaves `saes/<name>/failed.json` instead of the SAE."""
+    chosen = cfg.instances() if instances is None else instances
+    return [i for i in chosen if not TrainPaths.of(run_dir, i.name).failure.is_file()]
 
 
 # --------------------------------------------------------------------------------------------
@@ -130,48 +158,6 @@ def _token_sample(store: Any, n_tokens: int) -> torch.Tensor:
     return torch.cat(chunks)[:n_tokens].float()
 
 
-def _latest_checkpoint(paths: TrainPaths) -> Path | None:
-    found = sorted(paths.checkpoints.glob("step_*.pt"))
-    return found[-1] if found else None
-
-
-def _load_checkpoint(paths: TrainPaths, device: torch.device) -> dict[str, Any] | None:
-    """The newest readable checkpoint, newest first; an unreadable one (truncated, corrupted) is
-    reported and removed, and the older one kept for that purpose is used instead.
-
-    `weights_only=True`: a checkpoint holds only tensors and plain containers, so a crafted file in a
-    run directory cannot run code when loaded."""
-    for ckpt in sorted(paths.checkpoints.glob("step_*.pt"), reverse=True):
-        try:
-            return torch.load(ckpt, map_location=device, weights_only=True)
-        except Exception as e:  # noqa: BLE001 - any unreadable file is handled the same way
-            print(f"[tsae] checkpoint {ckpt} is unreadable ({type(e).__name__}: {str(e)[:120]}); "
-                  f"removing it and trying the previous one", flush=True)
-            ckpt.unlink(missing_ok=True)
-    return None
-
-
-def _save_checkpoint(paths: TrainPaths, step: int, sae: SAE, opt: torch.optim.Optimizer, loader: Any,
-                     tracker: DeadLatentTracker, train_hash: str, keep: int = 2) -> Path:
-    path = paths.checkpoints / f"step_{step:08d}.pt"
-    torch_save(path, {
-        "step": step, "train_hash": train_hash, "sae": sae.state_dict(), "optimizer": opt.state_dict(),
-        "loader": loader.state_dict(), "tokens_since_fired": tracker.tokens_since_fired_F.cpu(),
-        "variant_state": sae.training_state(),
-    })
-    for old in sorted(paths.checkpoints.glob("step_*.pt"))[:-keep]:
-        old.unlink(missing_ok=True)
-    return path
-
-
-def _truncate_curves(curves: Path, last_step: int) -> None:
-    """Keep the curve records up to the checkpoint we resume from (atomically)."""
-    if not curves.is_file():
-        return
-    kept = [ln for ln in curves.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= last_step]
-    write_text(curves, "".join(ln + "\n" for ln in kept))
-
-
 def training_step(sae: SAE, opt: torch.optim.Optimizer, batch: Any, ctx: LossContext, grad_clip: float,
                   autocast: Any, on_nonfinite: Any = None) -> tuple[Any, dict[str, torch.Tensor]]:
     """One optimizer step of the recipe: forward, loss terms, backward, parallel decoder gradient
@@ -193,14 +179,24 @@ def training_step(sae: SAE, opt: torch.optim.Optimizer, batch: Any, ctx: LossCon
     return out, terms
 
 
-def train_variant(cfg: ExperimentConfig, name: str, store: Any, run_dir: Path, progress: bool = True) -> dict[str, Any]:
-    """Train (or resume, or skip if already trained) the SAE `name`; returns a summary dict."""
+def train_variant(cfg: ExperimentConfig, name: str, store: Any, run_dir: Path, progress: bool = True,
+                  force: bool = False) -> dict[str, Any]:
+    """Train (or resume, or skip if already trained) the SAE `name`; returns a summary dict.
+
+    Skipped when its files are intact (checksum) and were trained with these parameters, unless
+    `force`. A collapsed training is recorded (`failed.json`) and returned with `failed` set; Ctrl-C
+    saves a checkpoint at the end of the current step and raises `Interrupted`."""
     tc, inst = cfg.train, cfg.instance(name)
     v = cfg.variants[inst.variant]
     paths = TrainPaths.of(run_dir, name)
-    train_hash = variant_train_hash(cfg, name, store.manifest.get("tsae", {}).get("config_hash", ""))
-    if is_trained(paths, train_hash):
-        return {"variant": name, "skipped": True, **read_json(paths.sae_dir / SAE_CFG).get("training", {})}
+    train_hash = variant_train_hash(cfg, name, data_hash(store))
+    state, why = trained_state(paths, train_hash)
+    if not force and state == "trained":
+        return {"variant": name, "skipped": True, **verify_sae_files(paths.sae_dir).get("training", {})}
+    if not force and state == "failed":
+        return {"variant": name, "skipped": True, "failed": why}
+    if state == "missing" and (paths.sae_dir / "cfg.json").is_file():
+        print(f"[tsae] {why}; retraining {name}", flush=True)
 
     device = resolve_device(cfg.run.device)
     sae = _init_sae(cfg, name, store, device)
@@ -208,27 +204,20 @@ def train_variant(cfg: ExperimentConfig, name: str, store: Any, run_dir: Path, p
     opt = torch.optim.Adam(sae.param_groups(), lr=lr, betas=tc.adam_betas)
     loader = store.split("train").loader(tc.batch_sequences, seed=derive_seed(inst.seed, "data", inst.variant))
     tracker = DeadLatentTracker(v.d_sae, tc.dead_after_tokens, device)
-    start = 0
+    start = _resume(paths, train_hash, device, sae, opt, loader, tracker)
+    truncate_curves(paths.curves, start if start else -1)
 
-    state = _load_checkpoint(paths, device)
-    if state is not None:
-        if state.get("train_hash") == train_hash:
-            sae.load_state_dict(state["sae"])
-            opt.load_state_dict(state["optimizer"])
-            loader.load_state_dict(state["loader"])
-            tracker.tokens_since_fired_F.copy_(state["tokens_since_fired"].to(device))
-            sae.load_training_state({k: t.to(device) for k, t in state.get("variant_state", {}).items()})
-            start = state["step"]
-        else:  # checkpoints of another configuration: start afresh
-            shutil.rmtree(paths.checkpoints)
-    _truncate_curves(paths.curves, start if start else -1)
+    def checkpoint(step: int) -> Path:
+        return save_checkpoint(paths, step, {
+            "train_hash": train_hash, "sae": sae.state_dict(), "optimizer": opt.state_dict(), "loader": loader.state_dict(),
+            "tokens_since_fired": tracker.tokens_since_fired_F.cpu(), "variant_state": sae.training_state()})
 
     autocast = torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
     paths.curves.parent.mkdir(parents=True, exist_ok=True)
     bar = tqdm(total=tc.steps, initial=start, desc=f"train {name}", disable=not progress, unit="step")
     last_record: dict[str, Any] = {}
     t0, tokens_since_log = time.perf_counter(), 0
-    with paths.curves.open("a") as curves_file:
+    with paths.curves.open("a") as curves_file, StepInterrupt() as interrupt:
         for step in range(start, tc.steps):
             batch = next(loader).to(device)
             lr_now = lr * lr_multiplier(step, tc.steps, tc.warmup_steps, tc.decay_fraction)
@@ -247,13 +236,16 @@ def train_variant(cfg: ExperimentConfig, name: str, store: Any, run_dir: Path, p
             if done % tc.log_every == 0 or done == tc.steps:
                 elapsed = max(time.perf_counter() - t0, 1e-9)
                 last_record = _record(done, terms, out, batch, features_NF, tracker, lr_now, ctx, tokens_since_log / elapsed, tc, n_tok)
-                curves_file.write(json.dumps(last_record) + "\n")
-                curves_file.flush()
+                _append_line(curves_file, paths.curves, json.dumps(last_record))
                 bar.set_postfix(loss=f"{last_record['loss']:.3g}", l0=f"{last_record['l0']:.1f}", dead=f"{last_record['dead_fraction']:.2f}")
                 t0, tokens_since_log = time.perf_counter(), 0
-            if tc.checkpoint_every and done % tc.checkpoint_every == 0 and done < tc.steps:
-                _save_checkpoint(paths, done, sae, opt, loader, tracker, train_hash)
+            if (tc.checkpoint_every and done % tc.checkpoint_every == 0 and done < tc.steps) or (interrupt.requested and done < tc.steps):
+                checkpoint(done)
             bar.update(1)
+            if interrupt.requested and done < tc.steps:
+                bar.close()
+                raise Interrupted(f"training of {name} interrupted at step {done} of {tc.steps}; a checkpoint was saved "
+                                  f"there, rerun to resume from step {done}")
     bar.close()
     sae.calibrate([next(loader).to(device) for _ in range(CALIBRATION_BATCHES)])
 
@@ -261,12 +253,47 @@ def train_variant(cfg: ExperimentConfig, name: str, store: Any, run_dir: Path, p
         "steps": tc.steps, "tokens": tc.steps * tc.batch_sequences * store.context_size, "lr": lr,
         "final": {k: last_record.get(k) for k in ("loss", "fvu", "l0", "dead_fraction")}, "resumed_from": start,
     }
-    _assert_healthy_training(name, training)
+    try:
+        _assert_healthy_training(name, training)
+    except TrainingCollapsed as e:
+        record_failure(paths, train_hash, str(e), training)
+        shutil.rmtree(paths.checkpoints, ignore_errors=True)
+        print(f"[tsae] {e}; recorded in {paths.failure}, the other SAEs go on", flush=True)
+        return {"variant": name, "skipped": False, "failed": str(e), **training}
     save_sae(sae.cpu(), paths.sae_dir, extra_cfg={"train_hash": train_hash, "variant_name": inst.variant, "seed": inst.seed,
                                                   "training": training},
              config_hash=cfg.hash())
+    paths.failure.unlink(missing_ok=True)
     shutil.rmtree(paths.checkpoints, ignore_errors=True)
     return {"variant": name, "skipped": False, **training}
+
+
+def _resume(paths: TrainPaths, train_hash: str, device: torch.device, sae: SAE, opt: torch.optim.Optimizer,
+            loader: Any, tracker: DeadLatentTracker) -> int:
+    """Load the newest readable checkpoint of this training into the given objects; returns its step
+    (0 without one; checkpoints of other parameters are removed)."""
+    state = load_checkpoint(paths, device)
+    if state is None:
+        return 0
+    if state.get("train_hash") != train_hash:  # checkpoints of another configuration: start afresh
+        shutil.rmtree(paths.checkpoints)
+        return 0
+    sae.load_state_dict(state["sae"])
+    opt.load_state_dict(state["optimizer"])
+    loader.load_state_dict(state["loader"])
+    tracker.tokens_since_fired_F.copy_(state["tokens_since_fired"].to(device))
+    sae.load_training_state({k: t.to(device) for k, t in state.get("variant_state", {}).items()})
+    return int(state["step"])
+
+
+def _append_line(f: Any, path: Path, line: str) -> None:
+    try:
+        f.write(line + "\n")
+        f.flush()
+    except OSError as e:
+        if is_disk_full(e):
+            raise DiskFull.writing(path) from None
+        raise
 
 
 def _record(step, terms, out, batch, features_NF, tracker, lr_now, ctx, tok_per_s, tc, n_tok) -> dict[str, Any]:
@@ -291,7 +318,7 @@ def _record(step, terms, out, batch, features_NF, tracker, lr_now, ctx, tok_per_
 
 
 def _diverged(name: str, step: int, terms: dict[str, torch.Tensor], grad_norm: torch.Tensor, paths: TrainPaths) -> None:
-    ckpt = _latest_checkpoint(paths)
+    ckpt = latest_checkpoint(paths)
     kept = f"the last good checkpoint is kept at {ckpt}" if ckpt else "no checkpoint had been written yet"
     values = ", ".join(f"{k}={t.item():.4g}" for k, t in terms.items())
     raise TrainingDiverged(
@@ -305,9 +332,9 @@ def _assert_healthy_training(name: str, training: dict[str, Any]) -> None:
     """Refuse to save an SAE that silently failed: no steps, no firing latents."""
     final = training["final"]
     if training["steps"] <= 0 or final.get("l0") is None:
-        raise RuntimeError(f"variant {name!r}: training ran no logged steps; check train.steps and the data")
+        raise TrainingCollapsed(f"variant {name!r}: training ran no logged steps; check train.steps and the data")
     if final["l0"] == 0:
-        raise RuntimeError(
+        raise TrainingCollapsed(
             f"variant {name!r}: every latent is silent at the end of training (L0 = 0); "
             f"lower variants.{name}.l1_coefficient or check the learning rate"
         )

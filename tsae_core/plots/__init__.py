@@ -95,7 +95,23 @@ def plot_all(
     colors = variant_colors({*main, *curves, *(cluster_results or {})})
     with matplotlib.rc_context({"savefig.dpi": dpi}):
         paths = _draw_all(main, curves, cluster_results, out_dir, colors) + plot_ablations(per_variant, out_dir)
-    return [p for p in paths if p is not None]
+    paths = [p for p in paths if p is not None]
+    remove_stale_figures(out_dir, paths)
+    return paths
+
+
+def remove_stale_figures(out_dir: PathLike, current: Iterable[Path]) -> list[Path]:
+    """Delete figures (a PNG with its JSON of numbers) that this drawing did not produce, e.g. the
+    ablation figure of a variant since removed from the params: the folder shows this run only."""
+    keep = {Path(p).name for p in current}
+    removed = []
+    for png in sorted(Path(out_dir).glob("*.png")) if Path(out_dir).is_dir() else []:
+        numbers = png.with_suffix(".json")
+        if png.name not in keep and numbers.is_file():
+            png.unlink()
+            numbers.unlink()
+            removed.append(png)
+    return removed
 
 
 def _curves_per_variant(curves: Curves, evals: Evals, keep: Iterable[str]) -> Curves:

@@ -158,6 +158,10 @@ def _cluster_row(sub, v: str, res: dict[str, Any]) -> set[str]:
 
 def _cluster_profile_table(ax, profile: dict[str, list]) -> None:
     """Cluster x property table: values annotated, shading by rank within each column."""
+    if not profile.get("clusters"):  # an SAE without alive latents has nothing to describe
+        ax.axis("off")
+        ax.set(title="no alive latents to describe")
+        return
     cols = [("latents", "n_latents", "{:.0f}"), ("median\nfiring rate", "median_firing_rate", "{:.2%}"),
             ("lag-1\nautocorr.", "mean_autocorr_lag1", "{:.2f}"), ("run length\n/ i.i.d.", "mean_run_length_ratio", "{:.2f}")]
     values = np.array([[_nan(x) for x in profile[key]] for _, key, _ in cols], dtype=float).T

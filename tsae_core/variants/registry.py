@@ -13,19 +13,23 @@ def _registry() -> dict[str, type[SAE]]:
     from tsae_core.sae import SAE
     from tsae_core.variants.consistency import ConsistencySAE
     from tsae_core.variants.contrastive import ContrastiveSAE
+    from tsae_core.variants.conv import ConvSAE
     from tsae_core.variants.crosscoder import CrosscoderSAE
     from tsae_core.variants.matryoshka import MatryoshkaSAE
     from tsae_core.variants.orthogonal import OrthogonalSAE
     from tsae_core.variants.predictive import PredictiveSAE
+    from tsae_core.variants.relational import RelationalSAE
 
     return {
         "standard": SAE,
         "consistency": ConsistencySAE,
         "contrastive": ContrastiveSAE,
+        "conv": ConvSAE,
         "crosscoder": CrosscoderSAE,
         "matryoshka": MatryoshkaSAE,
         "orthogonal": OrthogonalSAE,
         "predictive": PredictiveSAE,
+        "relational": RelationalSAE,
     }
 
 

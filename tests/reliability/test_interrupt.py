@@ -1,0 +1,70 @@
+"""One Ctrl-C stops `tsae run` at a training step: the kernel is shut down and its files removed,
+the message says where a rerun resumes, the status is 130, and the rerun gives the same SAE as a
+training that was never interrupted."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+
+from tests.reliability.conftest import TINY, kernel_folders_of, tsae_process, write_params
+from tsae_core.config import load_config
+from tsae_core.harvest import harvest
+from tsae_core.io import sha256_file
+from tsae_core.runner import EXIT_INTERRUPTED, main
+from tsae_core.store import ActivationStore
+from tsae_core.train import train_variant
+
+STEPS = 1500
+
+
+def _kernel_processes_of(runner_pid: int) -> list[int]:
+    """Processes whose command line names a kernel folder of this runner."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                cmdline = open(f"/proc/{entry}/cmdline", "rb").read().decode(errors="replace")
+            except OSError:
+                continue
+            if f"tsae-kernel-{runner_pid}-" in cmdline:
+                found.append(int(entry))
+    return found
+
+
+def test_ctrl_c_stops_training_at_a_step_and_the_rerun_resumes_there(tmp_path):
+    variants = {"topk": TINY["variants"]["topk"]}
+    params = write_params(tmp_path, variants=variants, train={**TINY["train"], "steps": STEPS, "checkpoint_every": 500})
+    args = ["run", str(params), "--only", "harvest,train"]
+    proc = tsae_process(*args)
+    curves = tmp_path / "runs" / "tiny" / "train" / "topk.jsonl"
+    while proc.poll() is None and not (curves.is_file() and curves.read_text().count("\n") >= 3):
+        pass
+    assert proc.poll() is None, "training finished before it could be interrupted"
+    os.killpg(proc.pid, signal.SIGINT)  # what a terminal sends to its foreground job
+    _, err = proc.communicate(timeout=120)
+
+    assert proc.returncode == EXIT_INTERRUPTED, err[-3000:]
+    match = re.search(r"interrupted during train; rerun the same command to resume from step (\d+) \(topk\)", err)
+    assert match, err[-3000:]
+    step = int(match.group(1))
+    assert 0 < step < STEPS
+    ckpt = tmp_path / "runs" / "tiny" / "saes" / "topk" / "checkpoints" / f"step_{step:08d}.pt"
+    assert ckpt.is_file(), "a checkpoint is saved at the step where training stopped"
+    assert "Traceback" not in err
+    assert kernel_folders_of(proc.pid) == [] and _kernel_processes_of(proc.pid) == [], "the kernel and its files are gone"
+
+    assert main(args) == 0  # the same command
+    cfg = load_config(params)
+    trained = json.loads((cfg.run_dir / "saes" / "topk" / "cfg.json").read_text())
+    assert trained["training"]["resumed_from"] == step
+
+    (tmp_path / "reference").mkdir()
+    reference = load_config(write_params(tmp_path / "reference", variants=variants,
+                                         train={**TINY["train"], "steps": STEPS, "checkpoint_every": 500}))
+    harvest(reference, reference.run_dir / "activations", progress=False)
+    train_variant(reference, "topk", ActivationStore.open(reference.run_dir / "activations"), reference.run_dir, progress=False)
+    assert sha256_file(cfg.run_dir / "saes" / "topk" / "sae.safetensors") == \
+        sha256_file(reference.run_dir / "saes" / "topk" / "sae.safetensors")

@@ -1,0 +1,181 @@
+"""Relational: position embeddings and local attention over earlier tokens of the same document only,
+a window that grows with the training step, and a start that equals the token-wise SAE."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.conftest import ci_config
+from tests.variants.causality import earlier_document_influence, future_influence, past_influence
+from tsae_core.config import ConfigError
+from tsae_core.sae import SAE, LossContext, SAEConfig, build_sae, load_sae, save_sae
+from tsae_core.sequence import causal_window_mask
+from tsae_core.variants.relational import local_linear_attention
+
+
+def _sae(activation="topk", **options) -> SAE:
+    options = {"window": 4, "heads": 2, "head_dim": 4, "curriculum_steps": 0, "max_position": 16, **options}
+    sae = build_sae(SAEConfig(architecture="relational", activation=activation, d_in=8, d_sae=32,
+                              k=None if activation == "relu" else 3, unit_norm_decoder=activation != "relu", options=options))
+    gen = torch.Generator().manual_seed(1)
+    sae.reset_parameters(gen)
+    with torch.no_grad():  # a trained-looking SAE: every temporal path switched on
+        sae.context_gain.copy_(torch.rand(32, generator=gen) + 0.5)
+        sae.position_table.copy_(torch.randn(sae.position_table.shape, generator=gen))
+    return sae
+
+
+def _data(T=16):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, T, 8, generator=g)
+    d = torch.zeros(3, T, dtype=torch.bool)
+    d[:, 0] = True
+    d[0, 5] = d[1, 9] = d[2, 3] = d[2, 12] = True
+    return x, d, g
+
+
+def _change_at(sae, x, doc_start, source: int, target: int, mask=None) -> float:
+    """max |change| of the features and pre-activations at `target` when only token `source` changes."""
+    x2 = x.clone()
+    x2[:, source] += 5.0
+    with torch.no_grad():
+        a, b = sae(x, mask, doc_start), sae(x2, mask, doc_start)
+    return float(torch.cat([(a.pre_acts - b.pre_acts)[:, target], (a.features - b.features)[:, target]], -1).abs().max())
+
+
+@pytest.mark.parametrize("activation", ["topk", "relu", "jumprelu", "batchtopk"])
+def test_no_future_no_earlier_document_but_the_past(activation):
+    x, d, g = _data()
+    sae = _sae(activation).eval()  # batchtopk picks codes over the whole batch while training
+    assert future_influence(sae, x, d, t=7, generator=g) <= 1e-6
+    assert earlier_document_influence(sae, x, d, generator=g) <= 1e-6
+    assert past_influence(sae, x, d, t=7, generator=g) > 1e-2
+
+
+def test_reads_exactly_the_previous_window_tokens():
+    x, d, _ = _data()
+    d = torch.zeros_like(d)
+    d[:, 0] = True
+    sae = _sae(window=4).eval()
+    assert _change_at(sae, x, d, source=10 - 4, target=10) > 1e-3
+    assert _change_at(sae, x, d, source=10 - 5, target=10) == 0.0
+    assert _change_at(sae, x, d, source=10, target=10) > 1e-3, "the token itself"
+
+
+def test_curriculum_window_at_a_given_step_and_full_window_at_inference():
+    sae = _sae(window=9, curriculum_steps=100)
+    assert [sae.window_at(s) for s in (0, 25, 50, 99, 100, 5000)] == [1, 3, 5, 8, 9, 9]
+    x, d, _ = _data(T=20)
+    d = torch.zeros_like(d)
+    d[:, 0] = True
+    ctx = LossContext(torch.ones(3, 20, dtype=torch.bool), d, step=49)
+    sae.train().after_step(None, ctx)  # 50 steps done: window 5
+    assert sae.current_window == 5
+    assert _change_at(sae, x, d, source=15 - 5, target=15) > 1e-3
+    assert _change_at(sae, x, d, source=15 - 6, target=15) == 0.0
+    sae.eval()
+    assert sae.current_window == 9 and _change_at(sae, x, d, source=15 - 9, target=15) > 1e-3
+
+
+def test_curriculum_state_travels_with_the_weights(tmp_path):
+    sae = _sae(window=9, curriculum_steps=100)
+    sae.after_step(None, LossContext(torch.ones(1, 1, dtype=torch.bool), torch.ones(1, 1, dtype=torch.bool), step=29))
+    resumed = _sae(window=9, curriculum_steps=100)
+    resumed.load_state_dict(sae.state_dict())  # what a checkpoint restores
+    assert int(resumed.steps_done) == 30 and resumed.train().current_window == sae.window_at(30) == 3
+    save_sae(sae, tmp_path)
+    loaded = load_sae(tmp_path)
+    assert int(loaded.steps_done) == 30 and loaded.current_window == 9, "inference uses the full window"
+    x, d, _ = _data()
+    assert torch.allclose(loaded(x, None, d).features, sae.eval()(x, None, d).features)
+
+
+def test_special_tokens_are_not_read():
+    x, d, _ = _data()
+    d = torch.zeros_like(d)
+    d[:, 0] = True
+    mask = torch.ones(3, 16, dtype=torch.bool)
+    mask[:, 8] = False  # e.g. an EOS inside the window of token 10
+    sae = _sae().eval()
+    assert _change_at(sae, x, d, source=8, target=10, mask=mask) == 0.0
+    assert _change_at(sae, x, d, source=8, target=10) > 1e-3
+
+
+def test_a_fresh_sae_is_the_token_wise_sae():
+    cfg = SAEConfig(architecture="relational", activation="topk", d_in=8, d_sae=32, k=3, options={"heads": 2})
+    sae, base = build_sae(cfg), SAE(SAEConfig(architecture="standard", activation="topk", d_in=8, d_sae=32, k=3))
+    sae.reset_parameters(torch.Generator().manual_seed(3))
+    base.load_state_dict({k: v for k, v in sae.state_dict().items() if k in base.state_dict()})
+    x, d, _ = _data()
+    assert torch.equal(sae(x, None, d).pre_acts, base(x, None, d).pre_acts)
+
+
+def test_position_rows_come_from_the_document_position_clipped_and_are_l1_penalised():
+    sae = _sae(max_position=4)
+    with torch.no_grad():
+        sae.context_gain.zero_()
+    x = torch.randn(1, 8, 8)
+    d = torch.zeros(1, 8, dtype=torch.bool)
+    d[0, 0] = True
+    no_table = _sae(max_position=4)
+    with torch.no_grad():
+        no_table.context_gain.zero_()
+        no_table.position_table.zero_()
+    position = torch.tensor([[7, 8, 9, 0, 1, 2, 3, 4]])  # the sequence begins inside a document
+    delta = sae(x, None, d, position).pre_acts - no_table(x, None, d, position).pre_acts
+    assert torch.allclose(delta[0, 3], sae.position_table[0]) and torch.allclose(delta[0, 5], sae.position_table[2])
+    assert torch.allclose(delta[0, 0], sae.position_table[4]) and torch.allclose(delta[0, 7], sae.position_table[4]), "clipped"
+    out = sae(x, None, d, position)
+    ctx = LossContext(torch.ones(1, 8, dtype=torch.bool), d)
+    want = 0.01 * sae.position_table.abs().sum(-1).mean()
+    assert sae.loss_terms(out, ctx)["position_l1"].item() == pytest.approx(want.item(), rel=1e-6)
+
+
+@pytest.mark.parametrize("T, window", [(20, 3), (37, 16), (50, 20), (128, 8), (5, 1)])
+def test_banded_attention_equals_the_masked_full_form(T, window):
+    g = torch.Generator().manual_seed(T)
+    q, k = torch.rand(2, 3, T, 4, generator=g) + 0.1, torch.rand(2, 3, T, 4, generator=g) + 0.1
+    v = torch.randn(2, 3, T, 5, generator=g)
+    doc_start, readable = torch.rand(2, T, generator=g) < 0.15, torch.rand(2, T, generator=g) > 0.2
+    allowed = causal_window_mask(doc_start, window) & readable[:, None, :]
+    scores = (q @ k.transpose(-1, -2)) * allowed[:, None]
+    want = scores / scores.sum(-1, keepdim=True).clamp_min(1e-6) @ v
+    assert torch.allclose(local_linear_attention(q, k, v, doc_start, readable, window), want, atol=1e-6)
+
+
+def test_jumprelu_thresholds_start_from_token_wise_pre_activations():
+    sae = _sae("jumprelu")
+    sample = torch.randn(500, 8)
+    sae.init_from_sample(sample)  # unrelated tokens: none reads another
+    base_pre = (sample - sae.b_dec) @ sae.W_enc + sae.b_enc + sae.position_table[0]
+    theta = base_pre.kthvalue(round(500 * (1 - 3 / 32)), dim=0).values.clamp_min(1e-3)
+    assert torch.allclose(sae.activation.threshold, theta, rtol=1e-5)
+
+
+@pytest.mark.parametrize("key, value, words", [
+    ("variants.relational.options.heads", 3, "options.heads"),
+    ("variants.relational.options.window", 0, "options.window"),
+    ("variants.relational.options.curriculum_steps", -1, "options.curriculum_steps"),
+])
+def test_bad_options_are_named_config_errors(tmp_path, key, value, words):
+    with pytest.raises(ConfigError) as e:
+        ci_config(tmp_path, **{key: value})
+    assert words in str(e.value) and "ci.yaml" in str(e.value)
+
+
+def test_trains_loads_and_evaluates_on_sequences(harvested):
+    from tsae_core.evaluate import evaluate_variant
+    from tsae_core.train import train_variant
+
+    cfg, store = harvested
+    train_variant(cfg, "relational", store, cfg.run_dir, progress=False)
+    result = evaluate_variant(cfg, "relational", store, cfg.run_dir, progress=False)
+    assert result["health"]["healthy"], result["health"]
+    assert result["eval_result_metrics"]["reconstruction_quality"]["explained_variance"] > 0.5
+    sae = load_sae(cfg.run_dir / "saes" / "relational")
+    assert int(sae.steps_done) == cfg.train.steps and result["geometry"]["curriculum_window_reached"] == 4
+    b = next(iter(store.split("eval").batches(batch_sequences=4)))
+    out = sae(b.acts_BTD, b.mask_BT, b.doc_start_BT, b.position_BT)
+    assert out.features.shape[:2] == b.acts_BTD.shape[:2] and torch.isfinite(out.recon).all()
+    assert float((out.features[b.mask_BT] > 0).sum(-1).float().mean()) > 1.0
