@@ -51,7 +51,8 @@ lint: $(STAMP)
 notebooks: $(STAMP)
 	$(BIN)/jupytext --to ipynb notebooks/*.py
 
-## JupyterLab on the notebooks, the percent scripts opening as notebooks (jupyterlab/overrides.json).
+## JupyterLab on the notebooks, the percent scripts opening as notebooks (jupyterlab/overrides.json holds
+## the setting jupytext's own `jupytext-config set-default-viewer` writes: jupytext_config/labconfig.py).
 lab: $(STAMP)
 	$(BIN)/python -c "import jupyterlab" 2>/dev/null || $(BIN)/python -m pip install -e ".[lab]"
 	mkdir -p $(VENV)/share/jupyter/lab/settings
