@@ -107,3 +107,23 @@ def test_package_without_the_file_and_chunks_out_of_order(site):
     with pytest.raises(ModelFileError, match=r"numbered \[1, 0, 2\]"):
         locate_parts([PARTS[1], PARTS[0], PARTS[2]], "model.gguf")
     assert [p.package for p in locate_parts(PARTS, "model.gguf")] == PARTS
+
+
+def test_params_must_name_the_model_completely():
+    from tsae_core.config import load_config
+    from tsae_core.typed import ConfigError
+
+    with pytest.raises(ConfigError, match="source.gguf.packages: name the package"):
+        load_config("params/ci.yaml", {"source.kind": "gguf"})
+    with pytest.raises(ConfigError, match="source.gguf.sha256: must be 64 lowercase hex digits"):
+        load_config("params/gemma-3-270m.yaml", {"source.gguf.sha256": "abc"})
+    for params in ("params/gemma-3-270m.yaml", "params/smollm2-135m.yaml"):
+        assert load_config(params).source.kind == "gguf"
+
+
+def test_missing_gguf_reader_names_the_package(monkeypatch, tmp_path):
+    from tsae_core.sources.gguf_model import load_hf_from_gguf
+
+    monkeypatch.setitem(sys.modules, "gguf", None)  # as if not installed: importing it raises ImportError
+    with pytest.raises(ImportError, match="needs the `gguf` package: python -m pip install gguf"):
+        load_hf_from_gguf(tmp_path / "model.gguf")
