@@ -19,6 +19,7 @@ object on, harvest and evaluation are the code the `hf` and `tinylm` sources use
 
 from __future__ import annotations
 
+import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -104,7 +105,8 @@ def context_start_id(tokenizer: Any, bos_token: str = "") -> int:
 def documents(cfg: GGUFConfig) -> list[str]:
     """The texts to harvest: local files if configured, else the offline Python documentation corpus."""
     if cfg.text_files:
-        return load_texts(text_files=cfg.text_files, text_column=cfg.text_column, max_documents=cfg.max_documents or 10**9)
+        limit = cfg.max_documents if cfg.max_documents is not None else sys.maxsize
+        return load_texts(text_files=cfg.text_files, text_column=cfg.text_column, max_documents=limit)
     return python_docs_corpus(cfg.max_documents)
 
 
