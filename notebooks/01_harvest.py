@@ -1,3 +1,11 @@
+# ---
+# jupyter:
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
 # %% [markdown]
 # # 01 · Harvest activations
 #
@@ -10,8 +18,12 @@
 # boundaries and special tokens are recorded so losses and metrics can respect them.
 
 # %% tags=["parameters"]
-params = "params/default.yaml"
-overrides = {}
+import json
+import os
+
+# papermill's `-p params ...` replaces these; nbmake (no parameters) reads TSAE_PARAMS / TSAE_OVERRIDES (JSON)
+params = os.environ.get("TSAE_PARAMS", "params/default.yaml")
+overrides = json.loads(os.environ.get("TSAE_OVERRIDES", "{}"))
 force = False  # regenerate every shard, even intact ones (`tsae run --force`)
 
 # %%
@@ -35,7 +47,7 @@ for split in ("train", "eval"):
     print(f"{split:5s} split   : {s.n_sequences} sequences, {s.n_tokens} tokens, {len(manifest['splits'][split]['shards'])} shards")
 
 # %% [markdown]
-# ## The language model (tinylm and hf sources)
+# ## The language model (tinylm, hf and gguf sources)
 # For the tiny model trained here: its held-out loss against the unigram baseline (nats per byte),
 # the evidence that it is a real language model whose activations are worth decomposing.
 
@@ -46,6 +58,9 @@ if source.get("kind") == "tinylm":
           f"(unigram baseline {source['unigram_loss']:.3f}); hook {source['hook_name']}")
 elif source.get("kind") == "hf":
     print(f"model {source.get('model')} at {source['hook_name']}")
+elif source.get("kind") == "gguf":
+    print(f"model {source['model']} ({source['weights']}, through {source['wrapper']}) at {source['hook_name']}; "
+          f"every context starts with {source['bos_token']}")
 
 # %% [markdown]
 # ## The ground truth (synthetic source)

@@ -1,3 +1,11 @@
+# ---
+# jupyter:
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
 # %% [markdown]
 # # 02 · Train the SAEs
 #
@@ -11,8 +19,12 @@
 # Training stops loudly on a non-finite loss and resumes exactly from its last checkpoint.
 
 # %% tags=["parameters"]
-params = "params/default.yaml"
-overrides = {}
+import json
+import os
+
+# papermill's `-p params ...` replaces these; nbmake (no parameters) reads TSAE_PARAMS / TSAE_OVERRIDES (JSON)
+params = os.environ.get("TSAE_PARAMS", "params/default.yaml")
+overrides = json.loads(os.environ.get("TSAE_OVERRIDES", "{}"))
 force = False  # retrain every SAE, even those already trained with these parameters (`tsae run --force`)
 
 # %%

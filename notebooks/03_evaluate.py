@@ -1,3 +1,11 @@
+# ---
+# jupyter:
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
 # %% [markdown]
 # # 03 · Evaluate
 #
@@ -13,8 +21,12 @@
 # (CE_abl − CE_clean), `kl_div_score` = (KL_abl − KL_sae) / KL_abl.
 
 # %% tags=["parameters"]
-params = "params/default.yaml"
-overrides = {}
+import json
+import os
+
+# papermill's `-p params ...` replaces these; nbmake (no parameters) reads TSAE_PARAMS / TSAE_OVERRIDES (JSON)
+params = os.environ.get("TSAE_PARAMS", "params/default.yaml")
+overrides = json.loads(os.environ.get("TSAE_OVERRIDES", "{}"))
 
 # %%
 import pandas as pd

@@ -1,3 +1,11 @@
+# ---
+# jupyter:
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
 # %% [markdown]
 # # 04 · Cluster features by their activation patterns
 #
@@ -12,8 +20,12 @@
 # clusters are compared with those kinds (adjusted Rand index, normalised mutual information).
 
 # %% tags=["parameters"]
-params = "params/default.yaml"
-overrides = {}
+import json
+import os
+
+# papermill's `-p params ...` replaces these; nbmake (no parameters) reads TSAE_PARAMS / TSAE_OVERRIDES (JSON)
+params = os.environ.get("TSAE_PARAMS", "params/default.yaml")
+overrides = json.loads(os.environ.get("TSAE_OVERRIDES", "{}"))
 
 # %%
 from tsae_core import ActivationStore, load_config

@@ -1,3 +1,11 @@
+# ---
+# jupyter:
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
 # %% [markdown]
 # # 05 · Figures
 #
@@ -9,8 +17,12 @@
 # metric against the swept knob, beside the variant as configured and the TopK baseline.
 
 # %% tags=["parameters"]
-params = "params/default.yaml"
-overrides = {}
+import json
+import os
+
+# papermill's `-p params ...` replaces these; nbmake (no parameters) reads TSAE_PARAMS / TSAE_OVERRIDES (JSON)
+params = os.environ.get("TSAE_PARAMS", "params/default.yaml")
+overrides = json.loads(os.environ.get("TSAE_OVERRIDES", "{}"))
 
 # %%
 from IPython.display import Image, display

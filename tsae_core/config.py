@@ -24,7 +24,7 @@ from tsae_core.params_file import (  # noqa: F401 (part of this module's interfa
     read_params,
     resolve_path,
 )
-from tsae_core.source_config import HFConfig, SourceConfig, SyntheticConfig, TinyLMConfig  # noqa: F401 (every section importable from here)
+from tsae_core.source_config import GGUFConfig, HFConfig, SourceConfig, SyntheticConfig, TinyLMConfig  # noqa: F401 (every section importable from here)
 from tsae_core.typed import ConfigError, build
 from tsae_core.typed import check as _check
 

@@ -1,4 +1,5 @@
-"""Parameters of the activation sources: the synthetic benchmark, the tiny offline model, hub models.
+"""Parameters of the activation sources: the synthetic benchmark, the tiny offline model, hub models,
+and real pretrained models shipped as GGUF files inside registry packages.
 
 Part of the experiment config (`tsae_core.config`), split out because each source has its own
 knobs; every field has a doc line and every range is checked at construction.
@@ -150,9 +151,51 @@ class HFConfig:
 
 
 @dataclass(frozen=True)
+class GGUFConfig:
+    """A real pretrained model whose GGUF file ships inside registry packages (kind: gguf).
+
+    The file is found through the packages' installed file lists (their code is never imported),
+    checked against `sha256`, dequantized to float32 by `transformers` and wrapped by
+    transformer-lens; chunks spread over several packages are joined once into the tsae cache.
+    """
+
+    packages: list[str] = field(default_factory=list)
+    """Distributions holding the file, in order: one package with the whole file, or one per chunk (`<file>.partNN`)."""
+    file: str = ""
+    """File name of the GGUF model (the chunks are named `<file>.part00`, `<file>.part01`, ...)."""
+    sha256: str = ""
+    """SHA-256 of the whole GGUF file (64 hex digits), checked before anything is loaded."""
+    transformer_lens_name: str = ""
+    """Official transformer-lens name of the architecture (HookedTransformer); empty: TransformerBridge."""
+    text_files: list[str] = field(default_factory=list)
+    """Local .txt/.jsonl files to harvest on; empty: the offline Python documentation corpus."""
+    text_column: str = "text"
+    """Column holding the text in .jsonl files."""
+    max_documents: int | None = None
+    """Read at most this many documents (None: all of them)."""
+    eval_fraction: float = 0.1
+    """Share of documents held out (by a hash of their text) for the eval split."""
+    bos_token: str = ""
+    """Token that starts every context; empty: the tokenizer's BOS (else its EOS)."""
+
+    def __post_init__(self) -> None:
+        _check(len(set(self.packages)) == len(self.packages), "source.gguf.packages", "must not repeat a package")
+        _check(len(self.sha256) in (0, 64) and all(c in "0123456789abcdef" for c in self.sha256),
+               "source.gguf.sha256", "must be 64 lowercase hex digits")
+        _check(self.max_documents is None or self.max_documents > 0, "source.gguf.max_documents", "must be > 0")
+        _check(0.0 < self.eval_fraction < 1.0, "source.gguf.eval_fraction", "must be in (0, 1)")
+
+    def check_complete(self) -> None:
+        """Raise if the model is not fully named (called when kind is gguf)."""
+        _check(bool(self.packages), "source.gguf.packages", "name the package(s) holding the GGUF file")
+        _check(bool(self.file) and "/" not in self.file, "source.gguf.file", "must be a file name, e.g. model.Q4_K_M.gguf")
+        _check(bool(self.sha256), "source.gguf.sha256", "give the file's SHA-256, so a damaged file is refused")
+
+
+@dataclass(frozen=True)
 class SourceConfig:
-    kind: Literal["synthetic", "tinylm", "hf"] = "synthetic"
-    """Where activations come from: the synthetic benchmark, the tiny offline model, or a hub model."""
+    kind: Literal["synthetic", "tinylm", "hf", "gguf"] = "synthetic"
+    """Where activations come from: the synthetic benchmark, the tiny offline model, a hub model, or a packaged GGUF model."""
     hook_name: str = "blocks.1.hook_resid_post"
     """transformer-lens hook whose activations are harvested (language-model sources)."""
     model_batch_size: int = 32
@@ -163,6 +206,8 @@ class SourceConfig:
     """The tiny offline model (kind: tinylm)."""
     hf: HFConfig = field(default_factory=HFConfig)
     """Hub model and dataset (kind: hf)."""
+    gguf: GGUFConfig = field(default_factory=GGUFConfig)
+    """A pretrained model from a GGUF file shipped in registry packages (kind: gguf)."""
 
     def __post_init__(self) -> None:
         _check(self.model_batch_size > 0, "source.model_batch_size", "must be > 0")
@@ -172,3 +217,5 @@ class SourceConfig:
             "source.hook_name",
             f"must look like blocks.<layer>.hook_resid_post, got {self.hook_name!r}",
         )
+        if self.kind == "gguf":
+            self.gguf.check_complete()

@@ -1,8 +1,9 @@
 """`source.kind` -> the source harvest reads, and the model behind it (for model-preservation metrics).
 
-The only place where the kinds differ: the synthetic generator, the tiny model trained here, or a
-hub model on hub or local text. Everything downstream (harvest, store, training, evaluation) is
-shared, so `tinylm` and `hf` go through exactly the same code.
+The only place where the kinds differ: the synthetic generator, the tiny model trained here, a
+hub model on hub or local text, or a real model from a GGUF file shipped in registry packages.
+Everything downstream (harvest, store, training, evaluation) is shared, so `tinylm`, `hf` and
+`gguf` go through exactly the same code.
 """
 
 from __future__ import annotations
@@ -12,9 +13,8 @@ from typing import Any
 import torch
 
 from tsae_core.config import ExperimentConfig
+from tsae_core.sources.lm import LANGUAGE_MODEL_KINDS  # noqa: F401 (importable from here)
 from tsae_core.train import resolve_device
-
-LANGUAGE_MODEL_KINDS = ("tinylm", "hf")
 
 
 def _model_dtype(cfg: ExperimentConfig, device: torch.device) -> torch.dtype:
@@ -50,6 +50,11 @@ def make_source(cfg: ExperimentConfig, progress: bool = True) -> Any:
             max_documents=h.max_documents, seed=cfg.run.seed, max_contexts=max_contexts,
             batch_size=cfg.source.model_batch_size, device=device, dtype=_model_dtype(cfg, device),
         )
+    if kind == "gguf":
+        from tsae_core.sources.gguf_model import gguf_source
+
+        return gguf_source(cfg.source.gguf, cfg.source.hook_name, hc.context_size, seed=cfg.run.seed,
+                           max_contexts=max_contexts, batch_size=cfg.source.model_batch_size, device=device)
     raise ValueError(f"unknown source.kind {kind!r}")
 
 
@@ -64,6 +69,10 @@ def load_model(cfg: ExperimentConfig) -> Any | None:
 
         model, _ = load_tiny_lm(TinyLMSpec.of(cfg.source.tinylm), default_cache_dir())
         return model.to(device).eval()
+    if kind == "gguf":
+        from tsae_core.sources.gguf_model import load_gguf_model
+
+        return load_gguf_model(cfg.source.gguf, device)
     from tsae_core.sources.hf import load_pretrained
 
     return load_pretrained(cfg.source.hf.model_name, device, _model_dtype(cfg, device)).eval()

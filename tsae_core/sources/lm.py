@@ -32,6 +32,8 @@ from tsae_core.sources.base import SequenceBatch
 
 PACKED_KEYS = ("tokens_NT", "doc_start_NT", "position_NT", "special_NT")
 """The tensors of a packed set of N contexts of T tokens."""
+LANGUAGE_MODEL_KINDS = ("tinylm", "hf", "gguf")
+"""Source kinds backed by a language model (tokens recorded, model-preservation metrics possible)."""
 _LAYER_RE = re.compile(r"^blocks\.(\d+)\.")
 
 
@@ -136,8 +138,8 @@ class LanguageModelSource:
 
     `contexts[split]` is a `pack_contexts` result; `sequences(split, start, stop)` runs the model on
     contexts start..stop-1 (in batches of `batch_size`, only up to the hooked block) and returns a
-    SequenceBatch with float32 CPU activations acts_BTD. `describe` must hold `kind` ("tinylm" or
-    "hf"); it is recorded in the store's manifest together with the hook and context counts.
+    SequenceBatch with float32 CPU activations acts_BTD. `describe` must hold `kind` (one of
+    LANGUAGE_MODEL_KINDS); it is recorded in the store's manifest together with the hook and context counts.
     """
 
     ground_truth = None
@@ -152,8 +154,8 @@ class LanguageModelSource:
         describe: Mapping[str, Any],
     ) -> None:
         self.kind = str(describe.get("kind", ""))
-        if self.kind not in ("tinylm", "hf"):
-            raise ValueError(f"describe['kind'] must be 'tinylm' or 'hf', got {self.kind!r}")
+        if self.kind not in LANGUAGE_MODEL_KINDS:
+            raise ValueError(f"describe['kind'] must be one of {LANGUAGE_MODEL_KINDS}, got {self.kind!r}")
         if hook_name not in model.hook_dict:
             raise ValueError(f"the model has no hook {hook_name!r} (e.g. 'blocks.0.hook_resid_post')")
         self.layer = hook_layer(hook_name)
