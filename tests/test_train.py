@@ -59,7 +59,7 @@ KILL_SCRIPT = textwrap.dedent(
     from tsae_core.store import ActivationStore
     import tsae_core.train as T
 
-    cfg = ci_config({out!r}, **{{"train.checkpoint_every": 40}})
+    cfg = ci_config({out!r}, **{overrides!r})
     store = ActivationStore.open({acts!r})
     real_record = T._record
     def record_then_maybe_die(step, *args, **kwargs):
@@ -73,18 +73,23 @@ KILL_SCRIPT = textwrap.dedent(
 )
 
 
-@pytest.mark.parametrize("variant", ["topk", "contrastive", "orthogonal", "relational"])
+# relu with a target L0: the penalty coefficient's controller (tsae_core.target_l0) has moved by the checkpoint
+TARGET_L0 = {"variants.relu.target_l0": 4, "variants.relu.l1_coefficient": 0.5}
+
+
+@pytest.mark.parametrize("variant", ["topk", "contrastive", "orthogonal", "relational", "relu"])
 def test_killed_training_resumes_to_identical_result(harvested, tmp_path, variant):
-    """Also for variants with training state: the contrastive queue, the orthogonal sketches and groups, and
-    the relational curriculum (mid-way at the checkpoint: window 3 of 4)."""
+    """Also for variants with training state: the contrastive queue, the orthogonal sketches and groups,
+    the relational curriculum (mid-way at the checkpoint: window 3 of 4), and the target-L0 controller."""
     cfg0, store = harvested
     acts = str(cfg0.run_dir / "activations")
     interrupted = tmp_path / "interrupted"
-    script = KILL_SCRIPT.format(root=str(ROOT), out=str(interrupted), acts=acts, variant=variant)
+    overrides = {"train.checkpoint_every": 40, **(TARGET_L0 if variant == "relu" else {})}
+    script = KILL_SCRIPT.format(root=str(ROOT), out=str(interrupted), acts=acts, variant=variant, overrides=overrides)
     proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True,
                           env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert proc.returncode == -9, f"the training process should have been killed: {proc.stderr[-2000:]}"
-    cfg = ci_config(interrupted, **{"train.checkpoint_every": 40})
+    cfg = ci_config(interrupted, **overrides)
     paths = TrainPaths.of(cfg.run_dir, variant)
     assert sorted(p.name for p in paths.checkpoints.glob("*.pt"))[-1] == "step_00000080.pt"
     assert not (paths.sae_dir / "sae.safetensors").exists()
@@ -92,7 +97,7 @@ def test_killed_training_resumes_to_identical_result(harvested, tmp_path, varian
     resumed = train_variant(cfg, variant, store, cfg.run_dir, progress=False)
     assert resumed["resumed_from"] == 80
 
-    reference_cfg = ci_config(tmp_path / "reference", **{"train.checkpoint_every": 40})
+    reference_cfg = ci_config(tmp_path / "reference", **overrides)
     train_variant(reference_cfg, variant, store, reference_cfg.run_dir, progress=False)
     a = load_file(str(paths.sae_dir / "sae.safetensors"))
     b = load_file(str(reference_cfg.run_dir / "saes" / variant / "sae.safetensors"))
@@ -102,6 +107,10 @@ def test_killed_training_resumes_to_identical_result(harvested, tmp_path, varian
     got, want = curve(cfg), curve(reference_cfg)
     assert [r["step"] for r in got] == [r["step"] for r in want], "curves are truncated to the checkpoint, not duplicated"
     assert got[-1]["fvu"] == pytest.approx(want[-1]["fvu"], rel=1e-5)
+    if variant == "relu":
+        coefficient = lambda c: json.loads((c.run_dir / "saes" / variant / "cfg.json").read_text())["l1_coefficient"]  # noqa: E731
+        assert coefficient(reference_cfg) != pytest.approx(TARGET_L0["variants.relu.l1_coefficient"]), "the controller moved it"
+        assert coefficient(cfg) == pytest.approx(coefficient(reference_cfg), rel=1e-9)
 
 
 def test_diverging_loss_stops_loudly_and_keeps_last_good_checkpoint(harvested, tmp_path):

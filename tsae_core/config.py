@@ -96,14 +96,21 @@ class VariantConfig:
     """Activation function: relu (L1 penalty), topk, batchtopk or jumprelu (learned thresholds, L0 penalty)."""
     d_sae: int = 512
     """Dictionary size (number of latents)."""
-    k: int = 8
-    """Active latents per token for topk / batchtopk (mean per token for batchtopk)."""
+    k: int = 0
+    """Active latents per token for topk / batchtopk (mean per token for batchtopk); 0: `target_l0`
+    (the variant's, else `train.target_l0`), or 8 without one."""
     l1_coefficient: float = 1.0
-    """L1 coefficient (relu only); the penalty is sum_i f_i * ||W_dec_i||."""
+    """L1 coefficient (relu only); the penalty is sum_i f_i * ||W_dec_i||. With `target_l0`, its start value."""
     l0_coefficient: float = 1.0
-    """jumprelu only: weight of the L0 penalty (or of the squared relative miss of `target_l0`)."""
+    """jumprelu only: weight of the L0 penalty. With `target_l0`, its start value."""
     target_l0: float = 0.0
-    """jumprelu only: the L0 the penalty aims for, coefficient * (L0 / target - 1)^2; 0: plain coefficient * L0."""
+    """The L0 this SAE is trained to: relu / jumprelu adapt their penalty coefficient to it during
+    training (`tsae_core.target_l0`); topk / batchtopk take it as k. 0: `train.target_l0`, and
+    without that a fixed coefficient (or k)."""
+    target_l0_rate: float = 0.0
+    """Gain of the target-L0 controller (`tsae_core.target_l0`): its log penalty coefficient moves by
+    up to this per step. 0: the activation's default, 0.01 for relu (whose L0 answers the penalty
+    strongly and late) and 0.02 for jumprelu."""
     bandwidth: float = 2.0
     """jumprelu only: width of the straight-through estimator's window around each threshold, in normalised
     units (E||x|| = sqrt(d_in), where an active latent's pre-activation is a few units)."""
@@ -122,11 +129,18 @@ class VariantConfig:
 
     def __post_init__(self) -> None:
         _check(self.d_sae > 0, "d_sae", "must be > 0")
+        _check(self.k >= 0, "k", f"must be in 1..d_sae ({self.d_sae}), or 0 to take it from target_l0, got {self.k}")
+        if self.activation in ("topk", "batchtopk"):
+            _check(self.k == 0 or self.target_l0 == 0 or self.k == round(self.target_l0), "target_l0",
+                   f"sets k for {self.activation}; give k ({self.k}) or target_l0 ({self.target_l0:g}), not both")
+        if self.k == 0:  # frozen dataclass: the resolved k is what is hashed, saved and trained
+            object.__setattr__(self, "k", max(1, round(self.target_l0)) if self.target_l0 else 8)
         _check(0 < self.k <= self.d_sae, "k", f"must be in 1..d_sae ({self.d_sae}), got {self.k}")
         _check(self.l1_coefficient >= 0, "l1_coefficient", "must be >= 0")
         _check(self.aux_k_coefficient >= 0, "aux_k_coefficient", "must be >= 0")
         _check(self.l0_coefficient >= 0, "l0_coefficient", "must be >= 0")
         _check(0 <= self.target_l0 <= self.d_sae, "target_l0", f"must be in [0, d_sae ({self.d_sae})]")
+        _check(self.target_l0_rate >= 0, "target_l0_rate", "must be >= 0 (0: the activation's default)")
         _check(self.bandwidth > 0, "bandwidth", "must be > 0")
         _check(self.threshold_lr_multiplier > 0, "threshold_lr_multiplier", "must be > 0")
         _check(self.pre_act_coefficient >= 0, "pre_act_coefficient", "must be >= 0")
@@ -154,6 +168,9 @@ class TrainConfig:
     """Linear warmup of the sparsity coefficient over this initial fraction of steps."""
     grad_clip: float = 1.0
     """Global gradient-norm clip."""
+    target_l0: float = 0.0
+    """The L0 every variant is trained to unless it sets its own `target_l0` or `k`: one number
+    for a comparison at matched sparsity (0: each variant's own settings)."""
     adam_betas: tuple[float, float] = (0.9, 0.999)
     """Adam betas."""
     dead_after_tokens: int = 200_000
@@ -173,6 +190,7 @@ class TrainConfig:
         _check(0 <= self.decay_fraction <= 1, "train.decay_fraction", "must be in [0, 1]")
         _check(0 <= self.sparsity_warmup_fraction <= 1, "train.sparsity_warmup_fraction", "must be in [0, 1]")
         _check(self.grad_clip > 0, "train.grad_clip", "must be > 0")
+        _check(self.target_l0 >= 0, "train.target_l0", "must be >= 0 (0: each variant's own)")
         _check(all(0 <= b < 1 for b in self.adam_betas), "train.adam_betas", "must be in [0, 1)")
         _check(self.dead_after_tokens > 0, "train.dead_after_tokens", "must be > 0")
         _check(self.log_every > 0, "train.log_every", "must be > 0")
@@ -361,12 +379,25 @@ def _expand_sweeps(data: dict[str, Any], cfg: ExperimentConfig, origin: str) -> 
     return {**data, "variants": variants}
 
 
+def _with_common_target(variants: dict[str, Any], target: Any) -> dict[str, Any]:
+    """`train.target_l0` given to every variant that sets neither its own `target_l0` nor, for
+    the TopK family, its own `k` (a variant's explicit choice wins, so sweeps over k still work)."""
+    if not target or not isinstance(target, (int, float)):
+        return variants
+    out = {}
+    for name, spec in variants.items():
+        own = isinstance(spec, dict) and ("target_l0" in spec or (spec.get("activation", "topk") in ("topk", "batchtopk") and "k" in spec))
+        out[name] = spec if own or not isinstance(spec, dict) else {**spec, "target_l0": target}
+    return out
+
+
 def config_from_dict(data: dict[str, Any], origin: str = "<dict>") -> ExperimentConfig:
     try:
         data = dict(data or {})
         variants = data.get("variants")
         if isinstance(variants, dict):
             data["variants"] = {name: ({} if spec is None else spec) for name, spec in variants.items()}
+            data["variants"] = _with_common_target(data["variants"], (data.get("train") or {}).get("target_l0"))
         cfg = build(ExperimentConfig, data, "")
         if cfg.sweep:
             cfg = build(ExperimentConfig, _expand_sweeps(data, cfg, origin), "")

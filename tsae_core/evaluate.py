@@ -21,7 +21,7 @@ from tsae_core.metrics.core import CoreMetrics
 from tsae_core.metrics.ground_truth import GroundTruthMetrics
 from tsae_core.metrics.model import ModelPreservation
 from tsae_core.metrics.temporal import TemporalMetrics
-from tsae_core.sae import SAE, load_sae, recorded_weights_sha256
+from tsae_core.sae import SAE, load_sae, read_sae_cfg, recorded_weights_sha256
 from tsae_core.seeds import derive_seed
 from tsae_core.sources.factory import load_model
 from tsae_core.train import resolve_device
@@ -140,16 +140,21 @@ def _rare_rate(cfg: ExperimentConfig) -> float:
 
 # Thresholds of the verdict: a CE score under 0.8 loses a fifth of what the layer
 # contributes to the model's loss; a penalised SAE more than 20% from its target L0 is not compared at
-# the sparsity it was meant for.
+# the sparsity it was meant for. Not sparse: more active latents per token than half the input's
+# dimensions AND more than half of the latents dense (firing on more than `eval.dense_threshold`, 10%,
+# of tokens: the "dense latent" line of Gao et al. 2024 and SAEBench). Either alone has healthy
+# exceptions: a window code seen from each of its tokens (the crosscoder) makes many latents dense at a
+# low L0, and a 120-step smoke SAE on a 16-dimensional input can sit near d_in / 2 while still selective.
 MIN_CE_LOSS_SCORE = 0.8
 MAX_TARGET_L0_MISS = 0.2
+MAX_L0_PER_D_IN = 0.5
+MAX_DENSE_FRACTION = 0.5
 
 
 def assess_health(result: dict[str, Any]) -> dict[str, Any]:
     """Flag the silent failures earlier attempts suffered (L0 = 0, NaN, negative EV, mass death) and an
-    SAE that is not what it claims to be (breaking the model, off its target L0); each
-    problem says what to change. (A rule on L0 against d_in is not applied yet: the tiny CI SAEs sit
-    at L0 above d_in after their few steps.)"""
+    SAE that is not what it claims to be (not sparse, breaking the model, off its target L0); each
+    problem says what to change."""
     m = result["eval_result_metrics"]
     cfg = result.get("sae_cfg", {})
     problems = []
@@ -166,7 +171,7 @@ def assess_health(result: dict[str, Any]) -> dict[str, Any]:
     dead = m["sparsity"].get("dead_fraction")
     if dead is not None and dead > 0.5:
         problems.append(f"{dead:.0%} of latents never fire on the eval split")
-    problems += _sparsity_problems(l0, cfg)
+    problems += _sparsity_problems(l0, m["sparsity"].get("dense_fraction"), cfg)
     ce = (m.get("model_performance_preservation") or {}).get("ce_loss_score")
     if ce is not None and math.isfinite(ce) and ce < MIN_CE_LOSS_SCORE:
         problems.append(f"CE loss score {ce:.3f} < {MIN_CE_LOSS_SCORE}: the spliced SAE breaks the model; "
@@ -174,12 +179,18 @@ def assess_health(result: dict[str, Any]) -> dict[str, Any]:
     return {"healthy": not problems, "problems": problems}
 
 
-def _sparsity_problems(l0: float | None, cfg: dict[str, Any]) -> list[str]:
+def _sparsity_problems(l0: float | None, dense: float | None, cfg: dict[str, Any]) -> list[str]:
     problems = []
+    activation, d_in = cfg.get("activation"), cfg.get("d_in") or 0
     target = cfg.get("target_l0") or 0.0
+    cure = {"relu": "set target_l0 (the L1 coefficient then adapts to it) or raise l1_coefficient",
+            "jumprelu": "set target_l0 (the L0 coefficient then adapts to it) or raise l0_coefficient"}.get(activation, "lower k")
+    if l0 is not None and d_in and dense is not None and l0 > MAX_L0_PER_D_IN * d_in and dense > MAX_DENSE_FRACTION:
+        problems.append(f"not sparse: L0 {l0:.1f} > {MAX_L0_PER_D_IN:g} d_in ({d_in}) and {dense:.0%} of latents are dense; {cure}")
     if l0 is not None and target > 0 and abs(l0 / target - 1) > MAX_TARGET_L0_MISS:
-        problems.append(f"L0 {l0:.1f} is {abs(l0 / target - 1):.0%} from its target {target:g}; "
-                        "raise l0_coefficient or threshold_lr_multiplier, or train longer")
+        problems.append(f"L0 {l0:.1f} is {abs(l0 / target - 1):.0%} from its target {target:g}: the controller of its "
+                        "penalty coefficient had not settled; train longer (train.steps), start the coefficient "
+                        "closer, or raise target_l0_rate")
     return problems
 
 
@@ -199,7 +210,9 @@ def evaluate_variant(
     result.update({"variant": inst.variant, "instance": inst.name, "seed": inst.seed,
                    "sweep": cfg.sweep_points().get(inst.variant),
                    # which weights these numbers describe: a retrained SAE makes this file stale
-                   "sae_weights_sha256": recorded_weights_sha256(run_dir / "saes" / name)})
+                   "sae_weights_sha256": recorded_weights_sha256(run_dir / "saes" / name),
+                   # a penalised SAE with a target: where its coefficient started and where the controller left it
+                   "target_l0_control": read_sae_cfg(run_dir / "saes" / name).get("training", {}).get("target_l0")})
     write_json(run_dir / "eval" / f"{name}.json", result, stamp=provenance(cfg.hash()))
     return result
 

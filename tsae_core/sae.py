@@ -30,6 +30,9 @@ from tsae_core.config import VariantConfig
 from tsae_core.io import provenance, read_json, save_tensors, sha256_file, write_json
 from tsae_core.typed import ConfigError, build
 
+PENALISED = ("relu", "jumprelu")
+"""Activations whose sparsity comes from a penalty (and so can be given a target L0)."""
+
 SAE_WEIGHTS = "sae.safetensors"
 SAE_CFG = "cfg.json"
 
@@ -69,7 +72,7 @@ class SAEConfig:
             unit_norm_decoder=v.activation != "relu",
             l1_coefficient=v.l1_coefficient if v.activation == "relu" else 0.0,
             l0_coefficient=v.l0_coefficient if v.activation == "jumprelu" else 0.0,
-            target_l0=v.target_l0 if v.activation == "jumprelu" else 0.0,
+            target_l0=v.target_l0 if v.activation in PENALISED else 0.0,
             bandwidth=v.bandwidth if v.activation == "jumprelu" else 0.0,
             threshold_lr_multiplier=v.threshold_lr_multiplier,
             pre_act_coefficient=v.pre_act_coefficient if v.activation == "jumprelu" else 0.0,
@@ -104,6 +107,8 @@ class LossContext:
     """Optimizer step (0-based): variants derive per-step randomness from it, so resume is exact."""
     seed: int = 0
     """The SAE's training seed."""
+    penalty_coefficient: float | None = None
+    """The sparsity penalty's coefficient this step when a target-L0 controller sets it; None: the cfg's."""
 
 
 class OutputStatistics:
@@ -220,14 +225,13 @@ class SAE(nn.Module):
         x_ND, recon_ND = out.x_normalized.reshape(-1, D), out.recon_normalized.reshape(-1, D)
         mask_N = ctx.mask_BT.reshape(-1)
         terms = {"recon": self.reconstruction_term(out, mask_N)}
+        coefficient = self.penalty_coefficient if ctx.penalty_coefficient is None else ctx.penalty_coefficient
         if self.cfg.activation == "relu":
             l1 = losses.l1_decoder_weighted(out.features.reshape(-1, F), self.W_dec, mask_N)
-            terms["l1"] = ctx.sparsity_scale * self.cfg.l1_coefficient * l1
+            terms["l1"] = ctx.sparsity_scale * coefficient * l1
         if self.cfg.activation == "jumprelu":
             l0 = losses.masked_mean(self.activation.l0_N(out.pre_acts.reshape(-1, F)), mask_N)
-            target = self.cfg.target_l0
-            penalty = (l0 / target - 1.0).pow(2) if target > 0 else l0
-            terms["l0"] = ctx.sparsity_scale * self.cfg.l0_coefficient * penalty
+            terms["l0"] = ctx.sparsity_scale * coefficient * l0
             if self.cfg.pre_act_coefficient > 0:
                 gap = losses.threshold_gap(out.pre_acts.reshape(-1, F), self.activation.threshold, mask_N)
                 terms["pre_act"] = self.cfg.pre_act_coefficient * gap
@@ -235,6 +239,16 @@ class SAE(nn.Module):
             aux = losses.aux_k(x_ND - recon_ND, out.pre_acts.reshape(-1, F), ctx.dead_F, self.W_dec, self.cfg.aux_k, mask_N)
             terms["aux_k"] = self.cfg.aux_k_coefficient * aux
         return terms
+
+    @property
+    def penalty_coefficient(self) -> float:
+        """The coefficient of the sparsity penalty (L1 for relu, L0 for jumprelu; 0 for the TopK family)."""
+        return {"relu": self.cfg.l1_coefficient, "jumprelu": self.cfg.l0_coefficient}.get(self.cfg.activation, 0.0)
+
+    def with_penalty_coefficient(self, coefficient: float) -> None:
+        """Record the coefficient a target-L0 controller ended at in the cfg (saved to cfg.json)."""
+        key = {"relu": "l1_coefficient", "jumprelu": "l0_coefficient"}[self.cfg.activation]
+        self.cfg = dataclasses.replace(self.cfg, **{key: float(coefficient)})
 
     def reconstruction_term(self, out: SAEOutput, mask_N: torch.Tensor) -> torch.Tensor:
         """E ||x - x_hat||^2 in the normalised space (Matryoshka variants sum it over prefixes)."""

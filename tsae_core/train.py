@@ -33,8 +33,19 @@ from tsae_core.checkpoints import (
 from tsae_core.config import ExperimentConfig, Instance
 from tsae_core.interrupts import Interrupted, StepInterrupt
 from tsae_core.io import DiskFull, is_disk_full
-from tsae_core.sae import SAE, LossContext, SAEConfig, SAEFileError, build_sae, geometric_median, save_sae, verify_sae_files
+from tsae_core.sae import (
+    PENALISED,
+    SAE,
+    LossContext,
+    SAEConfig,
+    SAEFileError,
+    build_sae,
+    geometric_median,
+    save_sae,
+    verify_sae_files,
+)
 from tsae_core.seeds import derive_seed
+from tsae_core.target_l0 import DEFAULT_RATE, SparsityController
 
 CALIBRATION_BATCHES = 16
 """Batches used after training to fix inference statistics (batchtopk's threshold)."""
@@ -204,13 +215,15 @@ def train_variant(cfg: ExperimentConfig, name: str, store: Any, run_dir: Path, p
     opt = torch.optim.Adam(sae.param_groups(), lr=lr, betas=tc.adam_betas)
     loader = store.split("train").loader(tc.batch_sequences, seed=derive_seed(inst.seed, "data", inst.variant))
     tracker = DeadLatentTracker(v.d_sae, tc.dead_after_tokens, device)
-    start = _resume(paths, train_hash, device, sae, opt, loader, tracker)
+    controller = _controller(cfg, v, sae)
+    start = _resume(paths, train_hash, device, sae, opt, loader, tracker, controller)
     truncate_curves(paths.curves, start if start else -1)
 
     def checkpoint(step: int) -> Path:
         return save_checkpoint(paths, step, {
             "train_hash": train_hash, "sae": sae.state_dict(), "optimizer": opt.state_dict(), "loader": loader.state_dict(),
-            "tokens_since_fired": tracker.tokens_since_fired_F.cpu(), "variant_state": sae.training_state()})
+            "tokens_since_fired": tracker.tokens_since_fired_F.cpu(), "variant_state": sae.training_state(),
+            "controller": controller.state_dict() if controller else None})
 
     autocast = torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
     paths.curves.parent.mkdir(parents=True, exist_ok=True)
@@ -224,13 +237,16 @@ def train_variant(cfg: ExperimentConfig, name: str, store: Any, run_dir: Path, p
             for group in opt.param_groups:
                 group["lr"] = lr_now * group.get("lr_multiplier", 1.0)
             ctx = LossContext(batch.mask_BT, batch.doc_start_BT, sparsity_scale(step, tc.steps, tc.sparsity_warmup_fraction),
-                              tracker.dead_F, step=step, seed=inst.seed)
+                              tracker.dead_F, step=step, seed=inst.seed,
+                              penalty_coefficient=controller.coefficient if controller else None)
             out, terms = training_step(sae, opt, batch, ctx, tc.grad_clip, autocast,
                                        on_nonfinite=lambda terms, g, step=step: _diverged(name, step, terms, g, paths))
 
             n_tok = int(batch.mask_BT.sum())
             features_NF = out.features.detach()[batch.mask_BT]
             tracker.update(features_NF, n_tok)
+            if controller:
+                controller.update(step, float((features_NF > 0).sum(-1).float().mean()) if n_tok else 0.0)
             tokens_since_log += n_tok
             done = step + 1
             if done % tc.log_every == 0 or done == tc.steps:
@@ -253,6 +269,11 @@ def train_variant(cfg: ExperimentConfig, name: str, store: Any, run_dir: Path, p
         "steps": tc.steps, "tokens": tc.steps * tc.batch_sequences * store.context_size, "lr": lr,
         "final": {k: last_record.get(k) for k in ("loss", "fvu", "l0", "dead_fraction")}, "resumed_from": start,
     }
+    if controller:
+        training["target_l0"] = {"target": controller.target, "start_coefficient": controller.start_coefficient,
+                                 "final_coefficient": controller.coefficient, "rate": controller.rate,
+                                 "control_steps": [controller.start_step, controller.freeze_step]}
+        sae.with_penalty_coefficient(controller.coefficient)
     try:
         _assert_healthy_training(name, training)
     except TrainingCollapsed as e:
@@ -268,8 +289,16 @@ def train_variant(cfg: ExperimentConfig, name: str, store: Any, run_dir: Path, p
     return {"variant": name, "skipped": False, **training}
 
 
+def _controller(cfg: ExperimentConfig, v: Any, sae: SAE) -> SparsityController | None:
+    """The target-L0 controller of a penalised SAE with a target; None otherwise (fixed coefficient, or TopK)."""
+    if v.activation not in PENALISED or v.target_l0 <= 0:
+        return None
+    rate = v.target_l0_rate or DEFAULT_RATE[v.activation]
+    return SparsityController.for_training(v.target_l0, sae.penalty_coefficient, rate, cfg.train.steps, cfg.train.decay_fraction)
+
+
 def _resume(paths: TrainPaths, train_hash: str, device: torch.device, sae: SAE, opt: torch.optim.Optimizer,
-            loader: Any, tracker: DeadLatentTracker) -> int:
+            loader: Any, tracker: DeadLatentTracker, controller: SparsityController | None = None) -> int:
     """Load the newest readable checkpoint of this training into the given objects; returns its step
     (0 without one; checkpoints of other parameters are removed)."""
     state = load_checkpoint(paths, device)
@@ -283,6 +312,8 @@ def _resume(paths: TrainPaths, train_hash: str, device: torch.device, sae: SAE, 
     loader.load_state_dict(state["loader"])
     tracker.tokens_since_fired_F.copy_(state["tokens_since_fired"].to(device))
     sae.load_training_state({k: t.to(device) for k, t in state.get("variant_state", {}).items()})
+    if controller is not None:
+        controller.load_state_dict(state.get("controller") or controller.state_dict())
     return int(state["step"])
 
 
@@ -313,6 +344,7 @@ def _record(step, terms, out, batch, features_NF, tracker, lr_now, ctx, tok_per_
         "dead_fraction": float(tracker.dead_F.float().mean()),
         "lr": lr_now,
         "sparsity_scale": ctx.sparsity_scale,
+        **({} if ctx.penalty_coefficient is None else {"penalty_coefficient": ctx.penalty_coefficient}),
         "tokens_per_s": tok_per_s,
     }
 

@@ -1,14 +1,12 @@
-"""JumpReLU: straight-through gradients reach the thresholds, and training lands near a target L0."""
+"""JumpReLU: straight-through gradients reach the thresholds, which start at the wanted firing rate."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from tests.conftest import ci_config
 from tsae_core.activations import JumpReLU
 from tsae_core.sae import load_sae
-from tsae_core.train import train_variant
 
 
 def test_forward_is_a_jump_and_thresholds_get_pseudo_gradients():
@@ -45,17 +43,5 @@ def test_threshold_round_trips_through_the_saelens_name(tmp_path):
     loaded = load_sae(tmp_path)
     assert torch.allclose(loaded.activation.threshold, sae.activation.threshold, atol=1e-6)
 
-
-@pytest.mark.parametrize("target", [2.0, 8.0])
-def test_training_reaches_the_target_l0_within_20_percent(harvested, tmp_path, target):
-    _, store = harvested
-    cfg = ci_config(tmp_path, **{"variants.jumprelu.target_l0": target})
-    train_variant(cfg, "jumprelu", store, cfg.run_dir, progress=False)
-    sae = load_sae(cfg.run_dir / "saes" / "jumprelu")
-    l0 = []
-    for batch in store.split("eval").batches(32, shuffle=False):
-        with torch.no_grad():
-            f = sae(batch.acts_BTD, batch.mask_BT, batch.doc_start_BT).features
-        l0.append((f[batch.mask_BT] > 0).sum(-1).float())
-    reached = torch.cat(l0).mean().item()
-    assert reached == pytest.approx(target, rel=0.2), f"target {target}, reached {reached:.2f}"
+# Landing on a target L0 (the penalty controller) is tested in tests/test_target_l0.py, from a
+# coefficient 10x too small and 10x too large.

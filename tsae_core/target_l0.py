@@ -1,0 +1,97 @@
+"""A target L0 for SAEs whose sparsity comes from a penalty (ReLU + L1, JumpReLU's L0 penalty).
+
+A penalty coefficient does not transfer across models, layers or dictionary sizes: the L1
+coefficient that gives L0 17 on the tiny default model gives L0 543 on Gemma 3 270M. With
+`target_l0: N` the coefficient is adapted during training instead, by an integral controller on
+the logarithm of the running L0:
+
+    m_t     = beta * m_{t-1} + (1 - beta) * L0_t        (bias-corrected; L0_t the batch's L0)
+    e_t     = log(m_t / N) + HORIZON * (log m_t - log m_{t-LAG}) / LAG
+    log c  <- log c + gain * rate * clip(e_t, -1, 1)    gain SPARSE_GAIN where e_t < -log 2, else 1
+    c      <- clip(c, c_0 / BOUND, c_0 * BOUND)
+
+The error e_t is the log miss predicted HORIZON steps ahead from L0's recent trend (a PD rule in
+log space): an SAE's L0 answers a new coefficient only after tens to hundreds of steps, and a rule
+on the present miss alone keeps pushing while L0 is already on its way, overshoots and, for ReLU,
+drives L0 to zero. Log space makes 2x too dense and 2x too sparse weigh the same; the clip bounds a
+step to a factor e^rate. Far too sparse (under half the target) is corrected faster because it is
+the costly side: a ReLU latent pushed below zero on every input gets no gradient and stays dead,
+while a dense SAE still learns. Near the target the rule is symmetric: a larger gain on one side
+turns batch noise into a bias (JumpReLU landed 10% over its target with it). BOUND keeps a long one-sided stretch (every latent dead, which no coefficient revives
+quickly) from winding c without limit.
+
+The rule acts from the first step (the sparsity warm-up still multiplies c over its first steps)
+until the learning rate has decayed to half, the middle of the decay phase. From there c is
+frozen, so the last part of training, and the SAE saved, has a fixed objective. (Freezing at the
+start of the decay let JumpReLU's thresholds, which learn at 10x the SAE's rate, drift 10-25% off
+the target.) The final c is what cfg.json, and so the eval JSON's `sae_cfg`, record.
+
+Start from a coefficient too small rather than too large where you can: from 10x too large a ReLU
+SAE still reaches the target but loses latents on the way (53% dead on the CI benchmark).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+EMA_DECAY = 0.9
+"""beta: the running L0 averages about the last ten batches."""
+HORIZON = 100
+"""Steps ahead the miss is predicted (about the SAE's response time to its coefficient)."""
+LAG = 25
+"""Steps over which L0's trend is measured."""
+SPARSE_GAIN = 4.0
+"""How much faster the coefficient falls when L0 is under half its target than it moves otherwise."""
+BOUND = 100.0
+"""The coefficient stays within a factor BOUND of its start value."""
+DEFAULT_RATE = {"relu": 0.01, "jumprelu": 0.02}
+"""Gain per activation when the variant gives none: a ReLU SAE's L0 answers its L1 coefficient
+strongly and with a lag of ~100 steps (a faster gain oscillates and kills latents); JumpReLU's
+thresholds answer within tens of steps and less steeply."""
+
+
+@dataclass
+class SparsityController:
+    target: float
+    coefficient: float
+    rate: float
+    start_step: int
+    freeze_step: int
+    start_coefficient: float = 0.0
+    _ema: float = 0.0
+    _ema_weight: float = 0.0
+    _history: list[float] = field(default_factory=list)
+    """log m over the last LAG + 1 steps."""
+
+    @classmethod
+    def for_training(cls, target: float, coefficient: float, rate: float, steps: int, decay_fraction: float) -> SparsityController:
+        return cls(target=target, coefficient=coefficient, start_coefficient=coefficient, rate=rate, start_step=0,
+                   freeze_step=math.floor(steps * (1.0 - decay_fraction / 2)))
+
+    @property
+    def running_l0(self) -> float | None:
+        return self._ema / self._ema_weight if self._ema_weight > 0 else None
+
+    def update(self, step: int, batch_l0: float) -> None:
+        """After optimizer step `step` (0-based), whose batch had mean L0 `batch_l0` per token."""
+        self._ema = EMA_DECAY * self._ema + (1 - EMA_DECAY) * batch_l0
+        self._ema_weight = EMA_DECAY * self._ema_weight + (1 - EMA_DECAY)
+        log_m = math.log(max(self.running_l0, 1e-3))
+        self._history = (self._history + [log_m])[-(LAG + 1):]
+        if not self.start_step <= step < self.freeze_step:
+            return
+        trend = (log_m - self._history[0]) / (len(self._history) - 1) if len(self._history) > 1 else 0.0
+        error = log_m - math.log(self.target) + HORIZON * trend
+        gain = SPARSE_GAIN if error < -math.log(2) else 1.0
+        moved = self.coefficient * math.exp(gain * self.rate * max(-1.0, min(1.0, error)))
+        self.coefficient = min(max(moved, self.start_coefficient / BOUND), self.start_coefficient * BOUND)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"coefficient": self.coefficient, "ema": self._ema, "ema_weight": self._ema_weight, "history": list(self._history)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.coefficient = float(state["coefficient"])
+        self._ema, self._ema_weight = float(state["ema"]), float(state["ema_weight"])
+        self._history = [float(h) for h in state.get("history", [])]
