@@ -11,6 +11,8 @@ import pytest
 
 from tsae_core import plots
 from tsae_core.io import write_json, write_text
+from tsae_core.plots import common as plots_common
+from tsae_core.plots import metrics as plots_metrics
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 VARIANTS = ("topk", "batchtopk", "relu")
@@ -282,3 +284,22 @@ def test_variant_colors_are_stable_and_distinct():
     b = plots.variant_colors(["consistency", "topk"])
     assert a["topk"] == b["topk"] and a["consistency"] == b["consistency"]
     assert len(set(a.values())) == 4
+
+
+def test_unhealthy_saes_are_marked_in_every_comparison_figure(evals, tmp_path, monkeypatch):
+    """An SAE whose verdict is unhealthy is named as such on the axis, in red, and listed beside the figure."""
+    for v in evals:
+        evals[v]["health"] = {"healthy": v != "relu", "problems": [] if v != "relu" else ["not sparse"]}
+    labels = []
+    real = plots_common._mark_unhealthy
+    monkeypatch.setattr(plots_common, "_mark_unhealthy", lambda ticks, sick: (labels.append([t for t in ticks]), real(ticks, sick)))
+    monkeypatch.setattr(plots_metrics, "_mark_unhealthy", plots_common._mark_unhealthy)
+    for fn, name in ((plots.plot_reconstruction_metrics, "reconstruction_metrics"), (plots.plot_model_preservation, "model_preservation"),
+                     (plots.plot_final_metrics, "final_metrics")):
+        labels.clear()
+        assert _check_png(fn(evals, tmp_path), name)["unhealthy"] == ["relu"]
+        shown = {t.get_text(): t.get_color() for ticks in labels for t in ticks}
+        assert shown["relu (unhealthy)"] == plots_common.UNHEALTHY_COLOR and "topk" in shown, shown
+    for v in evals:
+        evals[v]["health"]["healthy"] = True
+    assert _check_png(plots.plot_final_metrics(evals, tmp_path), "final_metrics")["unhealthy"] == []

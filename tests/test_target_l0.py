@@ -18,7 +18,7 @@ from tsae_core.train import train_variant
 
 def _controller(**kw):
     return SparsityController.for_training(**{"target": 8.0, "coefficient": 1.0, "rate": 0.02, "steps": 1000,
-                                               "decay_fraction": 0.2, **kw})
+                                               "decay_fraction": 0.2, "lr": 1e-3, "warmup_steps": 0, **kw})
 
 
 @pytest.mark.parametrize("l0, direction", [(32.0, 1), (2.0, -1), (8.0, 0)])

@@ -6,21 +6,25 @@ coefficient that gives L0 17 on the tiny default model gives L0 543 on Gemma 3 2
 the logarithm of the running L0:
 
     m_t     = beta * m_{t-1} + (1 - beta) * L0_t        (bias-corrected; L0_t the batch's L0)
-    e_t     = log(m_t / N) + HORIZON * (log m_t - log m_{t-LAG}) / LAG
+    e_t     = log(m_t / N) + H * (log m_t - log m_{t-LAG}) / LAG,   H = RESPONSE / lr
     log c  <- log c + gain * rate * clip(e_t, -1, 1)    gain SPARSE_GAIN where e_t < -log 2, else 1
     c      <- clip(c, c_0 / BOUND, c_0 * BOUND)
 
-The error e_t is the log miss predicted HORIZON steps ahead from L0's recent trend (a PD rule in
-log space): an SAE's L0 answers a new coefficient only after tens to hundreds of steps, and a rule
-on the present miss alone keeps pushing while L0 is already on its way, overshoots and, for ReLU,
-drives L0 to zero. Log space makes 2x too dense and 2x too sparse weigh the same; the clip bounds a
+The error e_t is the log miss predicted H steps ahead from L0's recent trend (a PD rule in log
+space): an SAE's L0 answers a new coefficient only after tens to hundreds of steps, and a rule on
+the present miss alone keeps pushing while L0 is already on its way, overshoots and, for ReLU,
+drives L0 to zero (or, on the tiny default, read the ReLU SAE's own slow sparsification over its
+first thousand steps as a call for more penalty and ended at 2.5x the coefficient it needed, EV
+0.61 at L0 13.4). H is that response time: under Adam a weight moves about lr per step, so it is
+RESPONSE / lr steps (300 for the default's ReLU at lr 2.5e-4, 38 at the CI benchmark's 2e-3). Log space makes 2x too dense and 2x too sparse weigh the same; the clip bounds a
 step to a factor e^rate. Far too sparse (under half the target) is corrected faster because it is
 the costly side: a ReLU latent pushed below zero on every input gets no gradient and stays dead,
 while a dense SAE still learns. Near the target the rule is symmetric: a larger gain on one side
 turns batch noise into a bias (JumpReLU landed 10% over its target with it). BOUND keeps a long one-sided stretch (every latent dead, which no coefficient revives
 quickly) from winding c without limit.
 
-The rule acts from the first step (the sparsity warm-up still multiplies c over its first steps)
+The rule acts from the end of the learning-rate warm-up (before it the weights hardly move, and L0
+says nothing about the coefficient; the sparsity warm-up still multiplies c over its first steps)
 until the learning rate has decayed to half, the middle of the decay phase. From there c is
 frozen, so the last part of training, and the SAE saved, has a fixed objective. (Freezing at the
 start of the decay let JumpReLU's thresholds, which learn at 10x the SAE's rate, drift 10-25% off
@@ -38,8 +42,8 @@ from typing import Any
 
 EMA_DECAY = 0.9
 """beta: the running L0 averages about the last ten batches."""
-HORIZON = 100
-"""Steps ahead the miss is predicted (about the SAE's response time to its coefficient)."""
+RESPONSE = 0.075
+"""The SAE's response time to its coefficient, in steps times learning rate (H = RESPONSE / lr)."""
 LAG = 25
 """Steps over which L0's trend is measured."""
 SPARSE_GAIN = 4.0
@@ -59,6 +63,8 @@ class SparsityController:
     rate: float
     start_step: int
     freeze_step: int
+    horizon: float = 100.0
+    """H: steps ahead the miss is predicted from L0's trend."""
     start_coefficient: float = 0.0
     _ema: float = 0.0
     _ema_weight: float = 0.0
@@ -66,8 +72,10 @@ class SparsityController:
     """log m over the last LAG + 1 steps."""
 
     @classmethod
-    def for_training(cls, target: float, coefficient: float, rate: float, steps: int, decay_fraction: float) -> SparsityController:
-        return cls(target=target, coefficient=coefficient, start_coefficient=coefficient, rate=rate, start_step=0,
+    def for_training(cls, target: float, coefficient: float, rate: float, steps: int, decay_fraction: float,
+                     lr: float, warmup_steps: int) -> SparsityController:
+        return cls(target=target, coefficient=coefficient, start_coefficient=coefficient, rate=rate,
+                   horizon=RESPONSE / lr, start_step=min(warmup_steps, steps),
                    freeze_step=math.floor(steps * (1.0 - decay_fraction / 2)))
 
     @property
@@ -83,7 +91,7 @@ class SparsityController:
         if not self.start_step <= step < self.freeze_step:
             return
         trend = (log_m - self._history[0]) / (len(self._history) - 1) if len(self._history) > 1 else 0.0
-        error = log_m - math.log(self.target) + HORIZON * trend
+        error = log_m - math.log(self.target) + self.horizon * trend
         gain = SPARSE_GAIN if error < -math.log(2) else 1.0
         moved = self.coefficient * math.exp(gain * self.rate * max(-1.0, min(1.0, error)))
         self.coefficient = min(max(moved, self.start_coefficient / BOUND), self.start_coefficient * BOUND)

@@ -215,7 +215,7 @@ def train_variant(cfg: ExperimentConfig, name: str, store: Any, run_dir: Path, p
     opt = torch.optim.Adam(sae.param_groups(), lr=lr, betas=tc.adam_betas)
     loader = store.split("train").loader(tc.batch_sequences, seed=derive_seed(inst.seed, "data", inst.variant))
     tracker = DeadLatentTracker(v.d_sae, tc.dead_after_tokens, device)
-    controller = _controller(cfg, v, sae)
+    controller = _controller(cfg, v, sae, lr)
     start = _resume(paths, train_hash, device, sae, opt, loader, tracker, controller)
     truncate_curves(paths.curves, start if start else -1)
 
@@ -271,7 +271,7 @@ def train_variant(cfg: ExperimentConfig, name: str, store: Any, run_dir: Path, p
     }
     if controller:
         training["target_l0"] = {"target": controller.target, "start_coefficient": controller.start_coefficient,
-                                 "final_coefficient": controller.coefficient, "rate": controller.rate,
+                                 "final_coefficient": controller.coefficient, "rate": controller.rate, "horizon": controller.horizon,
                                  "control_steps": [controller.start_step, controller.freeze_step]}
         sae.with_penalty_coefficient(controller.coefficient)
     try:
@@ -289,12 +289,13 @@ def train_variant(cfg: ExperimentConfig, name: str, store: Any, run_dir: Path, p
     return {"variant": name, "skipped": False, **training}
 
 
-def _controller(cfg: ExperimentConfig, v: Any, sae: SAE) -> SparsityController | None:
+def _controller(cfg: ExperimentConfig, v: Any, sae: SAE, lr: float) -> SparsityController | None:
     """The target-L0 controller of a penalised SAE with a target; None otherwise (fixed coefficient, or TopK)."""
     if v.activation not in PENALISED or v.target_l0 <= 0:
         return None
     rate = v.target_l0_rate or DEFAULT_RATE[v.activation]
-    return SparsityController.for_training(v.target_l0, sae.penalty_coefficient, rate, cfg.train.steps, cfg.train.decay_fraction)
+    return SparsityController.for_training(v.target_l0, sae.penalty_coefficient, rate, cfg.train.steps, cfg.train.decay_fraction,
+                                           lr=lr, warmup_steps=cfg.train.warmup_steps)
 
 
 def _resume(paths: TrainPaths, train_hash: str, device: torch.device, sae: SAE, opt: torch.optim.Optimizer,

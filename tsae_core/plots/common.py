@@ -144,9 +144,30 @@ def _ref_line(ax, y: float | None, label: str) -> None:
         ax.text(1.01, y, label, transform=ax.get_yaxis_transform(), va="center", ha="left", fontsize=8)
 
 
-def _variant_ticks(ax, labels: list[str]) -> None:
-    rotate = len(labels) > 4 or max(map(len, labels), default=0) > 10
-    ax.set_xticks(range(len(labels)), labels, rotation=30 if rotate else 0, ha="right" if rotate else "center")
+UNHEALTHY_COLOR = "#c0392b"
+
+
+def unhealthy(evals: Evals, names: Iterable[str]) -> list[str]:
+    """The variants whose health verdict (in their eval JSON) is unhealthy: marked in every figure."""
+    return [v for v in names if isinstance(h := evals[v].get("health"), dict) and h.get("healthy") is False]
+
+
+def _label(name: str, sick: Iterable[str]) -> str:
+    return f"{name} (unhealthy)" if name in sick else name
+
+
+def _mark_unhealthy(labels: Iterable[Any], sick: list[str]) -> None:
+    """Colour the tick labels of unhealthy variants (their text already says so)."""
+    for t in labels:
+        if t.get_text().endswith("(unhealthy)"):
+            t.set_color(UNHEALTHY_COLOR)
+
+
+def _variant_ticks(ax, labels: list[str], sick: list[str] = ()) -> None:
+    shown = [_label(v, sick) for v in labels]
+    rotate = len(shown) > 4 or max(map(len, shown), default=0) > 10
+    ax.set_xticks(range(len(shown)), shown, rotation=30 if rotate else 0, ha="right" if rotate else "center")
+    _mark_unhealthy(ax.get_xticklabels(), list(sick))
     ax.grid(axis="x", visible=False)
 
 
@@ -189,7 +210,7 @@ def _metric_bars(ax, p: _Panel, variants: list[str], evals: Evals, colors: dict[
     if p.style == "pct":
         ax.yaxis.set_major_formatter(PercentFormatter(1.0))
     ax.set(title=p.title, ylabel=p.ylabel)
-    _variant_ticks(ax, variants)
+    _variant_ticks(ax, variants, unhealthy(evals, variants))
     return {p.key: vals, **({f"{p.key}_seed_std": errs} if any(e is not None for e in errs) else {}),
             **({p.marker: marks} if p.marker else {})}
 
@@ -203,11 +224,15 @@ def _metric_grid(
         return None
     colors = colors or variant_colors(variants)
     fig, axes = _figure(2, 2, (max(11, 0.9 * len(variants) + 2), 7.5))
-    data: dict[str, Any] = {"variants": variants, "colors": colors, **extra}
+    data: dict[str, Any] = {"variants": variants, "colors": colors, "unhealthy": unhealthy(evals, variants), **extra}
     for ax, panel in zip(axes.flat, panels):
         data.update(_metric_bars(ax, panel, variants, evals, colors))
-    fig.suptitle(title)
+    fig.suptitle(title + _unhealthy_note(data["unhealthy"]))
     return _save(fig, out_dir, name, data)
+
+
+def _unhealthy_note(sick: list[str]) -> str:
+    return f"\n(unhealthy, see their eval JSON's health: {', '.join(sick)})" if sick else ""
 
 
 def _true_l0(evals: Evals) -> float | None:

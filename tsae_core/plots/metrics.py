@@ -18,6 +18,7 @@ from tsae_core.plots.common import (
     _RQ,
     _SH,
     _SP,
+    UNHEALTHY_COLOR,
     Colors,
     Curves,
     Evals,
@@ -25,6 +26,8 @@ from tsae_core.plots.common import (
     _figure,
     _fmt,
     _get,
+    _label,
+    _mark_unhealthy,
     _metric_bars,
     _metric_grid,
     _nan,
@@ -33,6 +36,8 @@ from tsae_core.plots.common import (
     _save,
     _styled,
     _true_l0,
+    _unhealthy_note,
+    unhealthy,
     variant_colors,
     variant_order,
 )
@@ -85,7 +90,7 @@ def plot_model_preservation(evals: Evals, out_dir: PathLike, colors: Colors = No
         _Panel("ce_loss_increase", _MP, "CE increase with the SAE spliced in", "CE_sae − CE_clean (nats / token)"),
     ]
     fig, axes = _figure(2, 2, (max(11, 1.3 * len(variants) + 2), 7.5))
-    data: dict[str, Any] = {"variants": variants, "colors": colors}
+    data: dict[str, Any] = {"variants": variants, "colors": colors, "unhealthy": unhealthy(evals, variants)}
     for ax, panel in zip(axes.flat, panels):
         data.update(_metric_bars(ax, panel, variants, evals, colors))
     for ax in axes[0]:
@@ -97,7 +102,7 @@ def plot_model_preservation(evals: Evals, out_dir: PathLike, colors: Colors = No
     missing = [v for v in variant_order(evals) if v not in variants]
     title = "Model preservation with the SAE spliced in (non-special tokens)"
     title += f";  clean CE = {clean:.3f} nats / token" if clean is not None else ""
-    fig.suptitle(title + (f"  (no model eval: {', '.join(missing)})" if missing else ""))
+    fig.suptitle(title + (f"  (no model eval: {', '.join(missing)})" if missing else "") + _unhealthy_note(data["unhealthy"]))
     return _save(fig, out_dir, "model_preservation", data)
 
 
@@ -161,10 +166,13 @@ def plot_final_metrics(evals: Evals, out_dir: PathLike, colors: Colors = None) -
     table = np.array([[_nan(_get(evals[v], *path)) for _, path, _ in _TABLE] for v in variants], dtype=float)
     fig, axes = _figure(1, 2, (13, 1.8 + 0.5 * max(len(variants), 6)), width_ratios=[1, 1.5])
     ax_sc, ax_hm = axes[0]
+    sick = unhealthy(evals, variants)
     for i, (v, ev, l0) in enumerate(zip(variants, table[:, 0], table[:, 2])):
         if np.isfinite(ev) and np.isfinite(l0):
-            ax_sc.scatter(l0, ev, s=70, color=colors[v], edgecolor="0.2", zorder=3)
-            ax_sc.annotate(v, (l0, ev), xytext=(6, 6 if i % 2 == 0 else -12), textcoords="offset points", fontsize=9)
+            ax_sc.scatter(l0, ev, s=70, color=colors[v], edgecolor=UNHEALTHY_COLOR if v in sick else "0.2",
+                          marker="X" if v in sick else "o", zorder=3)
+            ax_sc.annotate(_label(v, sick), (l0, ev), xytext=(6, 6 if i % 2 == 0 else -12), textcoords="offset points",
+                           fontsize=9, color=UNHEALTHY_COLOR if v in sick else "black")
     if (true_l0 := _true_l0(evals)) is not None:
         ax_sc.axvline(true_l0, ls="--", color="0.15", lw=1.2)
         ax_sc.text(true_l0, 0.98, " true L0", transform=ax_sc.get_xaxis_transform(), fontsize=9, va="top")
@@ -176,15 +184,18 @@ def plot_final_metrics(evals: Evals, out_dir: PathLike, colors: Colors = None) -
         shade = np.where(np.isfinite(table), np.where(hi > lo, (table - lo) / (hi - lo), 0.5), np.nan)
     notes = [["" if not np.isfinite(x) else _fmt(x, s) for x, (_, _, s) in zip(row, _TABLE)] for row in table]
     columns = [c for c, _, _ in _TABLE]
-    sns.heatmap(shade, ax=ax_hm, annot=np.array(notes), fmt="", xticklabels=columns, yticklabels=variants, **_HEAT)
+    sns.heatmap(shade, ax=ax_hm, annot=np.array(notes), fmt="", xticklabels=columns,
+                yticklabels=[_label(v, sick) for v in variants], **_HEAT)
+    _mark_unhealthy(ax_hm.get_yticklabels(), sick)
     for i, j in zip(*np.where(~np.isfinite(table))):
         ax_hm.text(j + 0.5, i + 0.5, "n/a", ha="center", va="center", fontsize=9, color="0.5")
     ax_hm.tick_params(axis="y", rotation=0)
     ax_hm.tick_params(axis="x", rotation=0, length=0, labeltop=True, labelbottom=False)
     ax_hm.grid(False)
     ax_hm.set_title("Final metrics (shade: rank within each column, darker = higher)")
-    fig.suptitle("Final metrics per variant (held-out tokens)")
+    fig.suptitle("Final metrics per variant (held-out tokens)" + _unhealthy_note(sick))
     cols = {path[-1]: table[:, j].tolist() for j, (_, path, _) in enumerate(_TABLE)}  # keyed by the eval JSON's names
-    return _save(fig, out_dir, "final_metrics", {"variants": variants, "colors": colors, "true_l0": true_l0, **cols})
+    return _save(fig, out_dir, "final_metrics", {"variants": variants, "colors": colors, "true_l0": true_l0,
+                                                 "unhealthy": sick, **cols})
 
 
