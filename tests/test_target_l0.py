@@ -41,6 +41,16 @@ def test_the_coefficient_is_frozen_in_the_second_half_of_the_decay_and_bounded()
     assert c.coefficient == pytest.approx(BOUND), "frozen after the freeze step"
 
 
+@pytest.mark.parametrize("l0, grows", [(2.0, True), (32.0, True), (8.1, False)])
+def test_the_two_sided_weight_grows_with_a_miss_on_either_side(l0, grows):
+    """JumpReLU's penalty pulls towards the target from both sides: its weight grows with any miss
+    beyond the tolerance, and relaxes within it."""
+    c = _controller(two_sided=True)
+    for step in range(100):
+        c.update(step, l0)
+    assert (c.coefficient > 1.0) == grows and c.coefficient != pytest.approx(1.0)
+
+
 def test_a_falling_l0_eases_the_push_before_the_target_is_reached():
     """The trend term: L0 still above target but falling fast lowers the coefficient (no overshoot)."""
     c = _controller()
@@ -90,10 +100,10 @@ def _eval_l0(sae, store) -> float:
     return torch.cat(l0).mean().item()
 
 
-# On this benchmark (the CI synthetic data) the controller settles near an L1 coefficient of 2 and an L0
-# coefficient of 0.12 for L0 4; each SAE starts 10x below or above that.
+# On this benchmark (the CI synthetic data) the controller settles near an L1 coefficient of 2 and a
+# weight of ~7 on JumpReLU's (L0 / 4 - 1)^2 for L0 4; each SAE starts 10x below or above that.
 STARTS = [("relu", "l1_coefficient", 0.2), ("relu", "l1_coefficient", 20.0),
-          ("jumprelu", "l0_coefficient", 0.012), ("jumprelu", "l0_coefficient", 1.2)]
+          ("jumprelu", "l0_coefficient", 0.7), ("jumprelu", "l0_coefficient", 70.0)]
 
 
 @pytest.mark.parametrize("variant, key, start", STARTS)

@@ -3,7 +3,7 @@
 On `params/synthetic.yaml` with a shorter training (1500 steps; the ablations' budget), each temporal
 variant built on TopK must be healthy, keep its explained variance within 0.05 of TopK's at the same L0,
 and leave no more than 5 points more dead latents than TopK. JumpReLU has no TopK to match: it must land
-within 20% of its target L0 and reconstruct within 0.05 of TopK's explained variance. Its pre-activation
+within 10% of its target L0 (the target-L0 controller) and reconstruct within 0.05 of TopK's explained variance. Its pre-activation
 loss keeps latents alive, but slowly: measured 5.9% dead at this budget against TopK's 0% (bounded here
 at 8 points), and 0.4% against TopK's 21% at the benchmark's 5000 steps (the dead-only revival it
 replaced left 53%).
@@ -80,7 +80,7 @@ def test_temporal_variant_is_as_healthy_as_topk(results, variant):
 def test_jumprelu_reaches_its_target_and_reconstructs(results):
     cfg, r = results
     ev, l0, dead = _core(r["jumprelu"])
-    assert l0 == pytest.approx(cfg.variants["jumprelu"].target_l0, rel=0.2)
+    assert l0 == pytest.approx(cfg.variants["jumprelu"].target_l0, rel=0.1)
     ev_topk, _, dead_topk = _core(r["topk"])
     assert ev >= ev_topk - 0.05, (ev, ev_topk)
     assert dead <= dead_topk + 0.08, (dead, dead_topk)

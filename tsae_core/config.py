@@ -102,7 +102,8 @@ class VariantConfig:
     l1_coefficient: float = 1.0
     """L1 coefficient (relu only); the penalty is sum_i f_i * ||W_dec_i||. With `target_l0`, its start value."""
     l0_coefficient: float = 1.0
-    """jumprelu only: weight of the L0 penalty. With `target_l0`, its start value."""
+    """jumprelu only: weight of the L0 penalty; with `target_l0`, the start value of the weight of
+    (L0 / target_l0 - 1)^2, which pulls L0 towards the target from both sides."""
     target_l0: float = 0.0
     """The L0 this SAE is trained to: relu / jumprelu adapt their penalty coefficient to it during
     training (`tsae_core.target_l0`); topk / batchtopk take it as k. 0: `train.target_l0`, and

@@ -231,7 +231,11 @@ class SAE(nn.Module):
             terms["l1"] = ctx.sparsity_scale * coefficient * l1
         if self.cfg.activation == "jumprelu":
             l0 = losses.masked_mean(self.activation.l0_N(out.pre_acts.reshape(-1, F)), mask_N)
-            terms["l0"] = ctx.sparsity_scale * coefficient * l0
+            target = self.cfg.target_l0
+            # with a target the penalty pulls from both sides and vanishes there: a JumpReLU SAE can sit
+            # below its target with no penalty at all (its thresholds rise while codes are still noisy)
+            penalty = (l0 / target - 1.0).pow(2) if target > 0 else l0
+            terms["l0"] = ctx.sparsity_scale * coefficient * penalty
             if self.cfg.pre_act_coefficient > 0:
                 gap = losses.threshold_gap(out.pre_acts.reshape(-1, F), self.activation.threshold, mask_N)
                 terms["pre_act"] = self.cfg.pre_act_coefficient * gap

@@ -1,5 +1,11 @@
 """A target L0 for SAEs whose sparsity comes from a penalty (ReLU + L1, JumpReLU's L0 penalty).
 
+ReLU's L1 penalty pushes one way: a larger coefficient, a sparser SAE. JumpReLU's can fall short:
+over a short run (500 steps on Gemma 3 270M) its thresholds rose while the codes were still noisy and
+it sat at L0 16 of a target 32 with a coefficient near zero. With a target its penalty is therefore
+c (L0 / N - 1)^2, which pulls from both sides and vanishes at the target, and the rule below adapts
+c in its two-sided form. The rest of this docstring is the one-sided rule (ReLU).
+
 A penalty coefficient does not transfer across models, layers or dictionary sizes: the L1
 coefficient that gives L0 17 on the tiny default model gives L0 543 on Gemma 3 270M. With
 `target_l0: N` the coefficient is adapted during training instead, by an integral controller on
@@ -23,7 +29,11 @@ while a dense SAE still learns. Near the target the rule is symmetric: a larger 
 turns batch noise into a bias (JumpReLU landed 10% over its target with it). BOUND keeps a long one-sided stretch (every latent dead, which no coefficient revives
 quickly) from winding c without limit.
 
-The rule acts from the end of the learning-rate warm-up (before it the weights hardly move, and L0
+Two-sided rule (JumpReLU): log c <- log c + rate * clip(|log(m_t / N)| / TOLERANCE - 1, -1, 1): the
+weight grows while the miss exceeds TOLERANCE (5%) and relaxes inside it, so the penalty is as weak
+as hitting the target allows. (No trend term here: with |.| batch noise would only ratchet c up.)
+
+Either rule acts from the end of the learning-rate warm-up (before it the weights hardly move, and L0
 says nothing about the coefficient; the sparsity warm-up still multiplies c over its first steps)
 until the learning rate has decayed to half, the middle of the decay phase. From there c is
 frozen, so the last part of training, and the SAE saved, has a fixed objective. (Freezing at the
@@ -50,6 +60,8 @@ SPARSE_GAIN = 4.0
 """How much faster the coefficient falls when L0 is under half its target than it moves otherwise."""
 BOUND = 100.0
 """The coefficient stays within a factor BOUND of its start value."""
+TOLERANCE = 0.05
+"""Two-sided rule: the penalty's weight grows while the running L0 misses its target by more than this."""
 DEFAULT_RATE = {"relu": 0.01, "jumprelu": 0.02}
 """Gain per activation when the variant gives none: a ReLU SAE's L0 answers its L1 coefficient
 strongly and with a lag of ~100 steps (a faster gain oscillates and kills latents); JumpReLU's
@@ -65,6 +77,9 @@ class SparsityController:
     freeze_step: int
     horizon: float = 100.0
     """H: steps ahead the miss is predicted from L0's trend."""
+    two_sided: bool = False
+    """The penalty pulls L0 towards the target from both sides (JumpReLU's c (L0 / N - 1)^2): its weight
+    grows while the miss exceeds TOLERANCE and relaxes within it."""
     start_coefficient: float = 0.0
     _ema: float = 0.0
     _ema_weight: float = 0.0
@@ -73,8 +88,8 @@ class SparsityController:
 
     @classmethod
     def for_training(cls, target: float, coefficient: float, rate: float, steps: int, decay_fraction: float,
-                     lr: float, warmup_steps: int) -> SparsityController:
-        return cls(target=target, coefficient=coefficient, start_coefficient=coefficient, rate=rate,
+                     lr: float, warmup_steps: int, two_sided: bool = False) -> SparsityController:
+        return cls(target=target, coefficient=coefficient, start_coefficient=coefficient, rate=rate, two_sided=two_sided,
                    horizon=RESPONSE / lr, start_step=min(warmup_steps, steps),
                    freeze_step=math.floor(steps * (1.0 - decay_fraction / 2)))
 
@@ -90,10 +105,13 @@ class SparsityController:
         self._history = (self._history + [log_m])[-(LAG + 1):]
         if not self.start_step <= step < self.freeze_step:
             return
-        trend = (log_m - self._history[0]) / (len(self._history) - 1) if len(self._history) > 1 else 0.0
-        error = log_m - math.log(self.target) + self.horizon * trend
-        gain = SPARSE_GAIN if error < -math.log(2) else 1.0
-        moved = self.coefficient * math.exp(gain * self.rate * max(-1.0, min(1.0, error)))
+        if self.two_sided:
+            step_size = self.rate * max(-1.0, min(1.0, abs(log_m - math.log(self.target)) / TOLERANCE - 1.0))
+        else:
+            trend = (log_m - self._history[0]) / (len(self._history) - 1) if len(self._history) > 1 else 0.0
+            error = log_m - math.log(self.target) + self.horizon * trend
+            step_size = (SPARSE_GAIN if error < -math.log(2) else 1.0) * self.rate * max(-1.0, min(1.0, error))
+        moved = self.coefficient * math.exp(step_size)
         self.coefficient = min(max(moved, self.start_coefficient / BOUND), self.start_coefficient * BOUND)
 
     def state_dict(self) -> dict[str, Any]:

@@ -295,7 +295,7 @@ def _controller(cfg: ExperimentConfig, v: Any, sae: SAE, lr: float) -> SparsityC
         return None
     rate = v.target_l0_rate or DEFAULT_RATE[v.activation]
     return SparsityController.for_training(v.target_l0, sae.penalty_coefficient, rate, cfg.train.steps, cfg.train.decay_fraction,
-                                           lr=lr, warmup_steps=cfg.train.warmup_steps)
+                                           lr=lr, warmup_steps=cfg.train.warmup_steps, two_sided=v.activation == "jumprelu")
 
 
 def _resume(paths: TrainPaths, train_hash: str, device: torch.device, sae: SAE, opt: torch.optim.Optimizer,

@@ -148,12 +148,17 @@ def plot_training_metrics(curves: Curves, out_dir: PathLike, colors: Colors = No
 _TABLE = [
     ("explained\nvariance", (*_RQ, "explained_variance"), "f"),
     ("cosine\nsim.", (*_RQ, "cossim"), "f"),
-    ("L0", (*_SP, "l0"), "int"),
+    ("L0\n(matched)", (*_SP, "l0_sparse"), "int"),  # the sparse code's L0 (the crosscoder's per window position)
     ("dead\nlatents", (*_SP, "dead_fraction"), "pct"),
     ("GT\nMMCS", ("ground_truth", "overall", "mmcs"), "f"),
     ("GT\nrecovered", ("ground_truth", "overall", "frac_recovered"), "pct"),
     ("lag-1\nautocorr.", ("temporal", "autocorr_lag1_mean"), "f"),
 ]
+
+
+def _table_value(e: dict[str, Any], path: tuple[str, ...]) -> Any:
+    value = _get(e, *path)
+    return _get(e, *_SP, "l0") if value is None and path[-1] == "l0_sparse" else value  # older eval JSONs
 
 
 @_styled
@@ -163,21 +168,22 @@ def plot_final_metrics(evals: Evals, out_dir: PathLike, colors: Colors = None) -
     if not variants:
         return None
     colors = colors or variant_colors(variants)
-    table = np.array([[_nan(_get(evals[v], *path)) for _, path, _ in _TABLE] for v in variants], dtype=float)
+    table = np.array([[_nan(_table_value(evals[v], path)) for _, path, _ in _TABLE] for v in variants], dtype=float)
     fig, axes = _figure(1, 2, (13, 1.8 + 0.5 * max(len(variants), 6)), width_ratios=[1, 1.5])
     ax_sc, ax_hm = axes[0]
     sick = unhealthy(evals, variants)
-    for i, (v, ev, l0) in enumerate(zip(variants, table[:, 0], table[:, 2])):
+    for v, ev, l0 in zip(variants, table[:, 0], table[:, 2]):
         if np.isfinite(ev) and np.isfinite(l0):
             ax_sc.scatter(l0, ev, s=70, color=colors[v], edgecolor=UNHEALTHY_COLOR if v in sick else "0.2",
-                          marker="X" if v in sick else "o", zorder=3)
-            ax_sc.annotate(_label(v, sick), (l0, ev), xytext=(6, 6 if i % 2 == 0 else -12), textcoords="offset points",
-                           fontsize=9, color=UNHEALTHY_COLOR if v in sick else "black")
+                          marker="X" if v in sick else "o", zorder=3, label=_label(v, sick))
+    # a legend, not labels at the points: at matched L0 every variant sits on one vertical line
+    legend = ax_sc.legend(fontsize=8, loc="upper left", bbox_to_anchor=(0.0, -0.12), ncol=3, frameon=False)
+    _mark_unhealthy(legend.get_texts(), sick)
     if (true_l0 := _true_l0(evals)) is not None:
         ax_sc.axvline(true_l0, ls="--", color="0.15", lw=1.2)
         ax_sc.text(true_l0, 0.98, " true L0", transform=ax_sc.get_xaxis_transform(), fontsize=9, va="top")
     ax_sc.margins(0.2)
-    ax_sc.set(xlabel="L0 (active latents / token)", ylabel="explained variance", title="Reconstruction vs sparsity")
+    ax_sc.set(xlabel="L0 of the sparse code (active latents / token)", ylabel="explained variance", title="Reconstruction vs sparsity")
     with warnings.catch_warnings(), np.errstate(invalid="ignore", divide="ignore"):
         warnings.simplefilter("ignore", RuntimeWarning)  # all-n/a columns
         lo, hi = np.nanmin(table, axis=0), np.nanmax(table, axis=0)
