@@ -35,7 +35,7 @@ def test_sweep_expands_into_named_variants_with_their_knobs(tmp_path):
 @pytest.mark.parametrize("sweep, words", [
     ({"s": {"variant": "nope", "grid": {"k": [2]}}}, "sweep.s.variant"),
     ({"s": {"variant": "topk", "grid": {"kk": [2]}}}, "unknown key"),
-    ({"s": {"variant": "topk", "grid": {"k": [0]}}}, "k"),
+    ({"s": {"variant": "topk", "grid": {"k": [-1]}}}, "k"),
     ({"s": {"variant": "topk", "grid": {}}}, "sweep.s.grid"),
 ])
 def test_bad_sweeps_are_named_errors(tmp_path, sweep, words):
