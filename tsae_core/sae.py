@@ -30,8 +30,9 @@ from tsae_core.config import VariantConfig
 from tsae_core.io import provenance, read_json, save_tensors, sha256_file, write_json
 from tsae_core.typed import ConfigError, build
 
-PENALISED = ("relu", "jumprelu")
-"""Activations whose sparsity comes from a penalty (and so can be given a target L0)."""
+PENALTY_KEY = {"relu": "l1_coefficient", "jumprelu": "l0_coefficient"}
+"""Activations whose sparsity comes from a penalty (and so can be given a target L0), and the cfg key of its coefficient."""
+PENALISED = tuple(PENALTY_KEY)
 
 SAE_WEIGHTS = "sae.safetensors"
 SAE_CFG = "cfg.json"
@@ -247,12 +248,12 @@ class SAE(nn.Module):
     @property
     def penalty_coefficient(self) -> float:
         """The coefficient of the sparsity penalty (L1 for relu, L0 for jumprelu; 0 for the TopK family)."""
-        return {"relu": self.cfg.l1_coefficient, "jumprelu": self.cfg.l0_coefficient}.get(self.cfg.activation, 0.0)
+        key = PENALTY_KEY.get(self.cfg.activation)
+        return getattr(self.cfg, key) if key else 0.0
 
-    def with_penalty_coefficient(self, coefficient: float) -> None:
+    def set_penalty_coefficient(self, coefficient: float) -> None:
         """Record the coefficient a target-L0 controller ended at in the cfg (saved to cfg.json)."""
-        key = {"relu": "l1_coefficient", "jumprelu": "l0_coefficient"}[self.cfg.activation]
-        self.cfg = dataclasses.replace(self.cfg, **{key: float(coefficient)})
+        self.cfg = dataclasses.replace(self.cfg, **{PENALTY_KEY[self.cfg.activation]: float(coefficient)})
 
     def reconstruction_term(self, out: SAEOutput, mask_N: torch.Tensor) -> torch.Tensor:
         """E ||x - x_hat||^2 in the normalised space (Matryoshka variants sum it over prefixes)."""

@@ -273,7 +273,7 @@ def train_variant(cfg: ExperimentConfig, name: str, store: Any, run_dir: Path, p
         training["target_l0"] = {"target": controller.target, "start_coefficient": controller.start_coefficient,
                                  "final_coefficient": controller.coefficient, "rate": controller.rate, "horizon": controller.horizon,
                                  "control_steps": [controller.start_step, controller.freeze_step]}
-        sae.with_penalty_coefficient(controller.coefficient)
+        sae.set_penalty_coefficient(controller.coefficient)
     try:
         _assert_healthy_training(name, training)
     except TrainingCollapsed as e:
