@@ -398,7 +398,8 @@ def config_from_dict(data: dict[str, Any], origin: str = "<dict>") -> Experiment
         variants = data.get("variants")
         if isinstance(variants, dict):
             data["variants"] = {name: ({} if spec is None else spec) for name, spec in variants.items()}
-            data["variants"] = _with_common_target(data["variants"], (data.get("train") or {}).get("target_l0"))
+            train = data.get("train")  # a malformed section is reported by `build` below
+            data["variants"] = _with_common_target(data["variants"], train.get("target_l0") if isinstance(train, dict) else None)
         cfg = build(ExperimentConfig, data, "")
         if cfg.sweep:
             cfg = build(ExperimentConfig, _expand_sweeps(data, cfg, origin), "")
