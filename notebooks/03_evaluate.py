@@ -27,6 +27,7 @@ import os
 # papermill's `-p params ...` replaces these; nbmake (no parameters) reads TSAE_PARAMS / TSAE_OVERRIDES (JSON)
 params = os.environ.get("TSAE_PARAMS", "params/default.yaml")
 overrides = json.loads(os.environ.get("TSAE_OVERRIDES", "{}"))
+force = False  # re-evaluate every SAE, even those whose evaluation is up to date (`tsae run --force`)
 
 # %%
 import pandas as pd
@@ -39,7 +40,8 @@ from tsae_core.train import trained_instances
 cfg = load_config(params, overrides)
 store = ActivationStore.open(cfg.run_dir / "activations")
 model = load_model(cfg)  # the language model behind the activations (None for synthetic data)
-results = {inst.name: evaluate_variant(cfg, inst.name, store, cfg.run_dir, model=model)
+# an SAE whose weights, data, settings and code are those of its eval JSON keeps that evaluation
+results = {inst.name: evaluate_variant(cfg, inst.name, store, cfg.run_dir, model=model, force=force)
            for inst in trained_instances(cfg, cfg.run_dir)}  # a failed training has no SAE to evaluate
 
 # %% [markdown]

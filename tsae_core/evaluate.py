@@ -8,6 +8,8 @@ Writes `eval/<variant>.json` in SAEBench's core layout (`eval_result_metrics` wi
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -16,7 +18,7 @@ import torch
 from tqdm import tqdm
 
 from tsae_core.config import ExperimentConfig
-from tsae_core.io import provenance, write_json
+from tsae_core.io import code_hash, provenance, read_json, write_json
 from tsae_core.metrics.core import CoreMetrics
 from tsae_core.metrics.ground_truth import GroundTruthMetrics
 from tsae_core.metrics.model import ModelPreservation
@@ -194,13 +196,43 @@ def _sparsity_problems(l0: float | None, dense: float | None, cfg: dict[str, Any
     return problems
 
 
+def eval_key(cfg: ExperimentConfig, name: str, run_dir: Path) -> str | None:
+    """What an SAE's evaluation depends on: its weights, its variant, the data, the evaluation
+    settings and tsae's code (None while the SAE has no recorded weights)."""
+    weights = recorded_weights_sha256(run_dir / "saes" / name)
+    if weights is None:
+        return None
+    inst = cfg.instance(name)
+    blob = json.dumps({"weights": weights, "instance": name, "variant": cfg.to_dict()["variants"][inst.variant],
+                       "settings": cfg.hash("source", "harvest", "eval"), "code": code_hash()}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _kept_evaluation(path: Path, key: str | None) -> dict[str, Any] | None:
+    """The evaluation at `path` if it was made with `key`, else None."""
+    if key is None or not path.is_file():
+        return None
+    try:
+        result = read_json(path)
+    except (OSError, ValueError):
+        return None
+    return result if isinstance(result, dict) and result.get("eval_key") == key else None
+
+
 def evaluate_variant(
-    cfg: ExperimentConfig, name: str, store: Any, run_dir: Path, progress: bool = True, model: Any = None
+    cfg: ExperimentConfig, name: str, store: Any, run_dir: Path, progress: bool = True, model: Any = None,
+    force: bool = False,
 ) -> dict[str, Any]:
     """Load `saes/<name>`, evaluate it and write `eval/<name>.json`; returns the result.
 
-    For language-model sources the model is loaded unless given (pass it when evaluating several
-    SAEs, to load it once)."""
+    An evaluation already on disk for the same weights, variant, data, settings and code is kept
+    (retraining one SAE re-evaluates only that one), unless `force`. For language-model sources
+    the model is loaded unless given (pass it when evaluating several SAEs, to load it once)."""
+    key, path = eval_key(cfg, name, run_dir), run_dir / "eval" / f"{name}.json"
+    kept = None if force else _kept_evaluation(path, key)
+    if kept is not None:
+        print(f"[tsae] {name}: evaluation kept (same weights, data, settings and code): {path}", flush=True)
+        return kept
     sae = load_sae(run_dir / "saes" / name, device=resolve_device(cfg.run.device))
     if model is None and cfg.eval.model_max_sequences > 0:
         model = load_model(cfg)
@@ -210,10 +242,10 @@ def evaluate_variant(
     result.update({"variant": inst.variant, "instance": inst.name, "seed": inst.seed,
                    "sweep": cfg.sweep_points().get(inst.variant),
                    # which weights these numbers describe: a retrained SAE makes this file stale
-                   "sae_weights_sha256": recorded_weights_sha256(run_dir / "saes" / name),
+                   "sae_weights_sha256": recorded_weights_sha256(run_dir / "saes" / name), "eval_key": key,
                    # a penalised SAE with a target: where its coefficient started and where the controller left it
                    "target_l0_control": read_sae_cfg(run_dir / "saes" / name).get("training", {}).get("target_l0")})
-    write_json(run_dir / "eval" / f"{name}.json", result, stamp=provenance(cfg.hash()))
+    write_json(path, result, stamp=provenance(cfg.hash()))
     return result
 
 

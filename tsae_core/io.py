@@ -190,6 +190,14 @@ def git_commit() -> str | None:
         return None
 
 
+def code_hash() -> str:
+    """Hash of the package's sources: changed code means results must be recomputed."""
+    h = hashlib.sha256()
+    for f in sorted(Path(__file__).parent.rglob("*.py")):
+        h.update(f.read_bytes())
+    return h.hexdigest()[:16]
+
+
 def provenance(config_hash: str | None = None) -> dict[str, Any]:
     """The stamp every JSON carries: tsae version, git commit, creation time, config hash."""
     from tsae_core import __version__

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from tsae_core.config import ConfigError, ExperimentConfig, load_config, parse_override, project_root
-from tsae_core.io import DiskFull, provenance, read_json, write_json
+from tsae_core.io import DiskFull, code_hash, provenance, read_json, write_json
 from tsae_core.run_lock import RunDirectoryLocked
 
 EXIT_FAILED, EXIT_INVALID, EXIT_UNHEALTHY, EXIT_INTERRUPTED = 1, 2, 3, 130
@@ -57,21 +57,13 @@ def notebooks_dir() -> Path:
     return project_root() / "notebooks"
 
 
-def _code_hash() -> str:
-    """Hash of the package sources: changed code means changed results."""
-    h = hashlib.sha256()
-    for f in sorted((Path(__file__).parent).rglob("*.py")):
-        h.update(f.read_bytes())
-    return h.hexdigest()[:16]
-
-
 def stage_key(stage: Stage, cfg: ExperimentConfig, upstream_key: str) -> str:
     notebook = (notebooks_dir() / f"{stage.notebook}.py").read_bytes()
     payload = json.dumps(
         {"stage": stage.name, "seed": cfg.run.seed, "config": cfg.hash(*stage.sections), "upstream": upstream_key},
         sort_keys=True,
     ).encode()
-    return hashlib.sha256(payload + notebook + _code_hash().encode()).hexdigest()[:16]
+    return hashlib.sha256(payload + notebook + code_hash().encode()).hexdigest()[:16]
 
 
 def parse_only(text: str | None) -> list[str]:
@@ -113,7 +105,7 @@ def execute_stage(stage: Stage, params_file: Path, overrides: dict[str, Any], ou
     from tsae_core.notebook_exec import execute_notebook
 
     parameters = {"params": str(params_file), "overrides": overrides}
-    if stage.name in ("harvest", "train"):  # the stages that keep finished work between runs
+    if stage.name in ("harvest", "train", "evaluate"):  # the stages that keep finished work between runs
         parameters["force"] = force
     execute_notebook(notebooks_dir() / f"{stage.notebook}.py", out_notebook, parameters, cwd=project_root())
 

@@ -197,3 +197,34 @@ def test_stale_eval_and_clustering_are_detected(run):
     assert problems == [f"{cfg.run_dir / 'eval' / 'topk.json'} describes an SAE that is no longer in {cfg.run_dir / 'saes' / 'topk'}"]
     (cfg.run_dir / "eval" / "contrastive.json").write_text("null")
     assert len(output_problems("evaluate", cfg)) == 2
+
+
+def test_evaluation_is_kept_until_its_sae_changes(run):
+    """Rerunning the evaluate stage after one SAE is retrained re-evaluates that SAE alone."""
+    cfg, _ = run
+    from tsae_core.evaluate import evaluate_variant
+
+    store = ActivationStore.open(cfg.run_dir / "activations")
+    first = evaluate_variant(cfg, "topk", store, cfg.run_dir, progress=False)
+    path = cfg.run_dir / "eval" / "topk.json"
+    marked = {**json.loads(path.read_text()), "marker": "kept"}
+    path.write_text(json.dumps(marked))
+    assert evaluate_variant(cfg, "topk", store, cfg.run_dir, progress=False)["marker"] == "kept"
+    forced = evaluate_variant(cfg, "topk", store, cfg.run_dir, progress=False, force=True)
+    assert "marker" not in forced
+    quality = "eval_result_metrics", "reconstruction_quality", "explained_variance"
+    assert _at(forced, quality) == pytest.approx(_at(first, quality), abs=1e-6)
+    path.write_text(json.dumps(marked))
+    other_eval = load_config(write_params(cfg.run_dir.parent.parent), {"eval.batch_sequences": 3})
+    assert "marker" not in evaluate_variant(other_eval, "topk", store, cfg.run_dir, progress=False)
+    path.write_text(json.dumps(marked))
+    retrained = load_config(write_params(cfg.run_dir.parent.parent), {"train.steps": 45})
+    train_variant(retrained, "topk", store, cfg.run_dir, progress=False)
+    again = evaluate_variant(cfg, "topk", store, cfg.run_dir, progress=False)
+    assert "marker" not in again and again["sae_weights_sha256"] != first["sae_weights_sha256"]
+
+
+def _at(d, keys):
+    for k in keys:
+        d = d[k]
+    return d
