@@ -11,10 +11,12 @@ Ctrl-C stops at the end of the current step and saves a checkpoint there first.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import shutil
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +67,20 @@ def resolve_device(name: str) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise RuntimeError(f"run.device is {name!r} but no CUDA device is available; use run.device=cpu or auto")
     return torch.device(name)
+
+
+@contextlib.contextmanager
+def tf32_matmuls(device: torch.device) -> Iterator[None]:
+    """On a GPU, TF32 for the float32 matmuls that bf16 autocast leaves in float32; restored after."""
+    if device.type != "cuda":
+        yield
+        return
+    before = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("high")
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(before)
 
 
 def lr_multiplier(step: int, total: int, warmup: int, decay_fraction: float) -> float:
@@ -230,7 +246,7 @@ def train_variant(cfg: ExperimentConfig, name: str, store: Any, run_dir: Path, p
     bar = tqdm(total=tc.steps, initial=start, desc=f"train {name}", disable=not progress, unit="step")
     last_record: dict[str, Any] = {}
     t0, tokens_since_log = time.perf_counter(), 0
-    with paths.curves.open("a") as curves_file, StepInterrupt() as interrupt:
+    with paths.curves.open("a") as curves_file, StepInterrupt() as interrupt, tf32_matmuls(device):
         for step in range(start, tc.steps):
             batch = next(loader).to(device)
             lr_now = lr * lr_multiplier(step, tc.steps, tc.warmup_steps, tc.decay_fraction)

@@ -32,10 +32,15 @@ class SequenceBatch:
         return ~self.special_BT
 
     def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> SequenceBatch:
+        # to a GPU through pinned memory, asynchronously: the copy overlaps the work already queued
+        pinned = torch.device(device).type == "cuda"
+
         def move(t: torch.Tensor | None, cast: bool = False) -> torch.Tensor | None:
             if t is None:
                 return None
-            return t.to(device=device, dtype=dtype if cast and dtype is not None else t.dtype)
+            if pinned and t.device.type == "cpu":
+                t = t.pin_memory()
+            return t.to(device=device, dtype=dtype if cast and dtype is not None else t.dtype, non_blocking=pinned)
 
         return replace(
             self,
