@@ -151,6 +151,7 @@ MIN_CE_LOSS_SCORE = 0.8
 MAX_TARGET_L0_MISS = 0.2
 MAX_L0_PER_D_IN = 0.5
 MAX_DENSE_FRACTION = 0.5
+MAX_SILENT_TOKEN_FRACTION = 0.5
 
 
 def assess_health(result: dict[str, Any]) -> dict[str, Any]:
@@ -174,6 +175,12 @@ def assess_health(result: dict[str, Any]) -> dict[str, Any]:
     if dead is not None and dead > 0.5:
         problems.append(f"{dead:.0%} of latents never fire on the eval split")
     problems += _sparsity_problems(l0, m["sparsity"].get("dense_fraction"), cfg)
+    silent = m["sparsity"].get("silent_token_fraction")
+    if silent is not None and silent > MAX_SILENT_TOKEN_FRACTION:
+        problems.append(f"{silent:.0%} of tokens have no active latent (their reconstruction is b_dec alone): the L0 of "
+                        f"{l0:.1f} is spent on a few tokens; the penalty is above the scale of typical tokens' codes "
+                        "(an L1 penalty does this where token norms vary widely); compare at a larger target_l0, or "
+                        "use TopK or JumpReLU")
     ce = (m.get("model_performance_preservation") or {}).get("ce_loss_score")
     if ce is not None and math.isfinite(ce) and ce < MIN_CE_LOSS_SCORE:
         problems.append(f"CE loss score {ce:.3f} < {MIN_CE_LOSS_SCORE}: the spliced SAE breaks the model; "
@@ -259,6 +266,7 @@ def summary_row(name: str, result: dict[str, Any]) -> dict[str, Any]:
         "l0": m["sparsity"]["l0"],
         "l0_sparse": m["sparsity"].get("l0_sparse", m["sparsity"]["l0"]),
         "dead_fraction": m["sparsity"]["dead_fraction"],
+        "silent_token_fraction": m["sparsity"].get("silent_token_fraction"),
         "autocorr_lag1": result.get("temporal", {}).get("autocorr_lag1_mean"),
     }
     mp = m.get("model_performance_preservation")

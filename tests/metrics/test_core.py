@@ -35,6 +35,7 @@ def _direct(x, recon, feats, mask):
         "l1": f.sum(-1).mean(),
         "dead_fraction": (fired.sum(0) == 0).double().mean(),
         "dense_fraction": (fired.mean(0) > 0.1).double().mean(),
+        "silent_token_fraction": (fired.sum(-1) == 0).double().mean(),
     }
 
 
@@ -45,6 +46,7 @@ def _flat(result):
 def test_matches_direct_computation():
     x, recon, feats, mask = _batch()
     feats[..., :3] = 0  # some dead latents
+    feats[0, :5] = 0  # some tokens with no active latent
     m = CoreMetrics(dense_threshold=0.1)
     m.update(x, recon, feats, mask)
     got = _flat(m.result())
@@ -66,7 +68,8 @@ def test_result_layout_is_saebench_core():
     assert set(r) == {"reconstruction_quality", "shrinkage", "sparsity", "token_stats"}
     assert set(r["reconstruction_quality"]) == {"explained_variance", "explained_variance_legacy", "mse", "cossim"}
     assert set(r["shrinkage"]) == {"l2_norm_in", "l2_norm_out", "l2_ratio", "relative_reconstruction_bias"}
-    assert set(r["sparsity"]) == {"l0", "l1", "dead_fraction", "dense_fraction"}
+    # SAEBench's four, and tsae's own: the tokens with no active latent
+    assert set(r["sparsity"]) == {"l0", "l1", "dead_fraction", "dense_fraction", "silent_token_fraction"}
 
 
 def test_perfect_reconstruction():

@@ -14,6 +14,8 @@ reconstruction, both in raw units:
     l0, l1                    = mean count / mean sum of the features per token
     dead_fraction             = fraction of latents that never fired
     dense_fraction            = fraction of latents firing on more than `dense_threshold` of tokens
+    silent_token_fraction     = fraction of tokens on which no latent fires (x̂ = b_dec there); not
+                                SAEBench's: it tells an L0 spread over all tokens from one spent on a few
 
 Σ‖x − x̄‖² is accumulated about a fixed shift c (the first batch's mean) so it does not lose
 precision when the mean is large: Σ‖x − x̄‖² = Σ‖x − c‖² − N‖x̄ − c‖².
@@ -106,6 +108,7 @@ class CoreMetrics:
         fired_NF = f_NF != 0
         self._add("sum_l0", fired_NF.sum(dtype=_F64))
         self._add("sum_l1", f_NF.sum(dtype=_F64))
+        self._add("silent_tokens", (~fired_NF.any(-1)).sum(dtype=_F64))
         self._fires_F += fired_NF.sum(0)
 
         self.n_tokens += n
@@ -148,6 +151,7 @@ class CoreMetrics:
                 "l1": float(s["sum_l1"]) / n,
                 "dead_fraction": float((freq_F == 0).to(_F64).mean()),
                 "dense_fraction": float((freq_F > self.dense_threshold).to(_F64).mean()),
+                "silent_token_fraction": float(s["silent_tokens"]) / n,
             },
             "token_stats": {
                 "total_tokens_eval_reconstruction": n,
