@@ -2,6 +2,9 @@
 
     python benchmarks/variant_step.py params/default.yaml [--steps 30] [--device cpu|cuda] [--d-in N]
 
+The activation width is the source's setting (synthetic, tinylm) or the run's harvested activations' (other sources;
+--d-in overrides either).
+
 Each variant runs in its own process (so peak memory is its own): `--warmup` steps, then `--steps`
 timed training steps (`tsae_core.train.training_step`: forward, loss terms, backward, clip, Adam,
 after-step hooks) on batches shaped like the params' (train.batch_sequences x context_size tokens,
@@ -26,12 +29,19 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def _d_in(cfg) -> int:
+    """The activation width: the source's own setting, else that of the run's harvested activations."""
     kind = cfg.source.kind
     if kind == "synthetic":
         return cfg.source.synthetic.d_model
     if kind == "tinylm":
         return cfg.source.tinylm.d_model
-    raise SystemExit(f"source kind {kind!r}: give the activation width with --d-in")
+    from tsae_core.store import ActivationStore, StoreError
+
+    try:
+        return ActivationStore.open(cfg.run_dir / "activations").d_in
+    except StoreError:
+        raise SystemExit(f"source kind {kind!r}: harvest first (`tsae run PARAMS --only harvest`) or give the "
+                         "activation width with --d-in") from None
 
 
 def _batch(B: int, T: int, D: int, device, gen):
