@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from scipy import stats
 
+from tsae_core import plots
 from tsae_core.comparison import compare_variants, find_baselines, welch_interval
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def _eval(variant: str, seed: int | None, ev: float, l0: float = 4.0, architecture: str | None = None,
@@ -138,3 +143,31 @@ def test_baseline_rule_same_activation_then_same_d_sae_then_canonical_name():
 
 def test_identical_seeds_give_a_zero_width_interval():
     assert welch_interval([4.0, 4.0, 4.0], [4.0, 4.0]) == (0.0, 0.0)
+
+
+@pytest.mark.filterwarnings("ignore:constrained_layout not applied")  # plot_all's bar grids of these sparse evals
+def test_figure_and_json_are_written(three_seeds, tmp_path):
+    evals = {**three_seeds, **_seeds("contrastive", [0.899, 0.903, 0.901]),
+             **_seeds("orthogonal", BETTER_EV, healthy=False), **_seeds("relu", [0.8, 0.81], architecture="standard",
+                                                                         activation="relu")}
+    for e in evals.values():
+        e["ground_truth"] = {"overall": {"frac_recovered": 0.9}, "by_kind": {"slow": {"frac_recovered": 0.8}}}
+    png = plots.plot_comparison(evals, tmp_path)
+    assert png == tmp_path / "comparison.png" and png.read_bytes().startswith(PNG_SIGNATURE)
+    assert png.stat().st_size > 10_000
+    numbers = json.loads(png.with_suffix(".json").read_text())
+    assert numbers["figure"] == "comparison" and "tsae" in numbers
+    assert numbers["baselines"] == {"consistency": "topk", "contrastive": "topk", "orthogonal": "topk"}
+    assert numbers["variants"] == ["consistency", "contrastive", "orthogonal"]
+    assert len(numbers["rows"]) == 3 * 5  # EV, L0, dead fraction, GT overall, GT slow
+    verdicts = {(r["variant"], r["metric"]): r["verdict"] for r in numbers["rows"]}
+    assert verdicts["consistency", "explained_variance"] == "better"
+    assert verdicts["contrastive", "explained_variance"] == "no detectable difference"
+    assert verdicts["orthogonal", "explained_variance"].startswith("excluded: unhealthy (orthogonal-seed0: 51% of latents")
+    assert "comparison" in [p.stem for p in plots.plot_all(evals, {}, None, tmp_path / "all")]
+
+
+def test_no_figure_without_any_baseline(tmp_path):
+    evals = _seeds("contrastive", [0.9, 0.91]) | _seeds("orthogonal", [0.9, 0.92])
+    assert compare_variants(evals) == []
+    assert plots.plot_comparison(evals, tmp_path) is None and not (tmp_path / "comparison.png").exists()
