@@ -20,7 +20,8 @@ positions); lower is better for the dead fraction, redundancy and the max decode
 
 Matched L0. Comparisons are meaningful only at matched sparsity: the L0 row (`sparsity.l0_sparse`,
 else `sparsity.l0`) reports the relative difference of mean L0 and says `matched` when it is within
-10%, `not matched` otherwise; every row of the variant carries `l0_matched`.
+10%, `not matched` otherwise; every row of the variant carries `l0_matched`, and where it is false
+the other rows keep their statistical verdict but support no claim at matched sparsity.
 
 Health. A variant or baseline with `health.healthy == false` for any seed is left out of every
 claim: its rows say `excluded: unhealthy (<problems>)`.

@@ -30,7 +30,8 @@ VERDICT_COLORS = {
 _LEGEND = {
     "better": "better (interval excludes 0)", "worse": "worse (interval excludes 0)",
     "no detectable difference": "no detectable difference", "higher": "control moved (no direction)",
-    "matched": f"L0 matched (within {L0_TOLERANCE:.0%})", "not matched": f"L0 not matched (> {L0_TOLERANCE:.0%})",
+    "matched": f"L0 matched (within {L0_TOLERANCE:.0%})",
+    "not matched": f"L0 not matched (> {L0_TOLERANCE:.0%}): its row faded, no claim",
     "one seed: no interval": "one seed: difference only", "excluded": "excluded: unhealthy SAE",
 }
 L0_UNMATCHED_COLOR = "#b35806"
@@ -98,8 +99,9 @@ def plot_comparison(evals: Evals, out_dir: PathLike, baselines: dict[str, str | 
             kind = _kind(r["verdict"])
             if kind == "excluded":  # the hatch takes the edge colour, so it is drawn beneath the white border
                 ax.add_patch(Rectangle((j, i), 1, 1, facecolor=VERDICT_COLORS[kind], edgecolor="0.8", hatch="///", lw=0))
+            faded = r["l0_matched"] is False and m.direction != "matched"  # no claim at matched sparsity
             ax.add_patch(Rectangle((j, i), 1, 1, facecolor="none" if kind == "excluded" else VERDICT_COLORS[kind],
-                                   edgecolor="white", lw=2))
+                                   edgecolor="white", lw=2, alpha=0.35 if faded else 1.0))
             ax.text(j + 0.5, i + 0.5, _note(r), ha="center", va="center", fontsize=8,
                     color="0.45" if kind == "excluded" else "0.05")
     ax.set_xlim(0, len(metrics))
