@@ -36,5 +36,36 @@ figures = plot_all(evals, curves, clusters, cfg.figures_dir, dpi=cfg.plot.dpi)
 
 # %%
 for path in figures:
-    print(path)
-    display(Image(filename=str(path)))
+    if path.stem != "comparison":  # shown below, beside its table
+        print(path)
+        display(Image(filename=str(path)))
+
+# %% [markdown]
+# ## Each variant against its baseline
+#
+# Every variant is compared with the token-wise SAE of the same run that shares its activation
+# function (architecture `standard`; among several, the one with the same dictionary size, then the
+# one named after the activation). Token-wise SAEs serve as baselines and are not compared
+# themselves; sweep points appear only in the ablation figures. For each metric we report the
+# difference of means over seeds (variant − baseline) with its 95% Welch t interval, and call a
+# variant better or worse only when that interval excludes zero; higher is better for explained
+# variance, the CE loss and KL divergence scores, ground-truth recovery and lag-1 autocorrelation
+# (the claim of the temporal prior), lower for the dead fraction, redundancy and the maximum decoder
+# cosine, while the shuffled-position controls and position dependence carry no direction. With a
+# single seed we report the difference alone. Comparisons hold only at matched sparsity: an L0 more
+# than 10% from the baseline's is flagged as not matched. An SAE judged unhealthy, or a comparison
+# whose baseline is, supports no claim and is marked as excluded.
+
+# %%
+import pandas as pd
+
+from tsae_core.comparison import compare_variants, find_baselines
+
+without = [v for v, b in find_baselines(evals).items() if b is None]
+if without:
+    print("No token-wise baseline with the same activation in this run, so not compared:", ", ".join(without))
+comparison = pd.DataFrame(compare_variants(evals))
+if len(comparison):
+    display(comparison[["variant", "baseline", "metric", "baseline_value", "variant_value", "difference", "interval",
+                        "verdict"]])
+    display(Image(filename=str(cfg.figures_dir / "comparison.png")))

@@ -21,6 +21,7 @@ from tsae_core.io import read_json
 from tsae_core.plots.ablation import plot_ablations
 from tsae_core.plots.analysis import plot_feature_clusters, plot_gt_recovery, plot_temporal_metrics
 from tsae_core.plots.common import DPI, Clusters, Curves, Evals, PathLike, variant_colors, variant_order
+from tsae_core.plots.comparison import plot_comparison
 from tsae_core.plots.metrics import (
     plot_final_metrics,
     plot_model_preservation,
@@ -30,7 +31,8 @@ from tsae_core.plots.metrics import (
 )
 
 __all__ = [
-    "load_cluster_results", "load_curves", "load_evals", "load_run_results", "plot_all", "plot_feature_clusters", "plot_final_metrics",
+    "load_cluster_results", "load_curves", "load_evals", "load_run_results", "plot_all", "plot_comparison", "plot_feature_clusters",
+    "plot_final_metrics",
     "plot_gt_recovery", "plot_model_preservation", "plot_reconstruction_metrics", "plot_sparsity_metrics",
     "plot_temporal_metrics", "plot_training_metrics", "read_curves", "variant_colors", "variant_order",
 ]
@@ -88,13 +90,15 @@ def plot_all(
     """Every figure the inputs allow (PNG paths), with one colour per variant across all of them.
 
     Evals of several seeds of a variant are drawn as one bar (mean, ±1 std error bar); sweep points
-    go to the ablation figures only, so the comparison figures keep one bar per variant."""
+    go to the ablation figures only, so the comparison figures keep one bar per variant. The verdict
+    figure (`comparison.png`, see `tsae_core.comparison`) takes every seed, for its intervals."""
     per_variant = aggregate_seeds(evals)
     main = {v: e for v, e in per_variant.items() if not e.get("sweep")}
     curves = _curves_per_variant(curves, evals, main)
     colors = variant_colors({*main, *curves, *(cluster_results or {})})
     with matplotlib.rc_context({"savefig.dpi": dpi}):
         paths = _draw_all(main, curves, cluster_results, out_dir, colors) + plot_ablations(per_variant, out_dir)
+        paths.append(plot_comparison(evals, out_dir))
     paths = [p for p in paths if p is not None]
     remove_stale_figures(out_dir, paths)
     return paths

@@ -1,0 +1,195 @@
+"""Each variant against its token-wise baseline: one row per (variant, metric) with a verdict.
+
+Baseline rule. The baseline of a variant is the token-wise SAE (architecture `standard`) of the same
+run with the same activation function; among several, the one with the same d_sae, then the one
+named after its activation (`topk` for topk), then the first by name. Standard SAEs are baselines
+and get no rows of their own; sweep points (ablations) get none either. Architecture, activation
+and d_sae are read from each eval's `sae_cfg`.
+
+Statistics. With at least two seeds on both sides, a row gives the difference of means (variant
+minus baseline) and its 95% Welch t interval (unequal variances, Welch–Satterthwaite degrees of
+freedom; `scipy.stats.ttest_ind(equal_var=False).confidence_interval`). The verdict is `better` or
+`worse` when the interval excludes 0, by the metric's direction, and `no detectable difference`
+otherwise. Metrics without a direction (the shuffled-position controls, position dependence) say
+`higher` or `lower` instead. With a single seed on either side, a row gives the difference only and
+the verdict `one seed: no interval`.
+
+Directions: higher is better for explained variance, CE loss and KL div scores, ground-truth
+recovery, and lag-1 autocorrelation (the temporal prior's claim: features persist across
+positions); lower is better for the dead fraction, redundancy and the max decoder cosine.
+
+Matched L0. Comparisons are meaningful only at matched sparsity: the L0 row (`sparsity.l0_sparse`,
+else `sparsity.l0`) reports the relative difference of mean L0 and says `matched` when it is within
+10%, `not matched` otherwise; every row of the variant carries `l0_matched`, and where it is false
+the other rows keep their statistical verdict but support no claim at matched sparsity.
+
+Health. A variant or baseline with `health.healthy == false` for any seed is left out of every
+claim: its rows say `excluded: unhealthy (<problems>)`.
+
+A metric absent from the variant's or the baseline's evals gives no row.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+from scipy import stats
+
+from tsae_core.aggregate import group_by_variant
+
+LEVEL = 0.95
+"""Coverage of the interval on the difference of means."""
+L0_TOLERANCE = 0.10
+"""Largest relative L0 difference at which a comparison counts as at matched L0."""
+BASELINE_ARCHITECTURE = "standard"
+GT_KINDS = ("fast", "slow", "positional", "rare_fast", "rare_slow")
+"""Feature kinds of the synthetic source whose recovery is compared (besides `overall`)."""
+
+Direction = Literal["higher", "lower", "matched", "neutral"]
+_EM = ("eval_result_metrics",)
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One compared number: the first of `paths` present in an eval JSON."""
+
+    name: str
+    """Key of the metric in the rows."""
+    label: str
+    """Column title in the figure."""
+    paths: tuple[tuple[str, ...], ...]
+    """Where the value sits in an eval JSON; the first present wins."""
+    direction: Direction
+    """`higher` / `lower`: which way is better; `matched`: must agree (L0); `neutral`: a control."""
+
+
+METRICS: tuple[Metric, ...] = (
+    Metric("explained_variance", "explained\nvariance", ((*_EM, "reconstruction_quality", "explained_variance"),), "higher"),
+    Metric("ce_loss_score", "CE loss\nscore", ((*_EM, "model_performance_preservation", "ce_loss_score"),), "higher"),
+    Metric("kl_div_score", "KL div\nscore", ((*_EM, "model_behavior_preservation", "kl_div_score"),), "higher"),
+    Metric("l0", "L0\n(relative)", ((*_EM, "sparsity", "l0_sparse"), (*_EM, "sparsity", "l0")), "matched"),
+    Metric("dead_fraction", "dead\nfraction", ((*_EM, "sparsity", "dead_fraction"),), "lower"),
+    Metric("autocorr_lag1", "lag-1\nautocorr.", (("temporal", "autocorr_lag1_mean"),), "higher"),
+    Metric("autocorr_lag1_control", "autocorr.\nshuffled", (("temporal", "autocorr_lag1_mean_control"),), "neutral"),
+    Metric("autocorr_lag1_doc_shuffled", "autocorr.\ndoc-shuffled", (("temporal", "autocorr_lag1_doc_shuffled_mean"),),
+           "neutral"),
+    Metric("position_dependence", "position\ndependence", (("temporal", "position_dependence_mean"),), "neutral"),
+    Metric("redundancy", "redundancy", (("redundancy", "score"),), "lower"),
+    Metric("max_decoder_cos", "max decoder\ncosine", (("geometry", "max_decoder_cos_mean"),), "lower"),
+    Metric("gt_recovered_overall", "GT recovered\noverall", (("ground_truth", "overall", "frac_recovered"),), "higher"),
+    *(Metric(f"gt_recovered_{k}", f"GT recovered\n{k.replace('_', ' ')}", (("ground_truth", "by_kind", k, "frac_recovered"),),
+             "higher") for k in GT_KINDS),
+)
+
+
+def metric_value(e: dict[str, Any], metric: Metric) -> float | None:
+    """The metric's value in one eval JSON as a finite float, or None when absent or not finite."""
+    for path in metric.paths:
+        v: Any = e
+        for key in path:
+            v = v.get(key) if isinstance(v, dict) else None
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+            return float(v)
+    return None
+
+
+def _cfg(es: list[dict[str, Any]]) -> dict[str, Any]:
+    return es[0].get("sae_cfg") or {}
+
+
+def find_baselines(evals: dict[str, dict[str, Any]]) -> dict[str, str | None]:
+    """Compared variant -> its baseline variant (None when the run has none), by the module's rule."""
+    groups = {v: es for v, es in group_by_variant(evals).items() if not es[0].get("sweep")}
+    standard = sorted(v for v, es in groups.items() if _cfg(es).get("architecture") == BASELINE_ARCHITECTURE)
+    out: dict[str, str | None] = {}
+    for v in sorted(set(groups) - set(standard)):
+        act, d_sae = _cfg(groups[v]).get("activation"), _cfg(groups[v]).get("d_sae")
+        same_activation = [b for b in standard if _cfg(groups[b]).get("activation") == act]
+        # same d_sae first, then the one named after the activation, then by name
+        out[v] = min(same_activation, key=lambda b: (_cfg(groups[b]).get("d_sae") != d_sae, b != act, b), default=None)
+    return out
+
+
+def welch_interval(variant: list[float], baseline: list[float], level: float = LEVEL) -> tuple[float, float]:
+    """`level` Welch t interval on mean(variant) − mean(baseline); both need two values or more.
+
+    With no spread on either side the interval is the difference itself (zero width)."""
+    if np.ptp(variant) == 0 and np.ptp(baseline) == 0:  # exact: no rounding noise from the means
+        return float(variant[0] - baseline[0]), float(variant[0] - baseline[0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # nearly identical values: still a valid interval
+        ci = stats.ttest_ind(variant, baseline, equal_var=False).confidence_interval(level)
+    return float(ci.low), float(ci.high)
+
+
+def _verdict(direction: Direction, lo: float | None, hi: float | None) -> str:
+    if lo is None or hi is None:
+        return "one seed: no interval"
+    if lo <= 0 <= hi:
+        return "no detectable difference"
+    up = lo > 0
+    if direction in ("neutral", "matched"):
+        return "higher" if up else "lower"
+    return "better" if up == (direction == "higher") else "worse"
+
+
+def _problems(name: str, es: list[dict[str, Any]]) -> list[str]:
+    """The health problems of an SAE's seeds (`<instance>: <problem>`); empty when every seed is healthy."""
+    out = []
+    for e in es:
+        h = e.get("health")
+        if isinstance(h, dict) and h.get("healthy") is False:
+            who = e.get("instance") or name
+            out += [f"{who}: {p}" for p in h.get("problems") or ["unhealthy"]]
+    return out
+
+
+def _row(variant: str, baseline: str, metric: Metric, v: list[float], b: list[float]) -> dict[str, Any]:
+    mean_v, mean_b = float(np.mean(v)), float(np.mean(b))
+    lo, hi = welch_interval(v, b) if len(v) > 1 and len(b) > 1 else (None, None)
+    return {
+        "variant": variant, "baseline": baseline, "metric": metric.name, "direction": metric.direction,
+        "n_variant": len(v), "n_baseline": len(b), "baseline_value": mean_b, "variant_value": mean_v,
+        "difference": mean_v - mean_b, "relative_difference": (mean_v - mean_b) / abs(mean_b) if mean_b else None,
+        "interval": None if lo is None else [lo, hi], "half_width": None if lo is None else (hi - lo) / 2,
+        "verdict": _verdict(metric.direction, lo, hi),
+    }
+
+
+def compare_variants(
+    evals: dict[str, dict[str, Any]], baselines: dict[str, str | None] | None = None
+) -> list[dict[str, Any]]:
+    """Rows of every compared variant against its baseline, metric by metric (see the module docstring).
+
+    `evals`: instance name -> eval JSON (several seeds of a variant share its `variant`).
+    `baselines`: variant -> baseline variant, replacing `find_baselines` (e.g. to compare two variants).
+    Each row: variant, baseline, metric, direction, n_variant, n_baseline (seeds with a value),
+    baseline_value, variant_value (means), difference, relative_difference, interval ([low, high] or
+    None), half_width, verdict, l0_matched (None when L0 is absent)."""
+    groups = group_by_variant(evals)
+    rows = []
+    for variant, baseline in (find_baselines(evals) if baselines is None else baselines).items():
+        if baseline is None:
+            continue
+        es, bs = groups[variant], groups[baseline]
+        sick = _problems(variant, es) + _problems(baseline, bs)
+        block = []
+        for m in METRICS:
+            v = [x for e in es if (x := metric_value(e, m)) is not None]
+            b = [x for e in bs if (x := metric_value(e, m)) is not None]
+            if v and b:
+                block.append(_row(variant, baseline, m, v, b))
+        l0 = next((r for r in block if r["direction"] == "matched"), None)
+        matched = None if l0 is None or l0["relative_difference"] is None else abs(l0["relative_difference"]) <= L0_TOLERANCE
+        for r in block:
+            r["l0_matched"] = matched
+            if sick:
+                r["verdict"] = f"excluded: unhealthy ({'; '.join(sick)})"
+            elif r["direction"] == "matched" and matched is not None:
+                r["verdict"] = "matched" if matched else "not matched"
+        rows += block
+    return rows
