@@ -176,7 +176,7 @@ def _latent_tensors(positions: PositionDependence, redundancy: CrossPositionRedu
     """The per-latent arrays of the latents file, by name (float32 values, int64 indices)."""
     pos, red = positions.per_latent(), redundancy.per_latent()
     return {
-        "alive": torch.as_tensor(red["alive_F"]),
+        "alive": pos["fires_F"] >= positions.min_fires,  # over every evaluated token (redundancy may use fewer)
         "position_dependence": pos["position_dependence_F"].float(),
         "position_dependence_control": pos["position_dependence_control_F"].float(),
         "max_decoder_cos": geometry["max_decoder_cos"].float(),

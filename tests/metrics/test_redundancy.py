@@ -120,3 +120,12 @@ def test_a_code_beyond_the_co_firing_budget_uses_the_first_sequences():
     first = CrossPositionRedundancy(10, max_lag=2, min_fires=1)
     first.update(f[: res["n_tokens"] // 32], doc_start[: res["n_tokens"] // 32])
     assert res["score"] == pytest.approx(first.result()["score"])
+
+
+def test_a_code_whose_first_sequence_is_beyond_the_budget_gives_no_score_rather_than_an_error():
+    f = _sparse_codes(2, 32, 10, 0.5, seed=4)
+    cr = CrossPositionRedundancy(10, max_lag=2, min_fires=1, max_co_firing=10)
+    cr.update(f, _documents(2, 32, 32))
+    res = cr.result()
+    assert res["truncated"] and res["n_tokens"] == 0 and res["n_alive"] == 0 and res["top_pairs"] == []
+    assert np.isnan(res["score"]) and np.isnan(res["control"])

@@ -96,6 +96,8 @@ class CrossPositionRedundancy:
 
     def _codes(self, rows: list[np.ndarray]) -> sp.csr_matrix:
         shape = (self.n_tokens, self.n_latents)
+        if not rows:
+            return sp.csr_matrix(shape)
         return sp.csr_matrix((np.concatenate(self._vals), (np.concatenate(rows), np.concatenate(self._cols))), shape=shape)
 
     def per_latent(self) -> dict[str, np.ndarray]:
@@ -130,12 +132,11 @@ class CrossPositionRedundancy:
         }
 
     def _compute(self) -> dict[str, Any]:
-        """Both products, once per set of batches (cached until the next update)."""
-        if not self._rows:
-            raise ValueError("no batches seen yet")
+        """Both products, once per set of batches (cached until the next update). Without any sequence
+        (none seen, or the first already beyond the budget) no latent is alive and the score is NaN."""
         if self._done is None:
-            valid_NK = np.concatenate(self._valid)
-            fires_F = np.bincount(np.concatenate(self._cols), minlength=self.n_latents)
+            valid_NK = np.concatenate(self._valid) if self._valid else np.zeros((0, self.max_lag), dtype=bool)
+            fires_F = np.bincount(np.concatenate(self._cols), minlength=self.n_latents) if self._cols else np.zeros(self.n_latents, np.int64)
             alive_F = fires_F >= self.min_fires
             X = self._codes(self._rows)
             data = _lagged_maxima(X, valid_NK, alive_F, self.n_top)
