@@ -11,8 +11,12 @@
 #
 # **In:** the trained SAEs and the held-out evaluation split.
 # **Out:** `runs/<run>/eval/<variant>.json`: SAEBench-core metrics (reconstruction quality,
-# shrinkage, sparsity, token counts), temporal statistics with shuffled-position controls, the
-# ground-truth recovery by feature kind (synthetic source) and a health verdict.
+# shrinkage, sparsity, token counts), temporal statistics with shuffled-position controls (within
+# each sequence, and the stricter within each document), position dependence and reconstruction
+# error by position, cross-position redundancy (latent i at t against latent j at t+δ), decoder
+# geometry (max cosine per latent, group condition numbers), the ground-truth recovery by feature
+# kind (synthetic source) and a health verdict; the per-latent numbers behind the feature-level
+# summaries in `runs/<run>/analysis/<variant>_latents.safetensors`.
 #
 # All metrics exclude special tokens and accumulate in float64. Explained variance is
 # 1 − Σ‖x − x̂‖² / Σ‖x − x̄‖² with x̄ the mean over all evaluated tokens. With a language-model

@@ -143,6 +143,7 @@ def test_cluster_run_variant_on_a_harvested_run(harvested, monkeypatch):
     import tsae_core.sae
     from tsae_core.cluster import cluster_run_variant
     from tsae_core.io import read_json
+    from tsae_core.metrics.geometry import group_condition_numbers
 
     cfg, store = harvested
     oracle = _OracleSAE(store, cfg.eval.batch_sequences)
@@ -160,5 +161,9 @@ def test_cluster_run_variant_on_a_harvested_run(harvested, monkeypatch):
     assert sum(profile["n_latents"]) == result["n_alive"] and profile["clusters"] == sorted(set(result["labels"]))
     assert all(0 < r <= 1 for r in profile["median_firing_rate"])
     assert np.isfinite(result["ari"]) and np.isfinite(result["nmi"])
+    labels_F = np.full(oracle.cfg.d_sae, -1)
+    labels_F[alive] = result["labels"]
+    want = group_condition_numbers(oracle.W_dec.detach(), labels_F)
+    assert result["decoder_condition_number"] == pytest.approx([want.get(c) for c in profile["clusters"]])
     saved = read_json(run_dir / "analysis" / "clusters_oracle.json")
     assert saved["labels"] == result["labels"] and "tsae" in saved

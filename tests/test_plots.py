@@ -73,7 +73,18 @@ def _eval(variant: str, ev: float, l0: float, seed: int, ground_truth: bool = Tr
             "mutual_information_mean": 0.02 * (seed + 1),
             "mutual_information_mean_control": 0.001,
             "n_alive": 480,
+            "autocorr_mean_by_lag_doc_shuffled": (0.2 * decay).tolist(),
+            "position_dependence_mean": 0.02 * (seed + 1),
+            "position_dependence_control_mean": 0.004,
+            "fvu_by_position": {"bins": [*range(16), 16, 23, 32, 45, 64, 91],
+                                "fvu": (0.1 + 0.01 * seed + 0.2 * np.exp(-np.arange(22) / 3)).tolist()},
         },
+        "redundancy": {"score": 0.3 + 0.1 * seed, "control": 0.1, "max_lag": 4, "score_by_lag": [0.3, 0.25, 0.2, 0.2],
+                       "control_by_lag": [0.1] * 4, "top_pairs": [{"i": 3, "j": 9, "lag": 2, "corr": 0.97}]},
+        "geometry": {"max_decoder_cos_mean": 0.4 + 0.1 * seed, "max_decoder_cos_p50": 0.38, "max_decoder_cos_p90": 0.7,
+                     "max_decoder_cos_p99": 0.95, "share_above_0_9": 0.02 * (seed + 1),
+                     "max_decoder_cos_histogram": {"edges": np.linspace(0, 1, 51).tolist(),
+                                                   "counts": rng.integers(0, 20, 50).tolist()}},
         "health": {"healthy": True, "problems": []},
     }
     if ground_truth:
@@ -224,6 +235,38 @@ def test_temporal_metrics_records_autocorr_and_controls(evals, tmp_path):
     assert numbers["run_length_ratio"]["control"] == pytest.approx([1.0, 1.0, 1.0])
 
 
+def test_temporal_metrics_records_the_within_document_control(evals, tmp_path):
+    numbers = _check_png(plots.plot_temporal_metrics(evals, tmp_path), "temporal_metrics")
+    want = evals["relu"]["temporal"]["autocorr_mean_by_lag_doc_shuffled"]
+    assert numbers["autocorr"]["relu"]["doc_shuffled"] == pytest.approx(want)
+
+
+def test_position_dependence_records_bars_and_curves(evals, tmp_path):
+    numbers = _check_png(plots.plot_position_dependence(evals, tmp_path), "position_dependence")
+    assert numbers["position_dependence"]["actual"] == pytest.approx([0.02, 0.04, 0.06])
+    assert numbers["position_dependence"]["control"] == pytest.approx([0.004] * 3)
+    curve = numbers["fvu_by_position"]["batchtopk"]
+    assert curve["bins"][-1] == 91 and curve["fvu"] == pytest.approx(evals["batchtopk"]["temporal"]["fvu_by_position"]["fvu"])
+
+
+def test_redundancy_records_score_control_and_top_pairs(evals, tmp_path):
+    evals["batchtopk"].pop("redundancy")  # not evaluated with it: left out
+    numbers = _check_png(plots.plot_redundancy(evals, tmp_path), "redundancy")
+    assert numbers["variants"] == ["topk", "relu"]
+    assert numbers["redundancy"]["actual"] == pytest.approx([0.3, 0.5]) and numbers["redundancy"]["control"] == pytest.approx([0.1, 0.1])
+    assert numbers["top_pairs"]["topk"][0] == {"i": 3, "j": 9, "lag": 2, "corr": 0.97}
+
+
+def test_decoder_geometry_records_distribution_and_summaries(evals, tmp_path):
+    numbers = _check_png(plots.plot_decoder_geometry(evals, tmp_path), "decoder_geometry")
+    share = numbers["share_at_least"]["topk"]["share"]
+    assert share[0] == pytest.approx(1.0) and all(a >= b for a, b in zip(share, share[1:]))
+    counts = evals["topk"]["geometry"]["max_decoder_cos_histogram"]["counts"]
+    assert share[45] == pytest.approx(sum(counts[45:]) / sum(counts))  # at or above cos 0.9
+    assert numbers["share_above_0_9"] == pytest.approx([0.02, 0.04, 0.06])
+    assert numbers["max_decoder_cos_p90"] == pytest.approx([0.7] * 3)
+
+
 def test_feature_clusters_records_scores(tmp_path):
     result = {"topk": _clusters(0), "relu": _clusters(1)}
     numbers = _check_png(plots.plot_feature_clusters(result, tmp_path), "feature_clusters")
@@ -247,6 +290,9 @@ def test_plots_survive_missing_sections_and_values(evals, curves, tmp_path):
         "final_metrics",
         "gt_recovery",
         "temporal_metrics",
+        "position_dependence",
+        "redundancy",
+        "decoder_geometry",
         "feature_clusters",
     ]
     for p in paths:
@@ -295,7 +341,8 @@ def test_unhealthy_saes_are_marked_in_every_comparison_figure(evals, tmp_path, m
     monkeypatch.setattr(plots_common, "_mark_unhealthy", lambda ticks, sick: (labels.append([t for t in ticks]), real(ticks, sick)))
     monkeypatch.setattr(plots_metrics, "_mark_unhealthy", plots_common._mark_unhealthy)
     for fn, name in ((plots.plot_reconstruction_metrics, "reconstruction_metrics"), (plots.plot_model_preservation, "model_preservation"),
-                     (plots.plot_final_metrics, "final_metrics")):
+                     (plots.plot_final_metrics, "final_metrics"), (plots.plot_position_dependence, "position_dependence"),
+                     (plots.plot_redundancy, "redundancy"), (plots.plot_decoder_geometry, "decoder_geometry")):
         labels.clear()
         assert _check_png(fn(evals, tmp_path), name)["unhealthy"] == ["relu"]
         shown = {t.get_text(): t.get_color() for ticks in labels for t in ticks}

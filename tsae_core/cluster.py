@@ -10,6 +10,9 @@ K autocorrelation columns and the P profile columns weigh as much as one scalar 
 KMeans groups the rows; PCA gives a 2-D picture. With a synthetic source, each latent that matches
 a true feature (decoder cosine ≥ threshold) carries that feature's kind, and the clusters are scored
 against those kinds (contingency table, adjusted Rand index, normalised mutual information, purity).
+Each cluster's decoder subspace is described by the condition number of its unit decoder rows
+(`tsae_core.metrics.geometry`): latents that fire alike and write along nearly the same directions
+give a large one.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 from sklearn.preprocessing import StandardScaler
 from tqdm import tqdm
 
+from tsae_core.metrics.geometry import group_condition_numbers
 from tsae_core.metrics.ground_truth import cosine_matrix
 from tsae_core.metrics.temporal import TemporalMetrics
 
@@ -214,6 +218,9 @@ def cluster_run_variant(cfg: Any, name: str, store: Any, run_dir: str | Path, pr
         kinds_F = [UNMATCHED] * F
     kinds_A = [kinds_F[i] for i in alive_idx]
     cmp = compare_with_truth(labels, kinds_A)
+    labels_F = np.full(F, -1, dtype=np.int64)
+    labels_F[alive_idx] = labels
+    conds = group_condition_numbers(sae.decoder_directions().detach().cpu(), labels_F)
     result = {
         "profile": cluster_profile(labels, per_latent, alive_idx),
         "variant": name,
@@ -227,6 +234,8 @@ def cluster_run_variant(cfg: Any, name: str, store: Any, run_dir: str | Path, pr
         "labels": labels.tolist(),
         "latent_kind": kinds_A,
         "embedding_2d": embed_2d(X, seed=seed).tolist(),
+        # per cluster (in `profile["clusters"]` order; None for a cluster of one latent)
+        "decoder_condition_number": [conds.get(c) for c in sorted(set(labels.tolist()))],
         "ari": cmp["adjusted_rand_index"],
         "nmi": cmp["normalized_mutual_information"],
         **{k: v for k, v in cmp.items() if k not in ("adjusted_rand_index", "normalized_mutual_information")},

@@ -1,8 +1,10 @@
 """Evaluating a trained SAE on the held-out split: core, temporal and ground-truth metrics.
 
 Writes `eval/<variant>.json` in SAEBench's core layout (`eval_result_metrics` with
-`reconstruction_quality`, `shrinkage`, `sparsity`, `token_stats`) plus `temporal`,
-`ground_truth` (synthetic sources) and a `health` verdict that flags silent failures.
+`reconstruction_quality`, `shrinkage`, `sparsity`, `token_stats`) plus `temporal` (with position
+dependence and reconstruction error by position), `redundancy` (cross-position), `geometry`
+(decoder), `ground_truth` (synthetic sources) and a `health` verdict that flags silent failures;
+and the per-latent numbers behind them in `analysis/<instance>_latents.safetensors`.
 """
 
 from __future__ import annotations
@@ -15,13 +17,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError, safe_open
 from tqdm import tqdm
 
 from tsae_core.config import ExperimentConfig
-from tsae_core.io import code_hash, provenance, read_json, write_json
+from tsae_core.io import code_hash, provenance, read_json, save_tensors, write_json
 from tsae_core.metrics.core import CoreMetrics
+from tsae_core.metrics.geometry import decoder_geometry, labels_from_groups
 from tsae_core.metrics.ground_truth import GroundTruthMetrics
 from tsae_core.metrics.model import ModelPreservation
+from tsae_core.metrics.position import PositionDependence, ReconstructionByPosition
+from tsae_core.metrics.redundancy import CrossPositionRedundancy
 from tsae_core.metrics.temporal import TemporalMetrics
 from tsae_core.sae import SAE, load_sae, read_sae_cfg, recorded_weights_sha256
 from tsae_core.seeds import derive_seed
@@ -29,6 +35,8 @@ from tsae_core.sources.factory import load_model
 from tsae_core.train import resolve_device
 
 TEMPORAL_MAX_LAG = 32
+REDUNDANCY_MAX_LAG = 4
+"""Lags δ of the cross-position redundancy: a concept split by position shows within a few tokens."""
 
 
 def eval_batches(store: Any, cfg: ExperimentConfig, max_sequences: int = 0, batch_sequences: int = 0):
@@ -72,12 +80,25 @@ def evaluate_sae(sae: SAE, store: Any, cfg: ExperimentConfig, name: str, progres
 
     With `model` (the language model the activations came from), also the model-preservation
     metrics."""
+    return evaluate_sae_with_latents(sae, store, cfg, name, progress, model)[0]
+
+
+@torch.no_grad()
+def evaluate_sae_with_latents(
+    sae: SAE, store: Any, cfg: ExperimentConfig, name: str, progress: bool = True, model: Any = None
+) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """`evaluate_sae`'s dict and the per-latent tensors behind its feature-level summaries (F each):
+    position dependence and its control, max decoder cosine and its partner, redundancy and its
+    partner, lag and control, and whether the latent is alive."""
     device = next(sae.parameters()).device
     F = sae.cfg.d_sae
     core = CoreMetrics(dense_threshold=cfg.eval.dense_threshold)
     # long lags need long documents; beyond a quarter of the context too few pairs remain
     max_lag = max(1, min(TEMPORAL_MAX_LAG, store.context_size // 4))
     temporal = TemporalMetrics(F, max_lag=max_lag, seed=derive_seed(cfg.run.seed, "temporal"))
+    positions = PositionDependence(F, seed=derive_seed(cfg.run.seed, "position"))
+    recon_by_position = ReconstructionByPosition(store.d_in)
+    redundancy = CrossPositionRedundancy(F, max_lag=min(REDUNDANCY_MAX_LAG, max_lag), seed=derive_seed(cfg.run.seed, "redundancy"))
     truth = store.ground_truth()
     gt = None
     if truth is not None:
@@ -91,9 +112,12 @@ def evaluate_sae(sae: SAE, store: Any, cfg: ExperimentConfig, name: str, progres
                       total=math.ceil(n_eval / cfg.eval.batch_sequences)):
         b = batch.to(device)
         out = sae(b.acts_BTD, b.mask_BT, b.doc_start_BT, b.position_BT)
-        features = out.features.float().cpu()
-        core.update(batch.acts_BTD.float(), out.recon.float().cpu(), features, batch.mask_BT)
+        features, recon = out.features.float().cpu(), out.recon.float().cpu()
+        core.update(batch.acts_BTD.float(), recon, features, batch.mask_BT)
         temporal.update(features, batch.doc_start_BT, batch.mask_BT)
+        positions.update(features, batch.position_BT, batch.doc_start_BT, batch.mask_BT)
+        recon_by_position.update(batch.acts_BTD.float(), recon, batch.position_BT, batch.mask_BT)
+        redundancy.update(features, batch.doc_start_BT, batch.mask_BT)
         if gt is not None and batch.true_codes_BTG is not None:
             gt.update(features, batch.true_codes_BTG.float(), batch.mask_BT)
         if variant_stats is not None:
@@ -104,6 +128,12 @@ def evaluate_sae(sae: SAE, store: Any, cfg: ExperimentConfig, name: str, progres
         metrics.update(model_preservation(sae, model, store, cfg, name, progress))
     temporal_result = temporal.result()
     temporal_result.pop("per_latent", None)
+    position_result = positions.result()
+    temporal_result.update({
+        "position_dependence_mean": position_result["position_dependence_mean"],
+        "position_dependence_control_mean": position_result["position_dependence_control_mean"],
+        "fvu_by_position": recon_by_position.result(),
+    })
     result: dict[str, Any] = {
         "eval_type_id": "core",
         "variant": name,
@@ -116,16 +146,21 @@ def evaluate_sae(sae: SAE, store: Any, cfg: ExperimentConfig, name: str, progres
             "exclude_special_tokens_from_reconstruction": True,
             "dense_threshold": cfg.eval.dense_threshold,
             "temporal_max_lag": temporal.max_lag,
+            "redundancy_max_lag": redundancy.max_lag,
         },
         "sae_cfg": dataclasses.asdict(sae.cfg),
         "eval_result_metrics": metrics,
         "temporal": temporal_result,
+        "redundancy": redundancy.result(),
         "eval_result_details": [],
         "eval_result_unstructured": {"feature_frequencies": core.feature_frequencies().tolist()},
     }
     if gt is not None:
         result["ground_truth"] = gt.result()
-    result["geometry"] = sae.extra_metrics()
+    groups = getattr(sae, "groups", None)  # the orthogonal variant's feature groups
+    labels_F = labels_from_groups(groups, F) if isinstance(groups, torch.Tensor) else None
+    geometry, geometry_latents = decoder_geometry(sae.decoder_directions().detach(), labels_F)
+    result["geometry"] = {**geometry, **sae.extra_metrics()}
     if variant_stats is not None:
         result["variant_metrics"] = variant_stats.result()
     # the L0 compared at matched sparsity: the sparse code's, where `features` are not that code
@@ -133,7 +168,29 @@ def evaluate_sae(sae: SAE, store: Any, cfg: ExperimentConfig, name: str, progres
     sparsity = result["eval_result_metrics"]["sparsity"]
     sparsity["l0_sparse"] = result.get("variant_metrics", {}).get("l0_sparse", sparsity["l0"])
     result["health"] = assess_health(result)
-    return result
+    return result, _latent_tensors(positions, redundancy, geometry_latents)
+
+
+def _latent_tensors(positions: PositionDependence, redundancy: CrossPositionRedundancy,
+                    geometry: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The per-latent arrays of the latents file, by name (float32 values, int64 indices)."""
+    pos, red = positions.per_latent(), redundancy.per_latent()
+    return {
+        "alive": pos["fires_F"] >= positions.min_fires,  # over every evaluated token (redundancy may use fewer)
+        "position_dependence": pos["position_dependence_F"].float(),
+        "position_dependence_control": pos["position_dependence_control_F"].float(),
+        "max_decoder_cos": geometry["max_decoder_cos"].float(),
+        "max_decoder_cos_partner": geometry["max_decoder_cos_partner"],
+        "redundancy": torch.as_tensor(red["redundancy_F"]).float(),
+        "redundancy_partner": torch.as_tensor(red["partner_F"]).long(),
+        "redundancy_lag": torch.as_tensor(red["lag_F"]).long(),
+        "redundancy_control": torch.as_tensor(red["redundancy_control_F"]).float(),
+    }
+
+
+def latents_path(run_dir: Path, name: str) -> Path:
+    """Where an SAE's per-latent evaluation arrays go (beside the cluster stage's `clusters_<name>.json`)."""
+    return run_dir / "analysis" / f"{name}_latents.safetensors"
 
 
 def _rare_rate(cfg: ExperimentConfig) -> float:
@@ -236,7 +293,7 @@ def evaluate_variant(
     (retraining one SAE re-evaluates only that one), unless `force`. For language-model sources
     the model is loaded unless given (pass it when evaluating several SAEs, to load it once)."""
     key, path = eval_key(cfg, name, run_dir), run_dir / "eval" / f"{name}.json"
-    kept = None if force else _kept_evaluation(path, key)
+    kept = None if force or _latents_key(latents_path(run_dir, name)) != key else _kept_evaluation(path, key)
     if kept is not None:
         print(f"[tsae] {name}: evaluation kept (same weights, data, settings and code): {path}", flush=True)
         return kept
@@ -244,7 +301,7 @@ def evaluate_variant(
     if model is None and cfg.eval.model_max_sequences > 0:
         model = load_model(cfg)
     inst = cfg.instance(name)
-    result = evaluate_sae(sae, store, cfg, name, progress=progress, model=model)
+    result, latents = evaluate_sae_with_latents(sae, store, cfg, name, progress=progress, model=model)
     # the instance (`<variant>-seed<N>` with several seeds) is the file name; figures group by variant
     result.update({"variant": inst.variant, "instance": inst.name, "seed": inst.seed,
                    "sweep": cfg.sweep_points().get(inst.variant),
@@ -252,8 +309,21 @@ def evaluate_variant(
                    "sae_weights_sha256": recorded_weights_sha256(run_dir / "saes" / name), "eval_key": key,
                    # a penalised SAE with a target: where its coefficient started and where the controller left it
                    "target_l0_control": read_sae_cfg(run_dir / "saes" / name).get("training", {}).get("target_l0")})
+    # the latents file first: an eval JSON on disk always has its per-latent arrays beside it
+    save_tensors(latents_path(run_dir, name), latents,
+                 metadata={"eval_key": str(key), "sae_weights_sha256": str(result["sae_weights_sha256"]),
+                           "tsae": json.dumps(provenance(cfg.hash()))})
     write_json(path, result, stamp=provenance(cfg.hash()))
     return result
+
+
+def _latents_key(path: Path) -> str | None:
+    """The eval key recorded in a latents file (None if it is missing or unreadable)."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return (f.metadata() or {}).get("eval_key")
+    except (OSError, ValueError, SafetensorError):
+        return None
 
 
 def summary_row(name: str, result: dict[str, Any]) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from typing import Any
 
 from tsae_core.checkpoints import TrainPaths, recorded_failure
 from tsae_core.config import ExperimentConfig
+from tsae_core.evaluate import latents_path
 from tsae_core.harvest import harvest_hash
 from tsae_core.io import read_json
 from tsae_core.sae import recorded_weights_sha256
@@ -83,8 +84,13 @@ def _describes_current_sae(cfg: ExperimentConfig, name: str, path: Path) -> str 
 
 
 def _evaluate(cfg: ExperimentConfig) -> list[str]:
-    return [p for inst in trained_instances(cfg, cfg.run_dir)
-            if (p := _describes_current_sae(cfg, inst.name, cfg.run_dir / "eval" / f"{inst.name}.json"))]
+    problems = []
+    for inst in trained_instances(cfg, cfg.run_dir):
+        if p := _describes_current_sae(cfg, inst.name, cfg.run_dir / "eval" / f"{inst.name}.json"):
+            problems.append(p)
+        elif not (latents := latents_path(cfg.run_dir, inst.name)).is_file():
+            problems.append(f"{latents} is missing")
+    return problems
 
 
 def _cluster(cfg: ExperimentConfig) -> list[str]:

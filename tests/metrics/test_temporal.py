@@ -190,3 +190,33 @@ def test_control_is_seeded():
         tm.update(f, doc_start)
         results.append(tm.result()["autocorr_lag1_mean_control"])
     assert results[0] == results[1] != results[2]
+
+
+def test_within_document_permutation_moves_unmasked_tokens_within_their_document_only():
+    f, doc_start, mask = _random_case(seed=4, B=5, T=50)
+    perm = temporal.within_document_permutation(doc_start, mask, torch.Generator().manual_seed(0))
+    doc = doc_start.long().cumsum(1)
+    rows = torch.arange(5)[:, None]
+    assert (perm.sort(1).values == torch.arange(50)).all(), "a permutation of each sequence"
+    assert (doc[rows, perm] == doc).all() and (mask[rows, perm] == mask).all()
+    assert (perm[~mask] == torch.arange(50).expand(5, 50)[~mask]).all(), "masked tokens stay"
+    assert (perm != torch.arange(50)).float().mean() > 0.5, "and the others move"
+
+
+def test_doc_shuffled_control_keeps_what_documents_share_and_loses_order():
+    # latent 0 is constant over each document (on in every other one): the sequence shuffle breaks
+    # it, the within-document shuffle cannot; latent 1 persists in runs of 20 inside long documents.
+    B, T = 8, 1280
+    doc_start = torch.zeros(B, T, dtype=torch.bool)
+    doc_start[:, ::64] = True
+    per_doc = ((doc_start.long().cumsum(1) % 2) == 0).float()
+    runs, _ = _runs_and_iid(B=B, T=T)
+    tm = TemporalMetrics(2, max_lag=4, seed=0)
+    tm.update(torch.stack([per_doc, runs[..., 0]], -1), doc_start)
+    r = tm.result(alive_only=False)
+    pl = r["per_latent"]
+    auto, seq, doc = (np.array(pl[k])[:, 0] for k in ("autocorr_lag_FK", "autocorr_lag_FK_control", "autocorr_lag_FK_doc_shuffled"))
+    assert auto[0] == pytest.approx(1.0) and doc[0] == pytest.approx(1.0) and seq[0] < 0.1
+    assert auto[1] > 0.9 and doc[1] < 0.4 and abs(seq[1]) < 0.05
+    assert r["autocorr_lag1_doc_shuffled_mean"] == pytest.approx(doc.mean())
+    assert len(r["autocorr_mean_by_lag_doc_shuffled"]) == 4

@@ -12,9 +12,13 @@ f, over valid pairs (a = f_t, b = f_{t+k}), streamed in float64:
     smoothness    = mean_pairs |f_{t+1} − f_t| / mean_tokens |f_t|;  with the input given, also
                     smoothness_relative = smoothness / (mean_pairs ‖x_{t+1} − x_t‖ / mean_tokens ‖x_t‖)
 
-The control repeats every statistic after permuting the tokens (features, mask and input together)
-within each sequence by a seeded random permutation per batch, while the document ids stay with
-the positions: temporal order is destroyed, rates are kept.
+Two controls repeat every statistic on permuted tokens, by seeded random permutations per batch:
+- `control` (sequence-shuffled): the tokens (features, mask and input together) are permuted within
+  each sequence while the document ids stay with the positions: temporal order is destroyed, each
+  sequence's rates are kept.
+- `doc_shuffled` (stricter): the unmasked tokens are permuted within each document only (see
+  `within_document_permutation`), so each document keeps its own rates: what a latent shows beyond
+  this control is order within the document, not which document it fires in.
 
 Only firing tokens are visited (work ~ non-zeros × (1 + co-firing partners within max_lag)), so
 sparse SAE codes are cheap; codes with more than DENSE_FRACTION non-zeros take a dense path.
@@ -39,6 +43,22 @@ def pair_validity(doc_start_BT: torch.Tensor, mask_BT: torch.Tensor, max_lag: in
     for k in range(1, min(max_lag, T - 1) + 1):
         valid_BTK[:, : T - k, k - 1] = mask_BT[:, :-k] & mask_BT[:, k:] & (doc_BT[:, :-k] == doc_BT[:, k:])
     return valid_BTK
+
+
+def within_document_permutation(doc_start_BT: torch.Tensor, mask_BT: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """(B, T) long: a random permutation within each sequence that moves each unmasked token to an
+    unmasked position of its own document and leaves masked tokens in place; `x[rows, perm]` is the
+    shuffled x. Draws B·T uniforms from `generator` (on CPU) whatever the mask."""
+    B, T = mask_BT.shape
+    u_N = torch.rand(B * T, generator=generator, dtype=torch.float64).to(mask_BT.device)
+    # document ids that grow along the flattened batch: a document's unmasked slots are contiguous in
+    # the order of (document, uniform), so sorting by it shuffles within documents only
+    doc_N = (doc_start_BT.to(torch.long).cumsum(1) + torch.arange(B, device=mask_BT.device)[:, None] * (T + 1)).reshape(-1)
+    slots_n = mask_BT.reshape(-1).to(torch.bool).nonzero().squeeze(1)
+    src_n = slots_n[(doc_N[slots_n].to(torch.float64) + u_N[slots_n]).argsort()]
+    perm_N = torch.arange(B * T, device=mask_BT.device)
+    perm_N[slots_n] = src_n
+    return (perm_N % T).view(B, T)
 
 
 DENSE_FRACTION = 0.2
@@ -204,7 +224,7 @@ class _PairSums:
 
 
 class TemporalMetrics:
-    """Streaming temporal statistics per latent with a shuffled-position control.
+    """Streaming temporal statistics per latent with two shuffled-position controls (module docstring).
 
     Usage: ``tm = TemporalMetrics(F); tm.update(features_BTF, doc_start_BT, mask_BT); tm.result()``.
     """
@@ -216,6 +236,7 @@ class TemporalMetrics:
         self._generator = torch.Generator().manual_seed(seed)
         self._data = _PairSums(n_latents, max_lag)
         self._control = _PairSums(n_latents, max_lag)
+        self._doc_control = _PairSums(n_latents, max_lag)
 
     @torch.no_grad()
     def update(
@@ -241,9 +262,14 @@ class TemporalMetrics:
         valid_perm_BTK = pair_validity(doc_start_BT, mask_perm_BT, self.max_lag)
         self._control.add(f_perm_BTF, mask_perm_BT, valid_perm_BTK)
 
+        # within documents: the mask stays, so the valid pairs stay
+        doc_perm_BT = within_document_permutation(doc_start_BT, mask_BT, self._generator)
+        self._doc_control.add(features_BTF[rows_B1, doc_perm_BT], mask_BT, valid_BTK)
+
         if acts_BTD is not None:
             self._data.add_input(acts_BTD, mask_BT, valid_BTK)
             self._control.add_input(acts_BTD[rows_B1, perm_BT], mask_perm_BT, valid_perm_BTK)
+            self._doc_control.add_input(acts_BTD[rows_B1, doc_perm_BT], mask_BT, valid_BTK)
 
     def result(self, alive_only: bool = True) -> dict[str, Any]:
         """Summaries (means over alive latents, or over all latents) and per-latent lists under "per_latent".
@@ -251,7 +277,7 @@ class TemporalMetrics:
         A latent is alive when it fired on at least `min_fires` evaluated tokens; NaN entries (a
         statistic undefined for a latent) are left out of the means.
         """
-        data, control = self._data.per_latent(), self._control.per_latent()
+        data, control, doc_control = self._data.per_latent(), self._control.per_latent(), self._doc_control.per_latent()
         alive_F = data["fires_F"] >= self.min_fires
         use_F = alive_F if alive_only else torch.ones_like(alive_F)
 
@@ -272,14 +298,18 @@ class TemporalMetrics:
             "autocorr_lag1_mean_control": mean(control["autocorr_FK"][:, 0]),
             "autocorr_mean_by_lag": by_lag(data["autocorr_FK"]),
             "autocorr_mean_by_lag_control": by_lag(control["autocorr_FK"]),
+            "autocorr_lag1_doc_shuffled_mean": mean(doc_control["autocorr_FK"][:, 0]),
+            "autocorr_mean_by_lag_doc_shuffled": by_lag(doc_control["autocorr_FK"]),
         }
         for name in ("run_length_ratio", "mutual_information", "smoothness", "smoothness_relative"):
             if f"{name}_F" in data:
                 out[f"{name}_mean"] = mean(data[f"{name}_F"])
                 out[f"{name}_mean_control"] = mean(control[f"{name}_F"])
+                out[f"{name}_mean_doc_shuffled"] = mean(doc_control[f"{name}_F"])
         if "input_change" in data:
             out["input_change"] = float(data["input_change"])
             out["input_change_control"] = float(control["input_change"])
+            out["input_change_doc_shuffled"] = float(doc_control["input_change"])
 
         per_latent: dict[str, Any] = {"alive_F": alive_F.tolist()}
         for key, value in data.items():
@@ -288,5 +318,6 @@ class TemporalMetrics:
                 per_latent[name] = value.tolist()
                 if key not in ("fires_F", "frequency_F", "iid_run_length_F"):  # identical under the control
                     per_latent[f"{name}_control"] = control[key].tolist()
+                    per_latent[f"{name}_doc_shuffled"] = doc_control[key].tolist()
         out["per_latent"] = per_latent
         return out

@@ -75,13 +75,14 @@ def plot_gt_recovery(evals: Evals, out_dir: PathLike, colors: Colors = None) -> 
 
 _CONTROL_LEGEND = [
     Patch(facecolor="0.5", edgecolor="0.2", label="SAE latents"),
-    Patch(facecolor="0.5", alpha=0.45, hatch="///", edgecolor="0.2", label="shuffled control"),
+    Patch(facecolor="0.5", alpha=0.45, hatch="///", edgecolor="0.2", label="shuffled within sequences"),
 ]
 
 
 @_styled
 def plot_temporal_metrics(evals: Evals, out_dir: PathLike, colors: Colors = None) -> Path | None:
-    """Autocorrelation by lag (solid) vs shuffled control (dotted); run-length ratio and MI vs control."""
+    """Autocorrelation by lag (solid) vs the sequence-shuffled control (dotted) and the within-document
+    control (dashed, where evaluated); run-length ratio and MI vs the sequence-shuffled control."""
     variants = [v for v in variant_order(evals) if isinstance(evals[v].get("temporal"), dict)]
     if not variants:
         return None
@@ -93,11 +94,15 @@ def plot_temporal_metrics(evals: Evals, out_dir: PathLike, colors: Colors = None
     for v in variants:
         by_lag = [_nan(x) for x in temporal[v].get("autocorr_mean_by_lag") or []]
         control = [_nan(x) for x in temporal[v].get("autocorr_mean_by_lag_control") or []]
+        doc_control = [_nan(x) for x in temporal[v].get("autocorr_mean_by_lag_doc_shuffled") or []]
         ax.plot(range(1, len(by_lag) + 1), by_lag, color=colors[v], lw=1.8, marker=".", label=v)
         ax.plot(range(1, len(control) + 1), control, color=colors[v], lw=1.5, ls=":")
-        data["autocorr"][v] = {"by_lag": by_lag, "control": control}
+        ax.plot(range(1, len(doc_control) + 1), doc_control, color=colors[v], lw=1.2, ls="--")
+        data["autocorr"][v] = {"by_lag": by_lag, "control": control, "doc_shuffled": doc_control}
     ax.axhline(0, color="0.3", lw=0.8)
-    ax.plot([], [], color="0.3", ls=":", label="shuffled control")
+    ax.plot([], [], color="0.3", ls=":", label="shuffled within sequences")
+    if any(d["doc_shuffled"] for d in data["autocorr"].values()):
+        ax.plot([], [], color="0.3", ls="--", label="shuffled within documents")
     if len(variants) <= 5:
         ax.legend(loc="upper right", title="variant")
     else:
@@ -120,7 +125,8 @@ def plot_temporal_metrics(evals: Evals, out_dir: PathLike, colors: Colors = None
         ax.legend(handles=_CONTROL_LEGEND, loc="upper right", fontsize=8)
         _variant_ticks(ax, variants)
         data[key] = {"actual": actual, "control": control}
-    fig.suptitle("Temporal structure of SAE latents within documents (alive latents; control = positions shuffled)")
+    fig.suptitle("Temporal structure of SAE latents within documents (alive latents; controls: tokens shuffled within "
+                 "sequences or within documents)")
     return _save(fig, out_dir, "temporal_metrics", data)
 
 
