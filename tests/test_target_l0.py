@@ -4,6 +4,7 @@ and training that lands on the target from a coefficient 10x too small and 10x t
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -52,12 +53,17 @@ def test_the_two_sided_weight_grows_with_a_miss_on_either_side(l0, grows):
 
 
 def test_a_falling_l0_eases_the_push_before_the_target_is_reached():
-    """The trend term: L0 still above target but falling fast lowers the coefficient (no overshoot)."""
+    """The trend term: with L0 still 4x above its target but falling fast, the coefficient rises at a
+    quarter of the rate it rises at while L0 stands still there, and then falls before L0 arrives."""
     c = _controller()
-    for step, l0 in enumerate([64.0] * 30 + [64.0 * 0.9 ** i for i in range(1, 16)]):
+    rises = []
+    for step, l0 in enumerate([64.0] * 30 + [64.0 * 0.9 ** i for i in range(1, 25)]):
         before = c.coefficient
         c.update(step, l0)
-    assert l0 > 8.0 and c.coefficient < before
+        rises.append(math.log(c.coefficient / before))
+    assert rises[29] == pytest.approx(0.02)  # the full step while L0 stands at 8x its target
+    assert rises[44] < 0.3 * rises[29]  # step 44: running L0 32.7, 4x the target, falling 10% a step
+    assert min(rises[45:]) < 0 and c.running_l0 > 8.0
 
 
 def test_state_round_trips():

@@ -54,8 +54,10 @@ EMA_DECAY = 0.9
 """beta: the running L0 averages about the last ten batches."""
 RESPONSE = 0.075
 """The SAE's response time to its coefficient, in steps times learning rate (H = RESPONSE / lr)."""
-LAG = 25
-"""Steps over which L0's trend is measured."""
+LAG = 100
+"""Steps over which L0's trend is measured. The trend is multiplied by H (187 steps for ReLU at lr 4e-4),
+so its noise is amplified H / LAG times: over 25 steps, the heavy-tailed batch L0 of the L1 SAE on
+Gemma 3 270M (a sixth of the tokens carry every active latent) drove the coefficient by noise."""
 SPARSE_GAIN = 4.0
 """How much faster the coefficient falls when L0 is under half its target than it moves otherwise."""
 BOUND = 100.0
