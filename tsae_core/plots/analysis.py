@@ -162,7 +162,7 @@ def _cluster_profile_table(ax, profile: dict[str, list]) -> None:
         ax.axis("off")
         ax.set(title="no alive latents to describe")
         return
-    cols = [("latents", "n_latents", "{:.0f}"), ("median\nfiring rate", "median_firing_rate", "{:.2%}"),
+    cols = [("latents", "n_latents", "{:.0f}"), ("mean\nfiring rate", "mean_firing_rate", "{:.2%}"),
             ("lag-1\nautocorr.", "mean_autocorr_lag1", "{:.2f}"), ("run length\n/ i.i.d.", "mean_run_length_ratio", "{:.2f}")]
     values = np.array([[_nan(x) for x in profile[key]] for _, key, _ in cols], dtype=float).T
     ranks = np.argsort(np.argsort(np.nan_to_num(values, nan=-np.inf), axis=0), axis=0) / max(len(values) - 1, 1)
