@@ -20,7 +20,14 @@ from tsae_core.cluster import (
     position_profile,
     select_clusters,
 )
-from tsae_core.cluster_report import context_lines, examples_text, method_summary, profile_table, selection_table
+from tsae_core.cluster_report import (
+    context_lines,
+    descriptor_summary,
+    examples_text,
+    profile_table,
+    selection_table,
+    variant_summary,
+)
 from tsae_core.coactivation import CoFiring, coactivation_embedding
 from tsae_core.config import ConfigError
 from tsae_core.metrics.temporal import TemporalMetrics
@@ -256,7 +263,8 @@ def _token_batch(B=6, T=20, F=3, seed=0):
     special = torch.zeros(B, T, dtype=torch.bool)
     special[:, 0] = True
     doc_start = special.clone()
-    doc_start[::2, 9] = True  # a second document from position 9 in half the sequences
+    tokens[::2, 8], special[::2, 8], doc_start[::2, 9] = BOS_ID, True, True  # a second document, after its BOS
+    f[::2, 8] = 9.0
     return f, tokens, doc_start, special
 
 
@@ -275,8 +283,8 @@ def test_top_contexts_are_the_argmax_positions_with_their_document_window():
             b, t = c["sequence"], c["position"]
             assert t == pos_BF[b, latent] and c["activation"] == pytest.approx(float(f[b, t, latent]))
             assert c["tokens"][c["marked"]] == chr(tokens[b, t]) and c["token_ids"][c["marked"]] == tokens[b, t]
-            doc_lo = max(i for i in range(t + 1) if doc_start[b, i])
-            doc_hi = min([i for i in range(t + 1, 20) if doc_start[b, i]] + [20])
+            starts = [0, 8] if b % 2 == 0 else [0]  # a document's BOS opens it
+            doc_lo, doc_hi = max(i for i in starts if i <= t), min([i for i in starts if i > t] + [20])
             lo, hi = max(t - before, doc_lo), min(t + after + 1, doc_hi)
             assert c["token_ids"] == tokens[b, lo:hi].tolist() and c["marked"] == t - lo
             assert c["activations"] == pytest.approx(f[b, lo:hi, latent].tolist(), abs=1e-4)
@@ -328,6 +336,6 @@ def test_language_model_clustering_has_examples_and_prints_no_nan(harvested, mon
             for c in latent["contexts"]:
                 assert c["activations"][c["marked"]] == pytest.approx(c["activation"], abs=1e-4)
                 assert c["tokens"][c["marked"]] in "abcde"
-    shown = "\n".join([method_summary(result), selection_table({"oracle": result}).to_string(),
+    shown = "\n".join([descriptor_summary(result), variant_summary(result), selection_table({"oracle": result}).to_string(),
                        profile_table(result).to_string(), examples_text(result)])
     assert "⟦" in shown and not re.search(r"\bnan\b|\bNone\b", shown, flags=re.IGNORECASE), shown

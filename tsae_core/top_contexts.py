@@ -3,8 +3,8 @@
 For every latent, `TopContexts` keeps the n evaluated tokens where it is largest, at most one per
 sequence (the sequence's maximum, so a latent that stays on for a run of tokens is not shown n
 times with the same text), together with the window of tokens around each — `before` tokens before
-and `after` after, cut at the edges of the token's document — and the latent's activation on
-every token of that window.
+and `after` after, cut at the edges of the token's document (a document's own BOS counts as its
+first token) — and the latent's activation on every token of that window.
 """
 
 from __future__ import annotations
@@ -34,19 +34,18 @@ class TopContexts:
     def update(self, features_BTF: torch.Tensor, tokens_BT: torch.Tensor, doc_start_BT: torch.Tensor,
                mask_BT: torch.Tensor | None = None) -> None:
         """Add a batch of consecutive sequences (numbered on from the sequences seen so far)."""
-        B, T, F = features_BTF.shape
         f_BTF = features_BTF.float().cpu()
-        if mask_BT is not None:  # special tokens never count as a context's centre
-            f_BTF = f_BTF.masked_fill(~mask_BT.bool().cpu()[..., None], -torch.inf)
-        best_BF, pos_BF = f_BTF.max(1)
-        n = min(self.n_top, B)
-        value_nF, seq_nF = best_BF.topk(n, dim=0)
+        special_BT = None if mask_BT is None else ~mask_BT.bool().cpu()
+        centre_BTF = f_BTF if special_BT is None else f_BTF.masked_fill(special_BT[..., None], -torch.inf)  # never a special token
+        best_BF, pos_BF = centre_BTF.max(1)
+        value_nF, seq_nF = best_BF.topk(min(self.n_top, len(best_BF)), dim=0)
         pos_nF = pos_BF.gather(0, seq_nF)
-        tokens_nFW, acts_nFW = self._windows(features_BTF.float().cpu(), tokens_BT.cpu(), doc_start_BT.cpu(), seq_nF, pos_nF)
+        doc_BT = document_ids(doc_start_BT.cpu(), special_BT)
+        tokens_nFW, acts_nFW = self._windows(f_BTF, tokens_BT.cpu(), doc_BT, seq_nF, pos_nF)
         self._merge(value_nF, seq_nF + self.n_sequences, pos_nF, tokens_nFW, acts_nFW)
-        self.n_sequences += B
+        self.n_sequences += len(best_BF)
 
-    def _windows(self, f_BTF: torch.Tensor, tokens_BT: torch.Tensor, doc_start_BT: torch.Tensor,
+    def _windows(self, f_BTF: torch.Tensor, tokens_BT: torch.Tensor, doc_BT: torch.Tensor,
                  seq_nF: torch.Tensor, pos_nF: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Tokens and activations of each latent on the window around (sequence, position), (n, F, W)."""
         T, F = f_BTF.shape[1:]
@@ -54,7 +53,6 @@ class TopContexts:
         inside = (t_nFW >= 0) & (t_nFW < T)
         t_nFW = t_nFW.clamp(0, T - 1)
         b_nFW = seq_nF[..., None].expand_as(t_nFW)
-        doc_BT = doc_start_BT.long().cumsum(1)
         inside &= doc_BT[b_nFW, t_nFW] == doc_BT[seq_nF, pos_nF][..., None]  # the centre's document only
         latent_nFW = torch.arange(F)[None, :, None].expand_as(t_nFW)
         tokens_nFW = torch.where(inside, tokens_BT[b_nFW, t_nFW], NO_TOKEN)
@@ -94,6 +92,18 @@ class TopContexts:
                 "activations": [round(a, 4) for a in acts[keep].tolist()],
             })
         return out
+
+
+def document_ids(doc_start_BT: torch.Tensor, special_BT: torch.Tensor | None = None) -> torch.Tensor:
+    """(B, T) number of the document each token belongs to, counted along the sequence. A special
+    token right before a document's first token (its BOS) opens that document."""
+    start_BT = doc_start_BT.bool().clone()
+    if special_BT is not None:
+        own_bos_BT = torch.zeros_like(start_BT)
+        own_bos_BT[:, :-1] = special_BT[:, :-1].bool() & start_BT[:, 1:]
+        start_BT[:, 1:] &= ~own_bos_BT[:, :-1]
+        start_BT |= own_bos_BT
+    return start_BT.long().cumsum(1)
 
 
 _VISIBLE = str.maketrans({"\n": "↵", "\t": "⇥", "\r": ""})

@@ -143,7 +143,8 @@ def _cluster_row(sub, v: str, res: dict[str, Any]) -> set[str]:
     counts = np.array(cont.get("counts") or np.zeros((0, 0)), dtype=float)
     if not counts.size and res.get("profile"):  # no ground truth: say what each cluster is like instead
         _cluster_profile_table(ax_hm, res["profile"])
-        sub.suptitle(f"{v}: clusters of latents by activation pattern (no ground truth to compare with)", fontweight="bold")
+        why = "no latent matches a true feature" if res.get("has_ground_truth") else "no ground truth to compare with"
+        sub.suptitle(f"{v}: clusters of latents by activation pattern ({why})", fontweight="bold")
         return set(kinds.tolist())
     if counts.size:
         labels_y = [f"cluster {c}" for c in cont.get("clusters", [])]
