@@ -291,7 +291,8 @@ def test_top_contexts_are_the_argmax_positions_with_their_document_window():
 
 
 def test_token_strings_and_context_lines_are_readable():
-    assert token_strings(ByteTokenizer(), [BOS_ID, ord("a"), ord("\n"), ord("\t")]) == ["<bos>", "a", "↵", "⇥"]
+    ids = [BOS_ID, ord("a"), ord("\n"), ord("\t"), *"…".encode()]
+    assert token_strings(ByteTokenizer(), ids) == ["<bos>", "a", "↵", "⇥", "<0xE2>", "<0x80>", "<0xA6>"]
     text, bars = context_lines({"tokens": ["de", "f", " x"], "activations": [0.0, 2.0, 1.0], "marked": 1, "activation": 2.0})
     assert text == "de⟦f⟧ x" and bars == "  ███▄▄" and len(bars) == len(text)
 

@@ -111,6 +111,15 @@ _VISIBLE = str.maketrans({"\n": "↵", "\t": "⇥", "\r": ""})
 
 def token_strings(tokenizer: Any, ids: list[int]) -> list[str]:
     """How each token reads on its own: decoded alone, special tokens by name (`<bos>`), line breaks
-    and tabs as ↵ and ⇥ so a context stays on one line."""
+    and tabs as ↵ and ⇥ so a context stays on one line, and a token that is only part of a character
+    (one byte of a multi-byte UTF-8 character) by its bytes, `<0xE2>`, rather than as �."""
     names = {getattr(tokenizer, f"{n}_token_id", None): f"<{n}>" for n in ("bos", "eos", "pad")}
-    return [names.get(i) or tokenizer.decode([i]).translate(_VISIBLE) for i in ids]
+    return [names.get(i) or _readable(tokenizer, i) for i in ids]
+
+
+def _readable(tokenizer: Any, token_id: int) -> str:
+    text = tokenizer.decode([token_id])
+    if "\ufffd" not in text:
+        return text.translate(_VISIBLE)
+    to_token = getattr(tokenizer, "convert_ids_to_tokens", None)  # a byte-fallback token's own name
+    return to_token(token_id) if to_token is not None else f"<0x{token_id:02X}>"
