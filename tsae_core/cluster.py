@@ -285,7 +285,7 @@ class LatentObservations:
 
 def descriptor_blocks(max_lag: int, coactivation_dims: int) -> dict[str, int]:
     """Width of each descriptor block, in the order of the columns."""
-    return {"log10 firing rate": 1, "autocorrelation, lags 1..K": max_lag, "ln(run length / i.i.d.)": 1,
+    return {"log10 firing rate": 1, f"autocorrelation, lags 1..{max_lag}": max_lag, "ln(run length / i.i.d.)": 1,
             "position profile": POSITION_BINS, "co-activation (SVD)": coactivation_dims}
 
 
