@@ -1,19 +1,40 @@
-"""Feature descriptors, clustering and comparison with true kinds on planted latents."""
+"""Feature descriptors, clustering, count selection, example contexts and comparison with true kinds."""
+
+import dataclasses
+import re
 
 import numpy as np
 import pytest
 import torch
+from sklearn.datasets import make_blobs
+from sklearn.metrics import adjusted_rand_score
 
+from tests.conftest import ci_config
 from tsae_core.cluster import (
     PositionProfile,
-    cluster_features,
     compare_with_truth,
     embed_2d,
     feature_descriptors,
+    fit_clusters,
     latent_kinds,
     position_profile,
+    select_clusters,
 )
+from tsae_core.cluster_report import (
+    context_lines,
+    descriptor_summary,
+    examples_text,
+    profile_table,
+    selection_table,
+    variant_summary,
+)
+from tsae_core.coactivation import CoFiring, coactivation_embedding
+from tsae_core.config import ConfigError
 from tsae_core.metrics.temporal import TemporalMetrics
+from tsae_core.sources.tinylm import BOS_ID, ByteTokenizer
+from tsae_core.top_contexts import TopContexts, token_strings
+
+METHODS = ("kmeans", "agglomerative", "gmm")
 
 
 def _planted_activity(n_per_kind=12, B=32, T=128, seed=0):
@@ -44,20 +65,24 @@ def _planted_activity(n_per_kind=12, B=32, T=128, seed=0):
     return f, doc_start, position, kinds
 
 
-def _descriptors(f, doc_start, position, max_lag=8):
+def _descriptors(f, doc_start, position, max_lag=8, coactivation_dims=4):
     tm = TemporalMetrics(f.shape[-1], max_lag=max_lag, min_fires=5)
     tm.update(f, doc_start)
     per_latent = tm.result()["per_latent"]
     prof = position_profile(f, position, None, n_bins=8, max_position=96)
-    return feature_descriptors(per_latent, per_latent["frequency_F"], prof)
+    firing = CoFiring(f.shape[-1])
+    firing.update(f)
+    coact = coactivation_embedding(firing.matrix(), coactivation_dims, seed=0)
+    return feature_descriptors(per_latent, per_latent["frequency_F"], prof, coactivation_FC=coact)
 
 
-def test_three_kinds_cluster_apart():
+@pytest.mark.parametrize("method", METHODS)
+def test_three_kinds_cluster_apart(method):
     f, doc_start, position, kinds = _planted_activity()
     X, alive = _descriptors(f, doc_start, position)
     assert len(alive) == f.shape[-1]
-    assert X.shape == (f.shape[-1], 1 + 8 + 1 + 8)
-    labels = cluster_features(X, n_clusters=3, seed=0)
+    assert X.shape == (f.shape[-1], 1 + 8 + 1 + 8 + 4)
+    labels = fit_clusters(X, n_clusters=3, method=method, seed=0)
     cmp = compare_with_truth(labels, [kinds[i] for i in alive])
     assert cmp["adjusted_rand_index"] > 0.8
     assert cmp["normalized_mutual_information"] > 0.8
@@ -111,7 +136,7 @@ def test_dead_latents_are_left_out_and_small_inputs_work():
     X, alive = _descriptors(f, doc_start, position, max_lag=4)
     assert 0 not in alive and len(alive) == f.shape[-1] - 1
     assert np.isfinite(X).all()
-    assert len(set(cluster_features(X[:2], n_clusters=5).tolist())) <= 2
+    assert len(set(fit_clusters(X[:2], n_clusters=5).tolist())) <= 2
     assert embed_2d(X[:1]).shape == (1, 2)
 
 
@@ -150,6 +175,7 @@ def test_cluster_run_variant_on_a_harvested_run(harvested, monkeypatch):
     monkeypatch.setattr(tsae_core.sae, "load_sae", lambda *a, **k: oracle)
     run_dir = cfg.run_dir.parent / "cluster_test_run"
     result = cluster_run_variant(cfg, "oracle", store, run_dir, progress=False)
+    print(f"oracle SAE on the synthetic eval split: ARI {result['ari']:.3f}, NMI {result['nmi']:.3f}")
     kinds = store.ground_truth().kinds
     alive = result["alive_idx"]
     assert 0 < result["n_alive"] == len(alive) == len(result["labels"]) == len(result["embedding_2d"])
@@ -159,11 +185,163 @@ def test_cluster_run_variant_on_a_harvested_run(harvested, monkeypatch):
     assert result["n_clusters"] == cfg.cluster.n_clusters
     profile = result["profile"]
     assert sum(profile["n_latents"]) == result["n_alive"] and profile["clusters"] == sorted(set(result["labels"]))
-    assert all(0 < r <= 1 for r in profile["median_firing_rate"])
-    assert np.isfinite(result["ari"]) and np.isfinite(result["nmi"])
+    assert all(0 < r <= 1 for r in profile["mean_firing_rate"])
+    assert all(sum(p) == pytest.approx(1.0) for p in profile["position_profile"])
+    assert result["examples"] == []  # synthetic data has no tokens
+    assert result["ari"] > 0.3 and result["nmi"] > 0.3
     labels_F = np.full(oracle.cfg.d_sae, -1)
     labels_F[alive] = result["labels"]
     want = group_condition_numbers(oracle.W_dec.detach(), labels_F)
     assert result["decoder_condition_number"] == pytest.approx([want.get(c) for c in profile["clusters"]])
     saved = read_json(run_dir / "analysis" / "clusters_oracle.json")
     assert saved["labels"] == result["labels"] and "tsae" in saved
+
+
+# ---------------------------------------------------------------- count selection and methods
+@pytest.mark.parametrize("method", METHODS)
+def test_silhouette_selects_the_planted_number_of_clusters(method):
+    X, truth = make_blobs(n_samples=240, centers=4, n_features=6, cluster_std=0.6, random_state=3)
+    labels, selection = select_clusters(X, [2, 3, 4, 5, 6, 7, 500], method=method, seed=0)
+    assert selection["chosen"] == 4 and selection["method"] == method
+    scores = selection["silhouette"]
+    assert len(scores) == 7 and scores[-1] is None  # 500 clusters of 240 points: not tried
+    assert scores[2] == max(s for s in scores if s is not None) > 0.6
+    assert adjusted_rand_score(truth, labels) == pytest.approx(1.0)
+    sizes = np.bincount(labels)
+    assert (np.diff(sizes) <= 0).all()  # numbered by size, largest first
+
+
+def test_a_single_count_is_used_as_given():
+    X, _ = make_blobs(n_samples=90, centers=3, n_features=4, random_state=0)
+    labels, selection = select_clusters(X, [5], method="kmeans")
+    assert selection["chosen"] == 5 and len(set(labels.tolist())) == 5 and selection["silhouette"][0] > 0
+
+
+@pytest.mark.parametrize(("override", "key"), [
+    ({"cluster.method": "dbscan"}, "cluster.method"),
+    ({"cluster.n_clusters": 1}, "cluster.n_clusters"),
+    ({"cluster.n_clusters": [2, 1]}, "cluster.n_clusters"),
+    ({"cluster.n_clusters": []}, "cluster.n_clusters"),
+    ({"cluster.n_clusters": [3, 3]}, "cluster.n_clusters"),
+    ({"cluster.n_clusters": "many"}, "cluster.n_clusters"),
+    ({"cluster.coactivation_dims": -1}, "cluster.coactivation_dims"),
+    ({"cluster.example_contexts": -2}, "cluster.example_contexts"),
+    ({"cluster.nclusters": 3}, "cluster.nclusters"),
+])
+def test_bad_cluster_params_name_the_key(override, key):
+    with pytest.raises(ConfigError, match=re.escape(key)):
+        ci_config("runs", **override)
+
+
+def test_cluster_counts_read_as_int_or_list():
+    assert ci_config("runs", **{"cluster.n_clusters": [4, 2, 6]}).cluster.candidate_counts() == [4, 2, 6]
+    assert ci_config("runs", **{"cluster.n_clusters": 5}).cluster.candidate_counts() == [5]
+
+
+# ---------------------------------------------------------------- co-activation
+def test_coactivation_embedding_groups_latents_that_fire_together():
+    g = torch.Generator().manual_seed(0)
+    N = 4000
+    group_on = torch.rand(N, 2, generator=g) < 0.05  # two events; four latents follow each
+    follow = torch.rand(N, 8, generator=g) < 0.9
+    f = torch.cat([(group_on[:, [0]] & follow[:, :4]), (group_on[:, [1]] & follow[:, 4:]),
+                   torch.rand(N, 4, generator=g) < 0.05], 1).float()  # and four independent latents
+    firing = CoFiring(12)
+    firing.update(f[:1500, None])
+    firing.update(f[1500:, None])
+    assert firing.matrix().shape == (N, 12) and firing.matrix().nnz == int(f.sum())
+    emb = coactivation_embedding(firing.matrix(), 2, seed=0)  # as many components as groups
+    norm = np.linalg.norm(emb, axis=1)
+    cos = emb @ emb.T / np.outer(norm, norm)
+    assert cos[:4, :4].min() > 0.9 and cos[4:8, 4:8].min() > 0.9 and np.abs(cos[:4, 4:8]).max() < 0.2
+    assert norm[:8].min() > 0.8 and norm[8:].max() < 0.3  # independent latents share little
+
+
+# ---------------------------------------------------------------- example contexts
+def _token_batch(B=6, T=20, F=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    f = torch.rand(B, T, F, generator=g) * (torch.rand(B, T, F, generator=g) < 0.3)
+    f[:, 0] = 9.0  # the BOS token is largest, but special: never a context's centre
+    f[5] = 0.0  # a sequence where nothing fires
+    tokens = torch.randint(ord("a"), ord("z") + 1, (B, T), generator=g)
+    tokens[:, 0] = BOS_ID
+    special = torch.zeros(B, T, dtype=torch.bool)
+    special[:, 0] = True
+    doc_start = special.clone()
+    tokens[::2, 8], special[::2, 8], doc_start[::2, 9] = BOS_ID, True, True  # a second document, after its BOS
+    f[::2, 8] = 9.0
+    return f, tokens, doc_start, special
+
+
+def test_top_contexts_are_the_argmax_positions_with_their_document_window():
+    f, tokens, doc_start, special = _token_batch()
+    before, after = 4, 2
+    top = TopContexts(f.shape[-1], n_top=3, before=before, after=after)
+    for lo, hi in ((0, 4), (4, 6)):  # two batches: sequences are numbered across them
+        top.update(f[lo:hi], tokens[lo:hi], doc_start[lo:hi], ~special[lo:hi])
+    best_BF, pos_BF = f.masked_fill(special[..., None], -torch.inf).max(1)
+    for latent in range(f.shape[-1]):
+        contexts = top.contexts(latent, ByteTokenizer())
+        expected = [b for b in best_BF[:, latent].argsort(descending=True).tolist() if best_BF[b, latent] > 0][:3]
+        assert [c["sequence"] for c in contexts] == expected
+        for c in contexts:
+            b, t = c["sequence"], c["position"]
+            assert t == pos_BF[b, latent] and c["activation"] == pytest.approx(float(f[b, t, latent]))
+            assert c["tokens"][c["marked"]] == chr(tokens[b, t]) and c["token_ids"][c["marked"]] == tokens[b, t]
+            starts = [0, 8] if b % 2 == 0 else [0]  # a document's BOS opens it
+            doc_lo, doc_hi = max(i for i in starts if i <= t), min([i for i in starts if i > t] + [20])
+            lo, hi = max(t - before, doc_lo), min(t + after + 1, doc_hi)
+            assert c["token_ids"] == tokens[b, lo:hi].tolist() and c["marked"] == t - lo
+            assert c["activations"] == pytest.approx(f[b, lo:hi, latent].tolist(), abs=1e-4)
+
+
+def test_token_strings_and_context_lines_are_readable():
+    ids = [BOS_ID, ord("a"), ord("\n"), ord("\t"), *"…".encode()]
+    assert token_strings(ByteTokenizer(), ids) == ["<bos>", "a", "↵", "⇥", "<0xE2>", "<0x80>", "<0xA6>"]
+    text, bars = context_lines({"tokens": ["de", "f", " x"], "activations": [0.0, 2.0, 1.0], "marked": 1, "activation": 2.0})
+    assert text == "de⟦f⟧ x" and bars == "  ███▄▄" and len(bars) == len(text)
+
+
+# ---------------------------------------------------------------- the stage on a language-model-like source
+class _TokenStore:
+    """The harvested synthetic store as a language-model source would look: byte tokens (letters a–e,
+    BOS at special positions) in every batch, and no ground truth."""
+
+    def __init__(self, store):
+        self._store, self.context_size = store, store.context_size
+
+    def ground_truth(self):
+        return None
+
+    def split(self, name):
+        return self
+
+    def batches(self, batch_sequences, shuffle=False):
+        g = torch.Generator().manual_seed(0)
+        for b in self._store.split("eval").batches(batch_sequences, shuffle=shuffle):
+            letters = torch.randint(ord("a"), ord("e") + 1, b.special_BT.shape, generator=g)
+            yield dataclasses.replace(b, tokens_BT=torch.where(b.special_BT, BOS_ID, letters))
+
+
+def test_language_model_clustering_has_examples_and_prints_no_nan(harvested, monkeypatch, tmp_path):
+    import tsae_core.sae
+    from tsae_core.cluster import cluster_run_variant
+
+    cfg, store = harvested
+    cfg = ci_config(cfg.run_dir.parent, **{"cluster.n_clusters": [2, 3, 4], "cluster.method": "agglomerative"})
+    monkeypatch.setattr(tsae_core.sae, "load_sae", lambda *a, **k: _OracleSAE(store, cfg.eval.batch_sequences))
+    result = cluster_run_variant(cfg, "oracle", _TokenStore(store), tmp_path, tokenizer=ByteTokenizer(), progress=False)
+    assert not result["has_ground_truth"] and result["ari"] is None and result["nmi"] is None
+    assert result["selection"]["chosen"] in (2, 3, 4) and result["n_clusters"] == result["selection"]["chosen"]
+    labels = dict(zip(result["alive_idx"], result["labels"]))
+    assert [g["cluster"] for g in result["examples"]] == result["profile"]["clusters"]
+    for group in result["examples"]:
+        assert 1 <= len(group["latents"]) <= cfg.cluster.example_latents
+        for latent in group["latents"]:
+            assert labels[latent["latent"]] == group["cluster"] and 1 <= len(latent["contexts"]) <= cfg.cluster.example_contexts
+            for c in latent["contexts"]:
+                assert c["activations"][c["marked"]] == pytest.approx(c["activation"], abs=1e-4)
+                assert c["tokens"][c["marked"]] in "abcde"
+    shown = "\n".join([descriptor_summary(result), variant_summary(result), selection_table({"oracle": result}).to_string(),
+                       profile_table(result).to_string(), examples_text(result)])
+    assert "⟦" in shown and not re.search(r"\bnan\b|\bNone\b", shown, flags=re.IGNORECASE), shown

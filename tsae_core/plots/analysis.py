@@ -149,7 +149,8 @@ def _cluster_row(sub, v: str, res: dict[str, Any]) -> set[str]:
     counts = np.array(cont.get("counts") or np.zeros((0, 0)), dtype=float)
     if not counts.size and res.get("profile"):  # no ground truth: say what each cluster is like instead
         _cluster_profile_table(ax_hm, res["profile"])
-        sub.suptitle(f"{v}: clusters of latents by activation pattern (no ground truth to compare with)", fontweight="bold")
+        why = "no latent matches a true feature" if res.get("has_ground_truth") else "no ground truth to compare with"
+        sub.suptitle(f"{v}: clusters of latents by activation pattern ({why})", fontweight="bold")
         return set(kinds.tolist())
     if counts.size:
         labels_y = [f"cluster {c}" for c in cont.get("clusters", [])]
@@ -168,7 +169,7 @@ def _cluster_profile_table(ax, profile: dict[str, list]) -> None:
         ax.axis("off")
         ax.set(title="no alive latents to describe")
         return
-    cols = [("latents", "n_latents", "{:.0f}"), ("median\nfiring rate", "median_firing_rate", "{:.2%}"),
+    cols = [("latents", "n_latents", "{:.0f}"), ("mean\nfiring rate", "mean_firing_rate", "{:.2%}"),
             ("lag-1\nautocorr.", "mean_autocorr_lag1", "{:.2f}"), ("run length\n/ i.i.d.", "mean_run_length_ratio", "{:.2f}")]
     values = np.array([[_nan(x) for x in profile[key]] for _, key, _ in cols], dtype=float).T
     ranks = np.argsort(np.argsort(np.nan_to_num(values, nan=-np.inf), axis=0), axis=0) / max(len(values) - 1, 1)

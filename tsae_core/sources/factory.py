@@ -1,4 +1,5 @@
-"""`source.kind` -> the source harvest reads, and the model behind it (for model-preservation metrics).
+"""`source.kind` -> the source harvest reads, the model behind it (for model-preservation metrics)
+and its tokenizer (to show the text of contexts).
 
 The only place where the kinds differ: the synthetic generator, the tiny model trained here, a
 hub model on hub or local text, or a real model from a GGUF file shipped in registry packages.
@@ -76,3 +77,20 @@ def load_model(cfg: ExperimentConfig) -> Any | None:
     from tsae_core.sources.hf import load_pretrained
 
     return load_pretrained(cfg.source.hf.model_name, device, _model_dtype(cfg, device)).eval()
+
+
+def load_tokenizer(cfg: ExperimentConfig) -> Any | None:
+    """The tokenizer of the harvested language model (None for the synthetic source); the tiny
+    model's and a packaged model's come without loading any weights."""
+    kind = cfg.source.kind
+    if kind not in LANGUAGE_MODEL_KINDS:
+        return None
+    if kind == "tinylm":
+        from tsae_core.sources.tinylm import ByteTokenizer
+
+        return ByteTokenizer()
+    if kind == "gguf":
+        from tsae_core.sources.gguf_model import load_gguf_tokenizer
+
+        return load_gguf_tokenizer(cfg.source.gguf)
+    return load_model(cfg).tokenizer

@@ -50,6 +50,18 @@ def load_hf_from_gguf(path: str | Path) -> tuple[Any, Any]:
     return strip_quantization(model).eval(), tokenizer
 
 
+def load_gguf_tokenizer(cfg: GGUFConfig, cache_dir: str | Path | None = None) -> Any:
+    """The configured packaged model's tokenizer alone, read from its GGUF file (no weights loaded)."""
+    try:
+        import gguf  # noqa: F401  (transformers needs it; fail with a message naming it)
+    except ImportError as err:
+        raise ImportError(GGUF_HELP) from err
+    from transformers import AutoTokenizer
+
+    path = packaged_model_file(cfg.packages, cfg.file, cfg.sha256, cache_dir)
+    return AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name, local_files_only=True)
+
+
 def strip_quantization(hf_model: Any) -> Any:
     """Drop the GGUF quantization marks of a model whose weights are already dequantized tensors."""
     if hasattr(hf_model.config, "quantization_config"):
