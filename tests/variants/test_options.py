@@ -11,7 +11,7 @@ from tsae_core.variants.registry import architectures
 
 def test_every_variant_is_registered():
     assert {"standard", "consistency", "contrastive", "matryoshka", "orthogonal", "relational", "conv", "predictive",
-            "crosscoder"} <= set(architectures())
+            "crosscoder", "pooled"} <= set(architectures())
 
 
 @pytest.mark.parametrize("key, value, words", [
@@ -27,6 +27,7 @@ def test_every_variant_is_registered():
     ("variants.topk.options.window", 4, "takes no options"),
     ("variants.jumprelu.target_l0", -1, "target_l0"),
     ("variants.conv.options.buffer", 0, "options.buffer"),
+    ("variants.pooled.options.window", 0, "options.window"),
     ("variants.conv.options.scales", [4, 2], "options.scales"),
     ("variants.conv.options.scales", [], "options.scales"),
     ("variants.conv.options.coefficient", -1.0, "options.coefficient"),

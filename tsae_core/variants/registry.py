@@ -17,6 +17,7 @@ def _registry() -> dict[str, type[SAE]]:
     from tsae_core.variants.crosscoder import CrosscoderSAE
     from tsae_core.variants.matryoshka import MatryoshkaSAE
     from tsae_core.variants.orthogonal import OrthogonalSAE
+    from tsae_core.variants.pooled import PooledSAE
     from tsae_core.variants.predictive import PredictiveSAE
     from tsae_core.variants.relational import RelationalSAE
 
@@ -28,6 +29,7 @@ def _registry() -> dict[str, type[SAE]]:
         "crosscoder": CrosscoderSAE,
         "matryoshka": MatryoshkaSAE,
         "orthogonal": OrthogonalSAE,
+        "pooled": PooledSAE,
         "predictive": PredictiveSAE,
         "relational": RelationalSAE,
     }
