@@ -241,6 +241,16 @@ def test_temporal_metrics_records_the_within_document_control(evals, tmp_path):
     assert numbers["autocorr"]["relu"]["doc_shuffled"] == pytest.approx(want)
 
 
+def test_autocorrelation_has_a_panel_per_variant_with_both_controls(evals, tmp_path):
+    evals["relu"]["health"] = {"healthy": False, "problems": ["L0 = 0: no latent fires"]}
+    numbers = _check_png(plots.plot_autocorrelation(evals, tmp_path), "autocorrelation")
+    assert numbers["variants"] == list(evals) and numbers["unhealthy"] == ["relu"]
+    t = evals["relu"]["temporal"]
+    assert numbers["autocorr"]["relu"]["by_lag"] == pytest.approx(t["autocorr_mean_by_lag"])
+    assert numbers["autocorr"]["relu"]["control"] == pytest.approx(t["autocorr_mean_by_lag_control"])
+    assert numbers["autocorr"]["relu"]["doc_shuffled"] == pytest.approx(t["autocorr_mean_by_lag_doc_shuffled"])
+
+
 def test_position_dependence_records_bars_and_curves(evals, tmp_path):
     numbers = _check_png(plots.plot_position_dependence(evals, tmp_path), "position_dependence")
     assert numbers["position_dependence"]["actual"] == pytest.approx([0.02, 0.04, 0.06])
@@ -290,6 +300,7 @@ def test_plots_survive_missing_sections_and_values(evals, curves, tmp_path):
         "final_metrics",
         "gt_recovery",
         "temporal_metrics",
+        "autocorrelation",
         "position_dependence",
         "redundancy",
         "decoder_geometry",

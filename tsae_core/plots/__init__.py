@@ -29,10 +29,10 @@ from tsae_core.plots.metrics import (
     plot_sparsity_metrics,
     plot_training_metrics,
 )
-from tsae_core.plots.structure import plot_decoder_geometry, plot_position_dependence, plot_redundancy
+from tsae_core.plots.structure import plot_autocorrelation, plot_decoder_geometry, plot_position_dependence, plot_redundancy
 
 __all__ = [
-    "load_cluster_results", "load_curves", "load_evals", "load_run_results", "plot_all", "plot_comparison",
+    "load_cluster_results", "load_curves", "load_evals", "load_run_results", "plot_all", "plot_autocorrelation", "plot_comparison",
     "plot_decoder_geometry", "plot_feature_clusters", "plot_final_metrics", "plot_gt_recovery", "plot_model_preservation",
     "plot_position_dependence", "plot_reconstruction_metrics", "plot_redundancy", "plot_sparsity_metrics",
     "plot_temporal_metrics", "plot_training_metrics", "read_curves", "variant_colors", "variant_order",
@@ -138,6 +138,7 @@ def _draw_all(evals: Evals, curves: Curves, cluster_results: Clusters | None, ou
         plot_final_metrics(evals, out_dir, colors),
         plot_gt_recovery(evals, out_dir, colors),
         plot_temporal_metrics(evals, out_dir, colors),
+        plot_autocorrelation(evals, out_dir, colors),
         plot_position_dependence(evals, out_dir, colors),
         plot_redundancy(evals, out_dir, colors),
         plot_decoder_geometry(evals, out_dir, colors),

@@ -163,3 +163,40 @@ def plot_decoder_geometry(evals: Evals, out_dir: PathLike, colors: Colors = None
         data.update(_metric_bars(ax, panel, variants, evals, colors))
     fig.suptitle("Decoder geometry: each latent's largest cosine with another latent" + _unhealthy_note(sick))
     return _save(fig, out_dir, "decoder_geometry", data)
+
+
+@_styled
+def plot_autocorrelation(evals: Evals, out_dir: PathLike, colors: Colors = None) -> Path | None:
+    """One panel per variant: mean autocorrelation of its latents by lag, beside both controls (tokens
+    shuffled within sequences, and within documents), on a shared scale."""
+    variants = [v for v in variant_order(evals) if _get(evals[v], "temporal", "autocorr_mean_by_lag")]
+    if not variants:
+        return None
+    colors = colors or variant_colors(variants)
+    sick = unhealthy(evals, variants)
+    ncols = min(5, len(variants))
+    nrows = -(-len(variants) // ncols)
+    fig, axes = _figure(nrows, ncols, (3.1 * ncols, 2.6 * nrows + 0.8), sharex=True, sharey=True)
+    data: dict[str, Any] = {"variants": variants, "colors": colors, "unhealthy": sick, "autocorr": {}}
+    for ax, v in zip(axes.flat, variants):
+        t = evals[v]["temporal"]
+        curves = {key: [_nan(x) for x in t.get(name) or []] for key, name in (
+            ("by_lag", "autocorr_mean_by_lag"), ("control", "autocorr_mean_by_lag_control"),
+            ("doc_shuffled", "autocorr_mean_by_lag_doc_shuffled"))}
+        for key, style in (("by_lag", dict(lw=2.0, marker=".", label="SAE latents")),
+                           ("control", dict(lw=1.3, ls=":", label="shuffled within sequences")),
+                           ("doc_shuffled", dict(lw=1.3, ls="--", label="shuffled within documents"))):
+            ax.plot(range(1, len(curves[key]) + 1), curves[key], color=colors[v], **style)
+        ax.axhline(0, color="0.3", lw=0.8)
+        ax.set_title(_label(v, sick), fontsize=10, color="tab:red" if v in sick else "black")
+        data["autocorr"][v] = curves
+    for ax in axes.flat[len(variants):]:
+        ax.set_visible(False)
+    for ax in axes[-1]:
+        ax.set_xlabel("lag (tokens)")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("mean autocorrelation")
+    axes[0, 0].legend(fontsize=7, loc="upper right")
+    fig.suptitle("Autocorrelation of each SAE's latents by lag within documents, against both controls"
+                 + _unhealthy_note(sick))
+    return _save(fig, out_dir, "autocorrelation", data)
