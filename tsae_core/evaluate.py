@@ -268,7 +268,7 @@ def eval_key(cfg: ExperimentConfig, name: str, run_dir: Path) -> str | None:
         return None
     inst = cfg.instance(name)
     blob = json.dumps({"weights": weights, "instance": name, "variant": cfg.to_dict()["variants"][inst.variant],
-                       "settings": cfg.hash("source", "harvest", "eval"), "code": code_hash()}, sort_keys=True)
+                       "settings": cfg.hash("source", "harvest", "eval"), "code": code_hash(without=("plots",))}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 

@@ -190,11 +190,14 @@ def git_commit() -> str | None:
         return None
 
 
-def code_hash() -> str:
-    """Hash of the package's sources: changed code means results must be recomputed."""
+def code_hash(without: tuple[str, ...] = ()) -> str:
+    """Hash of the package's sources: changed code means results must be recomputed. `without` names
+    subpackages whose code cannot change the result at hand (e.g. `plots` for an evaluation)."""
+    package = Path(__file__).parent
     h = hashlib.sha256()
-    for f in sorted(Path(__file__).parent.rglob("*.py")):
-        h.update(f.read_bytes())
+    for f in sorted(package.rglob("*.py")):
+        if f.relative_to(package).parts[0] not in without:
+            h.update(f.read_bytes())
     return h.hexdigest()[:16]
 
 
