@@ -62,8 +62,7 @@ def window_mean(x_BTD: torch.Tensor, window: int, mask_BT: torch.Tensor | None, 
         doc_start_BT = default_doc_start(B, T, x_BTD.device)
     if window == 1:
         return x_BTD
-    counted_BT1 = (torch.ones(B, T, device=x_BTD.device) if mask_BT is None else mask_BT.to(x_BTD.dtype)).unsqueeze(-1)
-    counted_BT1 = counted_BT1.to(x_BTD.dtype)
+    counted_BT1 = (torch.ones(B, T, device=x_BTD.device) if mask_BT is None else mask_BT).unsqueeze(-1).to(x_BTD.dtype)
     total_BTD = x_BTD.clone()  # the token itself counts, special or not
     weight_BT1 = torch.ones_like(counted_BT1)
     for lag in range(1, window):
