@@ -9,7 +9,10 @@ SAELens's training SAE with the same shape (what its `SAETrainer._train_step` do
 training forward pass, firing statistics, backward, clip, Adam). The two run interleaved, each measurement in a fresh process (its own peak memory),
 `--repeats` times; the median counts. On CUDA both run under bf16 autocast with fp32 weights.
 
-Columns: tokens/s; GFLOP/s counting the dense step's 10 T d F FLOPs (encoder, decoder, and their
+tsae runs on the path training takes (`train.sparse_codes: auto`, see `tsae_core.sparse_codes`);
+where that is the sparse path, the dense path is timed beside it ("dense tok/s").
+
+Columns: path (sparse or dense); tokens/s; GFLOP/s counting the dense step's 10 T d F FLOPs (encoder, decoder, and their
 gradients: 2 T d F each, the decoder's input gradient included); the share of the ceiling, a plain
 (T x d) @ (d x F) matmul timed in the same run (fp32 on CPU, bf16 on CUDA); for TopK and BatchTopK
 also the share of the sparse ceiling, the time a step needs when only the encoder is dense
@@ -73,12 +76,14 @@ def _inputs(tokens: int, d_in: int, device):
     return [torch.randn(tokens, d_in, generator=gen).to(device) for _ in range(4)]
 
 
-def measure_tsae(activation: str, d_in: int, d_sae: int, tokens: int, steps: int, warmup: int, device_name: str) -> dict:
+def measure_tsae(activation: str, d_in: int, d_sae: int, tokens: int, steps: int, warmup: int, device_name: str,
+                 sparse_codes: str = "auto") -> dict:
     import torch
 
     from tsae_core.sae import LossContext, SAEConfig, build_sae
     from tsae_core.sources.base import SequenceBatch
-    from tsae_core.train import training_step
+    from tsae_core.sparse_codes import use_sparse_path
+    from tsae_core.train import make_optimizer, training_step
 
     device = torch.device(device_name)
     cfg = SAEConfig(architecture="standard", activation=activation, d_in=d_in, d_sae=d_sae,
@@ -86,7 +91,8 @@ def measure_tsae(activation: str, d_in: int, d_sae: int, tokens: int, steps: int
                     l1_coefficient=5.0 if activation == "relu" else 0.0,
                     aux_k_coefficient=0.0 if activation == "relu" else 1 / 32, aux_k=d_in // 2)
     sae = build_sae(cfg).to(device)
-    opt = torch.optim.Adam(sae.param_groups(), lr=1e-4)
+    sae.sparse_path = use_sparse_path(sparse_codes, activation, d_sae, device)
+    opt = make_optimizer(sae, 1e-4, (0.9, 0.999))
     no = torch.zeros(1, tokens, dtype=torch.bool)
     batches = [SequenceBatch(x.cpu().unsqueeze(0), no, torch.zeros(1, tokens, dtype=torch.long), no).to(device)
                for x in _inputs(tokens, d_in, device)]
@@ -99,7 +105,12 @@ def measure_tsae(activation: str, d_in: int, d_sae: int, tokens: int, steps: int
         training_step(sae, opt, b, LossContext(b.mask_BT, b.doc_start_BT, 1.0, dead, step=i, seed=0), 1.0, autocast)
 
     seconds, peak = _time_steps(step, steps, warmup, device)
-    return {"seconds": seconds, "peak_bytes": peak}
+    return {"seconds": seconds, "peak_bytes": peak, "sparse_path": sae.sparse_path}
+
+
+def measure_dense(activation: str, d_in: int, d_sae: int, tokens: int, steps: int, warmup: int, device_name: str) -> dict:
+    """tsae's step on the dense path (`train.sparse_codes: never`), beside the one `auto` chooses."""
+    return measure_tsae(activation, d_in, d_sae, tokens, steps, warmup, device_name, sparse_codes="never")
 
 
 def measure_saelens(activation: str, d_in: int, d_sae: int, tokens: int, steps: int, warmup: int, device_name: str) -> dict:
@@ -155,7 +166,7 @@ def measure_ceiling(d_in: int, d_sae: int, tokens: int, steps: int, warmup: int,
     return {"seconds": seconds, "gflops": 2 * tokens * d_in * d_sae / seconds / 1e9}
 
 
-MEASURES = {"tsae": measure_tsae, "saelens": measure_saelens}
+MEASURES = {"tsae": measure_tsae, "dense": measure_dense, "saelens": measure_saelens}
 
 
 def _child(args: argparse.Namespace) -> dict:
@@ -209,9 +220,11 @@ def main() -> None:
         ceiling = statistics.median(r["seconds"] for r in (_run(args, f"ceiling:-:{shape}") for _ in range(args.repeats)) if r)
         ceiling_gflops = 2 * args.tokens * d_in * d_sae / ceiling / 1e9
         for activation in args.activations.split(","):
-            runs: dict[str, list[dict]] = {t: [] for t in tools}
+            # where `auto` takes the sparse path, the dense path is timed beside it
+            row_tools = tools[:1] + (["dense"] if _auto_is_sparse(activation, d_sae, args.device) else []) + tools[1:]
+            runs: dict[str, list[dict]] = {t: [] for t in row_tools}
             for _ in range(args.repeats):  # interleaved, so a slow spell of the machine hits both
-                for tool in tools:
+                for tool in row_tools:
                     r = _run(args, f"{tool}:{activation}:{shape}")
                     if r:
                         runs[tool].append(r)
@@ -220,19 +233,27 @@ def main() -> None:
                 if results:
                     seconds = statistics.median(r["seconds"] for r in results)
                     row[tool] = {"tokens_per_s": args.tokens / seconds, "peak_mb": max(r["peak_bytes"] for r in results) / 2**20,
-                                 "seconds": seconds}
+                                 "seconds": seconds, "sparse_path": bool(results[0].get("sparse_path"))}
             rows.append(row)
             _print_row(row, d_in, d_sae, first=len(rows) == 1, args=args)
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
 
 
+def _auto_is_sparse(activation: str, d_sae: int, device: str) -> bool:
+    import torch
+
+    from tsae_core.sparse_codes import use_sparse_path
+
+    return use_sparse_path("auto", activation, d_sae, torch.device(device))
+
+
 def _print_row(row: dict, d_in: int, d_sae: int, first: bool, args: argparse.Namespace) -> None:
     if first:
         precision = "bf16 autocast" if args.device.startswith("cuda") else "fp32"
         print(f"device {args.device} ({precision}), {args.tokens} tokens per step, k {K}, AuxK on, median of {args.repeats}")
-        print(f"{'activation':10s} {'d_in x d_sae':>12s} {'tok/s':>9s} {'GFLOP/s':>8s} {'% ceil':>7s} {'% sparse':>9s} "
-              f"{'peak MB':>8s} {'SAELens':>9s} {'x SAELens':>9s} {'ceiling GFLOP/s':>16s}")
+        print(f"{'activation':10s} {'d_in x d_sae':>12s} {'path':>6s} {'tok/s':>9s} {'GFLOP/s':>8s} {'% ceil':>7s} {'% sparse':>9s} "
+              f"{'peak MB':>8s} {'dense tok/s':>11s} {'SAELens':>9s} {'x SAELens':>9s} {'ceiling GFLOP/s':>16s}")
     t = row.get("tsae")
     if t is None:
         print(f"{row['activation']:10s} {row['shape']:>12s} failed")
@@ -243,8 +264,10 @@ def _print_row(row: dict, d_in: int, d_sae: int, first: bool, args: argparse.Nam
     sparse = f"{sparse_seconds / t['seconds']:9.0%}" if row["activation"] != "relu" else f"{'-':>9s}"
     s = row.get("saelens")
     lens = f"{s['tokens_per_s']:9.0f} {t['tokens_per_s'] / s['tokens_per_s']:9.2f}" if s else f"{'-':>9s} {'-':>9s}"
-    print(f"{row['activation']:10s} {row['shape']:>12s} {t['tokens_per_s']:9.0f} {gflops:8.1f} {gflops / row['ceiling_gflops']:7.0%} "
-          f"{sparse} {t['peak_mb']:8.1f} {lens} {row['ceiling_gflops']:16.1f}", flush=True)
+    dense = f"{row['dense']['tokens_per_s']:11.0f}" if "dense" in row else f"{'-':>11s}"
+    path = "sparse" if t.get("sparse_path") else "dense"
+    print(f"{row['activation']:10s} {row['shape']:>12s} {path:>6s} {t['tokens_per_s']:9.0f} {gflops:8.1f} "
+          f"{gflops / row['ceiling_gflops']:7.0%} {sparse} {t['peak_mb']:8.1f} {dense} {lens} {row['ceiling_gflops']:16.1f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -11,9 +11,15 @@ jumprelu   f_i = pre_i * H(pre_i - theta_i) with a learned threshold per latent;
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import nn
+
+from tsae_core.sparse_codes import SparseCodes, offsets_from_rows, regular_offsets
+
+Pick = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+"""(cols, offsets) -> the differentiable pre-activations at those entries (see `tsae_core.sparse_codes`)."""
 
 
 class ReLU(nn.Module):
@@ -29,6 +35,13 @@ class TopK(nn.Module):
     def forward(self, pre_NF: torch.Tensor, mask_N: torch.Tensor | None = None) -> torch.Tensor:
         values_NK, idx_NK = pre_NF.topk(self.k, dim=-1, sorted=False)
         return torch.zeros_like(pre_NF).scatter(-1, idx_NK, torch.relu(values_NK))
+
+    def sparse(self, pre_NF: torch.Tensor, mask_N: torch.Tensor | None, pick: Pick) -> SparseCodes:
+        """`forward`'s codes in compressed rows, their values from `pick` (the sparse training path)."""
+        with torch.no_grad():
+            cols = pre_NF.topk(self.k, dim=-1, sorted=False).indices.flatten()
+        offsets = regular_offsets(pre_NF.shape[0], self.k, pre_NF.device)
+        return SparseCodes(torch.relu(pick(cols, offsets)), cols, offsets, pre_NF.shape[-1])
 
 
 CANDIDATES_PER_ROW = 4
@@ -74,15 +87,39 @@ class BatchTopK(nn.Module):
         several tokens (a crosscoder's window) passes k times the tokens it holds."""
         if not self.training:
             return pre_NF * (pre_NF > self.threshold).to(pre_NF.dtype)
-        acts_NF = torch.relu(pre_NF)
-        if mask_N is not None:  # excluded tokens take no share of the batch budget
-            acts_NF = acts_NF * mask_N.unsqueeze(-1).to(acts_NF.dtype)
-        n_tokens = int(mask_N.sum()) if mask_N is not None else acts_NF.shape[0]
-        n_keep = self.k * max(n_tokens, 1) if budget is None else max(int(budget), 1)
-        values, idx = batch_top(acts_NF, min(n_keep, acts_NF.numel()))
+        acts_NF = self._masked_acts(pre_NF, mask_N)
+        values, idx = batch_top(acts_NF, self._n_keep(acts_NF, mask_N, budget))
         out = torch.zeros_like(acts_NF).flatten().scatter(0, idx, values).view_as(acts_NF)
         self._update_threshold(values)
         return out
+
+    def sparse(self, pre_NF: torch.Tensor, mask_N: torch.Tensor | None, pick: Pick, budget: int | None = None) -> SparseCodes:
+        """The training-time codes of `forward` in compressed rows, their values from `pick`."""
+        N, F = pre_NF.shape
+        with torch.no_grad():
+            acts_NF = self._masked_acts(pre_NF, mask_N)
+            values, idx = batch_top(acts_NF, self._n_keep(acts_NF, mask_N, budget))
+            self._update_threshold(values)
+            idx = idx.sort().values  # compressed rows: entries in row order
+            rows, cols = torch.div(idx, F, rounding_mode="floor"), idx % F
+            offsets = offsets_from_rows(rows, N)
+        kept = torch.relu(pick(cols, offsets))
+        if mask_N is not None:
+            kept = kept * mask_N[rows].to(kept.dtype)
+        return SparseCodes(kept, cols, offsets, F)
+
+    @staticmethod
+    def _masked_acts(pre_NF: torch.Tensor, mask_N: torch.Tensor | None) -> torch.Tensor:
+        acts_NF = torch.relu(pre_NF)
+        if mask_N is not None:  # excluded tokens take no share of the batch budget
+            m = mask_N.unsqueeze(-1).to(acts_NF.dtype)
+            acts_NF = acts_NF * m if acts_NF.requires_grad else acts_NF.mul_(m)
+        return acts_NF
+
+    def _n_keep(self, acts_NF: torch.Tensor, mask_N: torch.Tensor | None, budget: int | None) -> int:
+        n_tokens = int(mask_N.sum()) if mask_N is not None else acts_NF.shape[0]
+        n_keep = self.k * max(n_tokens, 1) if budget is None else max(int(budget), 1)
+        return min(n_keep, acts_NF.numel())
 
     def export_tensors(self) -> dict[str, torch.Tensor]:
         return {"threshold": self.threshold}
@@ -100,10 +137,8 @@ class BatchTopK(nn.Module):
         calibrating on final-weight batches makes inference L0 match k."""
         smallest = []
         for pre_NF, mask_N, *budget in pre_batches:
-            acts_NF = torch.relu(pre_NF) if mask_N is None else torch.relu(pre_NF) * mask_N.unsqueeze(-1).to(pre_NF.dtype)
-            n_tokens = int(mask_N.sum()) if mask_N is not None else acts_NF.shape[0]
-            n_keep = self.k * max(n_tokens, 1) if not budget else max(int(budget[0]), 1)
-            kept = acts_NF.flatten().topk(min(n_keep, acts_NF.numel()), sorted=False).values
+            acts_NF = self._masked_acts(pre_NF, mask_N)
+            kept = acts_NF.flatten().topk(self._n_keep(acts_NF, mask_N, budget[0] if budget else None), sorted=False).values
             if (kept > 0).any():
                 smallest.append(kept[kept > 0].min().float())
         if smallest:

@@ -182,6 +182,10 @@ class TrainConfig:
     """Steps between checkpoints (0 disables)."""
     b_dec_init: Literal["geometric_median", "mean", "zeros"] = "geometric_median"
     """Initial decoder bias."""
+    sparse_codes: Literal["auto", "always", "never"] = "auto"
+    """TopK / BatchTopK training through the sparse path (decoder and gradients touch only the kept
+    codes; the same result as the dense path to float precision): auto takes it where it is faster
+    (CPU, from 4096 latents on; benchmarks/train_step.py)."""
 
     def __post_init__(self) -> None:
         _check(self.steps > 0, "train.steps", "must be > 0")

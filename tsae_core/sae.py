@@ -24,9 +24,11 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from tsae_core import losses
-from tsae_core.activations import make_activation
+from tsae_core import losses, sparse_codes
+from tsae_core.activations import Pick, make_activation
 from tsae_core.config import VariantConfig
+from tsae_core.sparse_codes import SparseCodes
+from tsae_core.linear import centered_linear
 from tsae_core.io import provenance, read_json, save_tensors, sha256_file, write_json
 from tsae_core.typed import ConfigError, build
 
@@ -94,6 +96,10 @@ class SAEOutput:
     x_normalized: torch.Tensor  # (B, T, D) s * x
     recon_normalized: torch.Tensor  # (B, T, D) s * recon
     extras: dict[str, torch.Tensor] = field(default_factory=dict)
+    codes: SparseCodes | None = None
+    """The sparse path's kept codes in compressed rows (`features` holds them densely); None on the dense path."""
+    pick: Pick | None = None
+    """The sparse path's differentiable pre-activations at chosen entries (what AuxK reads); None on the dense path."""
 
 
 @dataclass
@@ -137,6 +143,8 @@ class SAE(nn.Module):
         k = max(1, round(cfg.target_l0)) if cfg.activation == "jumprelu" and cfg.target_l0 > 0 else cfg.k or 1
         self.activation = make_activation(cfg.activation, k, d_sae, bandwidth=cfg.bandwidth or 2.0)
         self.options = self.parse_options(cfg.options)
+        self.sparse_path = False
+        """Train through `tsae_core.sparse_codes` (the TopK family; set from `train.sparse_codes`)."""
         self.reset_parameters(torch.Generator().manual_seed(0))
 
     # -- options -------------------------------------------------------------------------------
@@ -177,7 +185,7 @@ class SAE(nn.Module):
         """Pre-activations; temporal variants add a term that uses earlier positions of the same
         document (`doc_start_BT` marks where documents begin, `position_BT` counts tokens from it;
         see `tsae_core.sequence` for the defaults when they are None)."""
-        return (x_n_BTD - self.b_dec) @ self.W_enc + self.b_enc
+        return centered_linear(x_n_BTD, self.b_dec, self.W_enc, self.b_enc)  # (x_n - b_dec) W_enc + b_enc
 
     def encode_pre_masked(
         self, x_n_BTD: torch.Tensor, mask_BT: torch.Tensor | None, doc_start_BT: torch.Tensor | None, position_BT: torch.Tensor | None
@@ -208,15 +216,42 @@ class SAE(nn.Module):
             mask_BT, doc_start_BT, position_BT = (None if t is None else t.unsqueeze(0) for t in (mask_BT, doc_start_BT, position_BT))
         s = self.cfg.activation_scaling_factor
         x_n = x_BTD * s
-        pre = self.encode_pre_masked(x_n, mask_BT, doc_start_BT, position_BT)
-        B, T, F = pre.shape
-        mask_N = None if mask_BT is None else mask_BT.reshape(-1)
-        features = self.activation(pre.reshape(B * T, F), mask_N).view(B, T, F)
-        recon_n = self.decode(features)
-        out = SAEOutput(features, recon_n / s, pre, x_n, recon_n)
+        if self.sparse_path and self.training:
+            out = self._sparse_forward(x_n, mask_BT, doc_start_BT, position_BT)
+        else:
+            mask_N = None if mask_BT is None else mask_BT.reshape(-1)
+            pre = self.encode_pre_masked(x_n, mask_BT, doc_start_BT, position_BT)
+            B, T, F = pre.shape
+            features = self.activation(pre.reshape(B * T, F), mask_N).view(B, T, F)
+            recon_n = self.decode(features)
+            out = SAEOutput(features, recon_n / s, pre, x_n, recon_n)
         if squeeze:
             out = SAEOutput(*(t.squeeze(0) for t in (out.features, out.recon, out.pre_acts, out.x_normalized, out.recon_normalized)))
         return out
+
+    def _sparse_forward(self, x_n_BTD: torch.Tensor, mask_BT: torch.Tensor | None, doc_start_BT: torch.Tensor | None,
+                        position_BT: torch.Tensor | None) -> SAEOutput:
+        """The training forward pass of `tsae_core.sparse_codes`: the same output as the dense one.
+
+        A variant with the base linear encoder gets the sparse encoder backward too; one whose
+        encoder reads other tokens keeps its dense encoder graph and gets the sparse decoder only."""
+        B, T, D = x_n_BTD.shape
+        mask_N = None if mask_BT is None else mask_BT.reshape(-1)
+        x_n_ND = x_n_BTD.reshape(B * T, D)
+        if type(self).encode_pre is SAE.encode_pre and type(self).encode_pre_masked is SAE.encode_pre_masked:
+            with torch.no_grad():
+                pre_NF = self.encode_pre(x_n_ND)
+            pick = sparse_codes.linear_picks(pre_NF, x_n_ND, self.W_enc, self.b_enc, self.b_dec)
+        else:
+            pre_NF = self.encode_pre_masked(x_n_BTD, mask_BT, doc_start_BT, position_BT).reshape(B * T, -1)
+
+            def pick(cols: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+                return pre_NF[sparse_codes.rows_of(offsets), cols]
+        codes: SparseCodes = self.activation.sparse(pre_NF, mask_N, pick)
+        recon_n = (sparse_codes.decode(codes, self.W_dec) + self.b_dec).view(B, T, D)
+        s = self.cfg.activation_scaling_factor
+        return SAEOutput(codes.dense().view(B, T, -1), recon_n / s, pre_NF.view(B, T, -1), x_n_BTD, recon_n,
+                         codes=codes, pick=pick)
 
     # -- losses --------------------------------------------------------------------------------
     def loss_terms(self, out: SAEOutput, ctx: LossContext) -> dict[str, torch.Tensor]:
@@ -241,7 +276,8 @@ class SAE(nn.Module):
                 gap = losses.threshold_gap(out.pre_acts.reshape(-1, F), self.activation.threshold, mask_N)
                 terms["pre_act"] = self.cfg.pre_act_coefficient * gap
         if self.cfg.activation in ("topk", "batchtopk") and self.cfg.aux_k_coefficient > 0 and ctx.dead_F is not None:
-            aux = losses.aux_k(x_ND - recon_ND, out.pre_acts.reshape(-1, F), ctx.dead_F, self.W_dec, self.cfg.aux_k, mask_N)
+            aux = losses.aux_k(x_ND - recon_ND, out.pre_acts.reshape(-1, F), ctx.dead_F, self.W_dec, self.cfg.aux_k, mask_N,
+                               pick=out.pick)
             terms["aux_k"] = self.cfg.aux_k_coefficient * aux
         return terms
 

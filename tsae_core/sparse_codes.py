@@ -1,0 +1,156 @@
+"""Sparse codes and the sparse training path of the TopK family.
+
+A TopK or BatchTopK SAE keeps k of F codes per token, yet the dense step multiplies every code: the
+decoder, its two gradients and the encoder's two gradients each cost 2 N d F FLOPs. Only the encoder's
+forward product has to be dense (every pre-activation competes for the top k). The sparse path:
+
+    pre     = (x_n - b_dec) W_enc + b_enc            dense, without autograd (2 N d F)
+    kept    = the activation's selection              (row pointers, column indices), no gradient
+    values  = pre[kept], differentiable               `linear_picks`: the backward touches only the
+                                                      kept columns of W_enc (one sparse product for
+                                                      the codes and AuxK's picks together) and b_enc
+    x_n^    = sum_e values_e W_dec[col_e] + b_dec     `decode`: an embedding bag; its backward
+                                                      writes only the kept rows of W_dec
+
+Codes are kept as compressed rows: `offsets` (N + 1) row pointers into `cols` and `values` (E), the
+layout of a CSR matrix and of `embedding_bag`'s bags. Both paths compute the same function and
+gradients (tests/test_sparse_codes.py); which one runs is `train.sparse_codes`.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F_nn
+
+warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
+
+MIN_SPARSE_LATENTS = 4096
+"""`auto` takes the sparse path from this many latents on, on CPU: at 128 x 2048 the dense step is
+as fast (the products are small and the kernels of the sparse one have fixed costs), at 768 x 16384
+the sparse step is several times faster (benchmarks/train_step.py)."""
+
+
+@dataclass
+class SparseCodes:
+    """The kept codes of N rows over F latents in compressed-row form (row r: entries offsets[r]:offsets[r+1])."""
+
+    values: torch.Tensor  # (E,) differentiable
+    cols: torch.Tensor  # (E,) long
+    offsets: torch.Tensor  # (N + 1,) long
+    n_latents: int
+
+    @property
+    def n_rows(self) -> int:
+        return self.offsets.numel() - 1
+
+    def rows(self) -> torch.Tensor:
+        """(E,) the row of every entry."""
+        return rows_of(self.offsets)
+
+    def dense(self) -> torch.Tensor:
+        """(N, F) with the values in place and zeros elsewhere; differentiable in `values`."""
+        out = self.values.new_zeros(self.n_rows, self.n_latents)
+        return out.index_put_((self.rows(), self.cols), self.values)
+
+
+def rows_of(offsets: torch.Tensor) -> torch.Tensor:
+    """(E,) the row of every entry of compressed rows with these row pointers."""
+    return torch.repeat_interleave(torch.arange(offsets.numel() - 1, device=offsets.device), offsets.diff())
+
+
+def regular_offsets(n_rows: int, per_row: int, device: torch.device) -> torch.Tensor:
+    """Row pointers of rows that each hold `per_row` entries (TopK's k, AuxK's k_aux)."""
+    return torch.arange(0, n_rows * per_row + 1, per_row, device=device)
+
+
+def offsets_from_rows(sorted_rows: torch.Tensor, n_rows: int) -> torch.Tensor:
+    """Row pointers of entries sorted by row."""
+    counts = torch.bincount(sorted_rows, minlength=n_rows)
+    return torch.cat([counts.new_zeros(1), counts.cumsum(0)])
+
+
+class _EncoderGradient(torch.autograd.Function):
+    """The linear encoder's gradient from every entry picked from its pre-activations, in one product.
+
+    Its output is a token (a zero scalar) that every `_Pick` takes as input, so autograd runs this
+    backward after all of theirs; each pick leaves (cols, offsets, g) in `parts`. With G the sparse
+    (N, F) matrix of all the picked gradients g (entries picked twice add up):
+    dW_enc = (x_n - b_dec)^T G, a dense-times-sparse product; db_enc = column sums of G;
+    db_dec = -W_enc db_enc, since every row's input is shifted by -b_dec."""
+
+    @staticmethod
+    def forward(ctx, parts, x_n_ND, W_enc_DF, b_enc_F, b_dec_D):
+        ctx.parts = parts
+        ctx.save_for_backward(x_n_ND, W_enc_DF, b_dec_D)
+        return W_enc_DF.new_zeros(())
+
+    @staticmethod
+    def backward(ctx, _token_grad):
+        x_n_ND, W_enc_DF, b_dec_D = ctx.saved_tensors
+        N, F = x_n_ND.shape[0], W_enc_DF.shape[1]
+        parts, ctx.parts[:] = list(ctx.parts), []
+        if not parts:
+            return None, None, None, None, None
+        rows = torch.cat([rows_of(offsets) for _, offsets, _ in parts])
+        order = torch.argsort(rows, stable=True)  # one set of compressed rows from all the picks
+        cols_E = torch.cat([cols for cols, _, _ in parts])[order]
+        g_E = torch.cat([g for _, _, g in parts])[order].to(W_enc_DF.dtype)
+        grad_W = grad_b_enc = grad_b_dec = None
+        if ctx.needs_input_grad[2]:
+            G = torch.sparse_csr_tensor(offsets_from_rows(rows[order], N), cols_E, g_E, (N, F), check_invariants=False)
+            grad_W = (x_n_ND.to(W_enc_DF.dtype) - b_dec_D).t() @ G
+        if ctx.needs_input_grad[3] or ctx.needs_input_grad[4]:
+            grad_b_enc = torch.zeros(F, dtype=g_E.dtype, device=g_E.device).index_add_(0, cols_E, g_E)
+            if ctx.needs_input_grad[4]:
+                grad_b_dec = -(W_enc_DF @ grad_b_enc)
+        return None, None, grad_W, grad_b_enc, grad_b_dec
+
+
+class _Pick(torch.autograd.Function):
+    """values_e = pre[row_e, col_e], given pre (no graph); the gradient goes to `_EncoderGradient`."""
+
+    @staticmethod
+    def forward(ctx, token, parts, pre_NF, cols_E, offsets):
+        ctx.parts = parts
+        ctx.save_for_backward(cols_E, offsets)
+        return pre_NF[rows_of(offsets), cols_E]
+
+    @staticmethod
+    def backward(ctx, g_E):
+        cols_E, offsets = ctx.saved_tensors
+        ctx.parts.append((cols_E, offsets, g_E))
+        return g_E.new_zeros(()), None, None, None, None
+
+
+def linear_picks(pre_NF: torch.Tensor, x_n_ND: torch.Tensor, W_enc_DF: torch.Tensor, b_enc_F: torch.Tensor,
+                 b_dec_D: torch.Tensor) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """pick(cols, offsets) -> (E,) the pre-activations pre = (x_n - b_dec) W_enc + b_enc at those
+    entries, differentiable; the encoder's gradient from all picks of one batch is one sparse product."""
+    parts: list = []
+    token = _EncoderGradient.apply(parts, x_n_ND.detach(), W_enc_DF, b_enc_F, b_dec_D)
+    pre_NF = pre_NF.detach()
+
+    def pick(cols_E: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+        return _Pick.apply(token, parts, pre_NF, cols_E, offsets)
+
+    return pick
+
+
+def decode(codes: SparseCodes, W_dec_FD: torch.Tensor) -> torch.Tensor:
+    """(N, D) sum over each row's entries of value x decoder row (no bias)."""
+    return F_nn.embedding_bag(codes.cols, W_dec_FD, codes.offsets, mode="sum", include_last_offset=True,
+                              per_sample_weights=codes.values.to(W_dec_FD.dtype))
+
+
+def use_sparse_path(setting: str, activation: str, d_sae: int, device: torch.device) -> bool:
+    """Whether a training step takes the sparse path: `train.sparse_codes` is always, never or auto
+    (the TopK family on CPU from MIN_SPARSE_LATENTS latents on; the GPU path is measured dense)."""
+    if activation not in ("topk", "batchtopk") or setting == "never":
+        return False
+    if setting == "always":
+        return True
+    return device.type == "cpu" and d_sae >= MIN_SPARSE_LATENTS
