@@ -10,7 +10,8 @@ training forward pass, firing statistics, backward, clip, Adam). The two run int
 `--repeats` times; the median counts. On CUDA both run under bf16 autocast with fp32 weights.
 
 tsae runs on the path training takes (`train.sparse_codes: auto`, see `tsae_core.sparse_codes`);
-where that is the sparse path, the dense path is timed beside it ("dense tok/s").
+where that is the sparse path, the dense path is timed beside it ("other path", tokens/s); with
+`--both-paths` the sparse path is also timed where auto takes the dense one.
 
 Columns: path (sparse or dense); tokens/s; GFLOP/s counting the dense step's 10 T d F FLOPs (encoder, decoder, and their
 gradients: 2 T d F each, the decoder's input gradient included); the share of the ceiling, a plain
@@ -109,8 +110,13 @@ def measure_tsae(activation: str, d_in: int, d_sae: int, tokens: int, steps: int
 
 
 def measure_dense(activation: str, d_in: int, d_sae: int, tokens: int, steps: int, warmup: int, device_name: str) -> dict:
-    """tsae's step on the dense path (`train.sparse_codes: never`), beside the one `auto` chooses."""
+    """tsae's step on the dense path (`train.sparse_codes: never`)."""
     return measure_tsae(activation, d_in, d_sae, tokens, steps, warmup, device_name, sparse_codes="never")
+
+
+def measure_sparse(activation: str, d_in: int, d_sae: int, tokens: int, steps: int, warmup: int, device_name: str) -> dict:
+    """tsae's step on the sparse path (`train.sparse_codes: always`)."""
+    return measure_tsae(activation, d_in, d_sae, tokens, steps, warmup, device_name, sparse_codes="always")
 
 
 def measure_saelens(activation: str, d_in: int, d_sae: int, tokens: int, steps: int, warmup: int, device_name: str) -> dict:
@@ -166,7 +172,7 @@ def measure_ceiling(d_in: int, d_sae: int, tokens: int, steps: int, warmup: int,
     return {"seconds": seconds, "gflops": 2 * tokens * d_in * d_sae / seconds / 1e9}
 
 
-MEASURES = {"tsae": measure_tsae, "dense": measure_dense, "saelens": measure_saelens}
+MEASURES = {"tsae": measure_tsae, "dense": measure_dense, "sparse": measure_sparse, "saelens": measure_saelens}
 
 
 def _child(args: argparse.Namespace) -> dict:
@@ -204,6 +210,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--repeats", type=int, default=3, help="interleaved measurements per row; the median counts")
+    ap.add_argument("--both-paths", action="store_true", help="also time the sparse path where auto takes the dense one")
     ap.add_argument("--no-saelens", action="store_true", help="skip SAELens even when it is installed")
     ap.add_argument("--json", default="", help="also write the rows to this JSON file")
     ap.add_argument("--_child", default="", help=argparse.SUPPRESS)
@@ -220,8 +227,7 @@ def main() -> None:
         ceiling = statistics.median(r["seconds"] for r in (_run(args, f"ceiling:-:{shape}") for _ in range(args.repeats)) if r)
         ceiling_gflops = 2 * args.tokens * d_in * d_sae / ceiling / 1e9
         for activation in args.activations.split(","):
-            # where `auto` takes the sparse path, the dense path is timed beside it
-            row_tools = tools[:1] + (["dense"] if _auto_is_sparse(activation, d_sae, args.device) else []) + tools[1:]
+            row_tools = tools[:1] + _other_path(activation, d_sae, args) + tools[1:]
             runs: dict[str, list[dict]] = {t: [] for t in row_tools}
             for _ in range(args.repeats):  # interleaved, so a slow spell of the machine hits both
                 for tool in row_tools:
@@ -240,12 +246,18 @@ def main() -> None:
         Path(args.json).write_text(json.dumps(rows, indent=2))
 
 
-def _auto_is_sparse(activation: str, d_sae: int, device: str) -> bool:
+def _other_path(activation: str, d_sae: int, args: argparse.Namespace) -> list[str]:
+    """The path `auto` does not take, timed beside it: the dense one where auto is sparse; with
+    --both-paths also the sparse one where auto is dense (the TopK family only)."""
     import torch
 
     from tsae_core.sparse_codes import use_sparse_path
 
-    return use_sparse_path("auto", activation, d_sae, torch.device(device))
+    if activation not in ("topk", "batchtopk"):
+        return []
+    if use_sparse_path("auto", activation, d_sae, torch.device(args.device)):
+        return ["dense"]
+    return ["sparse"] if args.both_paths else []
 
 
 def _print_row(row: dict, d_in: int, d_sae: int, first: bool, args: argparse.Namespace) -> None:
@@ -253,7 +265,7 @@ def _print_row(row: dict, d_in: int, d_sae: int, first: bool, args: argparse.Nam
         precision = "bf16 autocast" if args.device.startswith("cuda") else "fp32"
         print(f"device {args.device} ({precision}), {args.tokens} tokens per step, k {K}, AuxK on, median of {args.repeats}")
         print(f"{'activation':10s} {'d_in x d_sae':>12s} {'path':>6s} {'tok/s':>9s} {'GFLOP/s':>8s} {'% ceil':>7s} {'% sparse':>9s} "
-              f"{'peak MB':>8s} {'dense tok/s':>11s} {'SAELens':>9s} {'x SAELens':>9s} {'ceiling GFLOP/s':>16s}")
+              f"{'peak MB':>8s} {'other path':>13s} {'SAELens':>9s} {'x SAELens':>9s} {'ceiling GFLOP/s':>16s}")
     t = row.get("tsae")
     if t is None:
         print(f"{row['activation']:10s} {row['shape']:>12s} failed")
@@ -264,10 +276,10 @@ def _print_row(row: dict, d_in: int, d_sae: int, first: bool, args: argparse.Nam
     sparse = f"{sparse_seconds / t['seconds']:9.0%}" if row["activation"] != "relu" else f"{'-':>9s}"
     s = row.get("saelens")
     lens = f"{s['tokens_per_s']:9.0f} {t['tokens_per_s'] / s['tokens_per_s']:9.2f}" if s else f"{'-':>9s} {'-':>9s}"
-    dense = f"{row['dense']['tokens_per_s']:11.0f}" if "dense" in row else f"{'-':>11s}"
+    other = next((f"{p} {row[p]['tokens_per_s']:.0f}" for p in ("dense", "sparse") if p in row), "-")
     path = "sparse" if t.get("sparse_path") else "dense"
     print(f"{row['activation']:10s} {row['shape']:>12s} {path:>6s} {t['tokens_per_s']:9.0f} {gflops:8.1f} "
-          f"{gflops / row['ceiling_gflops']:7.0%} {sparse} {t['peak_mb']:8.1f} {dense} {lens} {row['ceiling_gflops']:16.1f}", flush=True)
+          f"{gflops / row['ceiling_gflops']:7.0%} {sparse} {t['peak_mb']:8.1f} {other:>13s} {lens} {row['ceiling_gflops']:16.1f}", flush=True)
 
 
 if __name__ == "__main__":
