@@ -196,12 +196,6 @@ def _current_manifest(out_dir: Path, h: str) -> dict[str, Any] | None:
 def _known_shards(out_dir: Path, h: str) -> dict[str, dict[str, Any]]:
     """Shard records of an earlier harvest of the same hash: its progress file and its manifest."""
     known: dict[str, dict[str, Any]] = {}
-    try:
-        manifest = _read_manifest(out_dir, h)
-        if manifest is not None:
-            known.update({s["file"]: s for split in manifest["splits"].values() for s in split["shards"]})
-    except (KeyError, TypeError, AttributeError):
-        pass
     # every part's progress file too: a final harvest reuses the shards the parts wrote
     for path in [out_dir / PROGRESS, *sorted(out_dir.glob(PART_PROGRESS.format(index="*", parts="*")))]:
         try:
@@ -210,6 +204,12 @@ def _known_shards(out_dir: Path, h: str) -> dict[str, dict[str, Any]]:
                 known.update(progress["shards"])
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
             continue  # nothing (more) to reuse: those shards are regenerated
+    try:  # the manifest of this harvest, last: what it records is the store
+        manifest = _read_manifest(out_dir, h)
+        if manifest is not None:
+            known.update({s["file"]: s for split in manifest["splits"].values() for s in split["shards"]})
+    except (KeyError, TypeError, AttributeError):
+        pass
     return known
 
 
