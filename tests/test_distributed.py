@@ -34,6 +34,7 @@ WORKER = textwrap.dedent(
     """
     # One torchrun process: the command line of tsae_core.distributed, keeping each SAE it trains so that
     # the test can compare the processes' copies; STOP_AT=<rank>:<step> sends that process a Ctrl-C there.
+    # Once joined, it checks the group's sum, mean and max.
     import os, signal, sys
     import torch
     import tsae_core.train as T
@@ -51,8 +52,15 @@ WORKER = textwrap.dedent(
             os.kill(os.getpid(), signal.SIGINT)  # this process only: the others hear of it through the step's counts
         return out
     T.training_step = step
+    real_join = distributed.init
+    def join(device="auto"):
+        joined = real_join(device)
+        got = [float(distributed.all_reduce(torch.tensor([distributed.rank() + 1.0]), op)) for op in ("sum", "mean", "max")]
+        assert got == [3.0, 1.5, 2.0], got
+        return joined
+    distributed.init = join
     code = distributed.main(sys.argv[2:])
-    torch.save({n: {k: t.detach().cpu() for k, t in s.state_dict().items()} for n, s in made.items()},
+    torch.save({n: {k: t.detach().cpu() for k, t in [*s.state_dict().items(), *s.named_buffers()]} for n, s in made.items()},
                os.path.join(sys.argv[1], f"rank{os.environ['RANK']}.pt"))
     sys.exit(code)
     """

@@ -16,7 +16,8 @@ Per training step the ranks exchange (`tsae_core.train`):
   reached any rank (all stop at the same step);
 - the SAE's buffers (`sync_buffers`): BatchTopK's inference threshold is averaged over the ranks,
   every other buffer (a queue of negatives, latent groups) is taken from rank 0, as
-  DistributedDataParallel does.
+  DistributedDataParallel does (the largest, the contrastive queue, is 0.7x the SAE's size at
+  d_sae 16384 with its defaults).
 The gradients are reduced explicitly, in buckets, after the backward pass, instead of by wrapping the
 SAE in DistributedDataParallel: the loss terms and the optimizer step use the SAE's own methods
 (`loss_terms`, the decoder-norm handling, `after_step`), parameters serve outside `forward`, and a
@@ -126,8 +127,7 @@ def all_ranks(ok: bool) -> bool:
     if not active():
         return ok
     flag = torch.tensor([0 if ok else 1], dtype=torch.int64)  # a CPU tensor: gloo in either group
-    dist.all_reduce(flag)
-    return int(flag) == 0
+    return int(all_reduce(flag, "max")) == 0
 
 
 def batch_share(batch_sequences: int) -> tuple[int, int]:
@@ -202,7 +202,7 @@ def reduce_gradients(parameters: Iterable[torch.nn.Parameter], terms: dict[str, 
             else:
                 torch.mul(p.grad.reshape(-1), n, out=view)
             offset += p.numel()
-        dist.all_reduce(flat)
+        all_reduce(flat)
         if i == 0:
             reduced_head = flat[: head.numel()].clone()
             total = reduced_head[0].clamp_min(1.0)
@@ -238,35 +238,39 @@ def _buckets(params: list[torch.nn.Parameter]) -> Iterator[list[torch.nn.Paramet
 
 @torch.no_grad()
 def sync_buffers(module: torch.nn.Module) -> None:
-    """After a step: BatchTopK's threshold averaged over the ranks that have one, every other buffer
-    (training state that the ranks' different data made differ) set to rank 0's. One collective:
-    rank 0's buffers are summed with zeros from the others."""
+    """After a step: BatchTopK's threshold averaged over the ranks that have one; every other buffer
+    (training state that the ranks' different data made differ: a queue of negatives, latent groups)
+    set to rank 0's, sent in its own dtype, one broadcast per dtype, as DistributedDataParallel does."""
     if not active():
         return
     averaged = [m for m in module.modules() if isinstance(m, BatchTopK)]
+    if averaged:
+        parts = []
+        for m in averaged:
+            weight = m.threshold_initialised.to(torch.float64).reshape(1)
+            parts += [m.threshold.to(torch.float64).reshape(-1) * weight, weight]
+        flat, offset = all_reduce(torch.cat(parts)), 0
+        for m in averaged:
+            F = m.threshold.numel()
+            total, count = flat[offset: offset + F], flat[offset + F]
+            mean = torch.where(count > 0, total / count.clamp_min(1.0), m.threshold.reshape(-1).double())
+            m.threshold.copy_(mean.view_as(m.threshold))
+            m.threshold_initialised.logical_or_(count > 0)
+            offset += F + 1
     own = {id(t) for m in averaged for t in (m.threshold, m.threshold_initialised)}
-    others = [b for b in module.buffers() if id(b) not in own]
-    if not averaged and not others:
-        return
-    parts = []
-    for m in averaged:
-        weight = m.threshold_initialised.to(torch.float64).reshape(1)
-        parts += [m.threshold.to(torch.float64).reshape(-1) * weight, weight]
-    for b in others:
-        parts.append(b.to(torch.float64).reshape(-1) if is_main() else torch.zeros(b.numel(), dtype=torch.float64, device=b.device))
-    flat = torch.cat(parts)
-    dist.all_reduce(flat)
-    offset = 0
-    for m in averaged:
-        F = m.threshold.numel()
-        total, count = flat[offset: offset + F], flat[offset + F]
-        mean = torch.where(count > 0, total / count.clamp_min(1.0), m.threshold.reshape(-1).double())
-        m.threshold.copy_(mean.view_as(m.threshold))
-        m.threshold_initialised.logical_or_(count > 0)
-        offset += F + 1
-    for b in others:
-        b.copy_(flat[offset: offset + b.numel()].view_as(b))
-        offset += b.numel()
+    by_dtype: dict[tuple[torch.dtype, torch.device], list[torch.Tensor]] = {}
+    for b in module.buffers():
+        if id(b) not in own and b.numel():
+            by_dtype.setdefault((b.dtype, b.device), []).append(b)
+    for (dtype, _), buffers in by_dtype.items():
+        wire = torch.uint8 if dtype == torch.bool else dtype  # not every backend sends bool
+        flat = torch.cat([b.reshape(-1).to(wire) for b in buffers])
+        dist.broadcast(flat, src=0)
+        if not is_main():
+            offset = 0
+            for b in buffers:
+                b.copy_(flat[offset: offset + b.numel()].view_as(b))
+                offset += b.numel()
 
 
 @dataclass
@@ -288,7 +292,7 @@ class BatchCounts:
             return cls(fired_F, n_tokens, stop, _features_NF=features_NF)
         counts = torch.cat([fired_F.long(), torch.stack([(features_NF > 0).sum(), torch.as_tensor(n_tokens, device=fired_F.device),
                                                          torch.as_tensor(int(stop), device=fired_F.device)])])
-        dist.all_reduce(counts)
+        all_reduce(counts)
         active_codes, total, stops = counts[-3:].tolist()
         return cls(counts[:-3] > 0, int(total), stops > 0, _active=int(active_codes))
 
@@ -310,7 +314,7 @@ def fraction_unexplained(x_ND: torch.Tensor, recon_ND: torch.Tensor, mask_N: tor
     m = mask_N.to(torch.float64).unsqueeze(-1)
     x, r = x_ND.double(), recon_ND.double()
     sums = torch.cat([((x - r).pow(2) * m).sum().reshape(1), (x * m).sum(0), (x.pow(2) * m).sum().reshape(1), m.sum().reshape(1)])
-    dist.all_reduce(sums)
+    all_reduce(sums)
     err, sum_D, sum_sq, n = sums[0], sums[1:-2], sums[-2], sums[-1].clamp_min(1.0)
     return float(err / (sum_sq - sum_D.pow(2).sum() / n).clamp_min(1e-12))
 
