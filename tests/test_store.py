@@ -163,6 +163,18 @@ def test_resumed_loader_matches_uninterrupted(tmp_path: Path) -> None:
     assert [_ids(next(resumed)) for _ in range(13)] == expected[7:]
 
 
+def test_loader_parts_cut_each_batch_into_disjoint_shares(tmp_path: Path) -> None:
+    """n loaders with part (i, n) read disjoint slices that make up the one-process loader's batches."""
+    split = _indexed_store(tmp_path, [10, 10, 10, 10, 7]).split("train")
+    whole = split.loader(6, seed=4, shards_in_memory=2)
+    parts = [split.loader(6, seed=4, shards_in_memory=2, part=(i, 3)) for i in range(3)]
+    for _ in range(16):  # crosses two epoch boundaries
+        assert [i for p in parts for i in _ids(next(p))] == _ids(next(whole))
+    assert {tuple(p.state_dict().items()) for p in parts} == {tuple(whole.state_dict().items())}
+    with pytest.raises(ValueError, match="cannot be cut into 4 equal parts"):
+        split.loader(6, seed=4, part=(0, 4))
+
+
 def test_missing_store_and_missing_shard(store_dir: Path, tmp_path: Path) -> None:
     with pytest.raises(StoreError, match="--only harvest") as e:
         ActivationStore.open(tmp_path / "nowhere")

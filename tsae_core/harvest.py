@@ -5,6 +5,12 @@ sources), the scaling factor and, last, `manifest.json`. It is resumable: every 
 deterministic function of (seed, split, shard index), each finished shard is recorded with its
 checksum in `.progress.json`, and a re-run keeps the recorded shards that are still intact. With an
 up-to-date manifest (same harvest hash) it returns at once.
+
+`harvest(cfg, out_dir, part=(i, n))` writes only the shards whose index is i modulo n (in each split)
+and records them in a progress file of its own (`.progress.part-<i>-of-<n>.json`), so that n processes,
+or machines sharing the directory, harvest side by side without writing to one file. It writes no
+manifest: a final `harvest(cfg, out_dir)` finds the shards the parts wrote (checking each checksum),
+writes whatever is missing (a part that never ran), then the manifest with the scaling factor.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -35,6 +42,7 @@ from tsae_core.store import (
 )
 
 PROGRESS = ".progress.json"
+PART_PROGRESS = ".progress.part-{index}-of-{parts}.json"
 HARVEST_VERSION = 1
 """Bump when the generated data changes for the same config, so old stores are rebuilt."""
 _SHARD_RE = re.compile(r"^(train|eval)_\d{5}\.safetensors$")
@@ -63,14 +71,19 @@ def harvest_hash(cfg: ExperimentConfig) -> str:
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def harvest(cfg: ExperimentConfig, out_dir: str | Path, progress: bool = True, force: bool = False) -> dict[str, Any]:
+def harvest(cfg: ExperimentConfig, out_dir: str | Path, progress: bool = True, force: bool = False,
+            part: tuple[int, int] | None = None) -> dict[str, Any]:
     """Write (or complete, or reuse) the activation store in `out_dir`; returns the manifest.
 
     An existing store of the same harvest hash whose files all pass their checksums is returned as
     is; otherwise intact recorded shards are kept and the rest (re)generated. `force` regenerates all.
+    `part=(i, n)`: only the shards of index i modulo n, no manifest (see the module docstring);
+    returns {"part": [i, n], "written": .., "kept": .., "shards": {file: record}}.
     """
     out_dir = Path(out_dir)
     h = harvest_hash(cfg)
+    if part is not None:
+        return _harvest_part(cfg, out_dir, h, part, progress, force)
     done = {} if force else _known_shards(out_dir, h)
     manifest = None if force else _current_manifest(out_dir, h)
     if manifest is not None:
@@ -80,20 +93,7 @@ def harvest(cfg: ExperimentConfig, out_dir: str | Path, progress: bool = True, f
 
     source = make_source(cfg, progress=progress)
     hc = cfg.harvest
-    splits: dict[str, list[dict[str, Any]]] = {}
-    for split, n in (("train", hc.n_train_sequences), ("eval", hc.n_eval_sequences)):
-        keep_codes = split == "eval" and source.ground_truth is not None
-        splits[split] = []
-        n_shards = -(-n // hc.sequences_per_shard)
-        for idx in tqdm(range(n_shards), desc=f"harvest {split}", unit="shard", disable=not progress):
-            lo, hi = idx * hc.sequences_per_shard, min(n, (idx + 1) * hc.sequences_per_shard)
-            record = done.get(shard_name(split, idx))
-            if record is None or not _intact(out_dir, record, hi - lo):
-                batch = source.sequences(split, lo, hi, with_true_codes=keep_codes)
-                record = write_shard(out_dir, split, idx, batch, hc.dtype, source.kind, keep_true_codes=keep_codes)
-                done[record["file"]] = record
-                write_json(out_dir / PROGRESS, {"harvest_hash": h, "shards": done})
-            splits[split].append(record)
+    splits = _write_shards(cfg, out_dir, done, lambda: source, out_dir / PROGRESS, {"harvest_hash": h}, progress)
     _remove_stale_shards(out_dir, {r["file"] for records in splits.values() for r in records})
 
     ground_truth = None
@@ -102,7 +102,7 @@ def harvest(cfg: ExperimentConfig, out_dir: str | Path, progress: bool = True, f
         ground_truth = {"file": GROUND_TRUTH, "sha256": sha256_file(out_dir / GROUND_TRUTH)}
     train = StoreSplit(out_dir, "train", splits["train"], hc.context_size)
     scaling_factor = compute_scaling_factor(train.batches(64))
-    return write_manifest(
+    manifest = write_manifest(
         out_dir,
         d_in=source.d_model,
         context_size=hc.context_size,
@@ -113,6 +113,61 @@ def harvest(cfg: ExperimentConfig, out_dir: str | Path, progress: bool = True, f
         ground_truth=ground_truth,
         config_hash=h,
     )
+    for path in out_dir.glob(PART_PROGRESS.format(index="*", parts="*")):  # the manifest records their shards now
+        path.unlink(missing_ok=True)
+    return manifest
+
+
+def _write_shards(cfg: ExperimentConfig, out_dir: Path, done: dict[str, dict[str, Any]], source: Callable[[], Source],
+                  progress_file: Path, header: dict[str, Any], progress: bool,
+                  part: tuple[int, int] = (0, 1)) -> dict[str, list[dict[str, Any]]]:
+    """The shard records of each split (of this part's shards only): intact `done` ones kept, the others
+    generated, each new record saved at once to `progress_file` with those of this call."""
+    hc, index, n_parts = cfg.harvest, *part
+    splits: dict[str, list[dict[str, Any]]] = {}
+    recorded: dict[str, dict[str, Any]] = dict(done) if n_parts == 1 else {}
+    for split, n in (("train", hc.n_train_sequences), ("eval", hc.n_eval_sequences)):
+        splits[split] = []
+        n_shards = -(-n // hc.sequences_per_shard)
+        desc = f"harvest {split}" + (f" part {index}/{n_parts}" if n_parts > 1 else "")
+        for idx in tqdm(range(index, n_shards, n_parts), desc=desc, unit="shard", disable=not progress):
+            lo, hi = idx * hc.sequences_per_shard, min(n, (idx + 1) * hc.sequences_per_shard)
+            record = done.get(shard_name(split, idx))
+            if record is None or not _intact(out_dir, record, hi - lo):
+                src = source()
+                keep_codes = split == "eval" and src.ground_truth is not None
+                batch = src.sequences(split, lo, hi, with_true_codes=keep_codes)
+                record = write_shard(out_dir, split, idx, batch, hc.dtype, src.kind, keep_true_codes=keep_codes)
+                done[record["file"]] = recorded[record["file"]] = record
+                write_json(progress_file, {**header, "shards": recorded})
+            recorded[record["file"]] = record
+            splits[split].append(record)
+    return splits
+
+
+def _harvest_part(cfg: ExperimentConfig, out_dir: Path, h: str, part: tuple[int, int], progress: bool,
+                  force: bool) -> dict[str, Any]:
+    index, n_parts = part
+    if not 0 <= index < n_parts:
+        raise ValueError(f"harvest part {index} of {n_parts} does not exist: parts are 0 to {n_parts - 1}")
+    if (out_dir / MANIFEST).is_file() and _read_manifest(out_dir, h) is None:
+        (out_dir / MANIFEST).unlink(missing_ok=True)  # another harvest's manifest: it no longer describes the shards
+    out_dir.mkdir(parents=True, exist_ok=True)
+    done = {} if force else _known_shards(out_dir, h)
+    before = dict(done)
+    made: list[Source] = []
+
+    def source() -> Source:  # made only if a shard of this part is missing (a model is slow to load)
+        if not made:
+            made.append(make_source(cfg, progress=progress))
+        return made[0]
+
+    progress_file = out_dir / PART_PROGRESS.format(index=index, parts=n_parts)
+    splits = _write_shards(cfg, out_dir, done, source, progress_file, {"harvest_hash": h, "part": [index, n_parts]}, progress,
+                           part=part)
+    mine = {r["file"]: r for records in splits.values() for r in records}
+    written = sum(1 for f, r in mine.items() if before.get(f) is not r)
+    return {"part": [index, n_parts], "written": written, "kept": len(mine) - written, "shards": mine}
 
 
 def _read_manifest(out_dir: Path, h: str) -> dict[str, Any] | None:
@@ -141,15 +196,20 @@ def _current_manifest(out_dir: Path, h: str) -> dict[str, Any] | None:
 def _known_shards(out_dir: Path, h: str) -> dict[str, dict[str, Any]]:
     """Shard records of an earlier harvest of the same hash: its progress file and its manifest."""
     known: dict[str, dict[str, Any]] = {}
-    try:
+    # every part's progress file too: a final harvest reuses the shards the parts wrote
+    for path in [out_dir / PROGRESS, *sorted(out_dir.glob(PART_PROGRESS.format(index="*", parts="*")))]:
+        try:
+            progress = read_json(path)
+            if progress.get("harvest_hash") == h:
+                known.update(progress["shards"])
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            continue  # nothing (more) to reuse: those shards are regenerated
+    try:  # the manifest of this harvest, last: what it records is the store
         manifest = _read_manifest(out_dir, h)
         if manifest is not None:
             known.update({s["file"]: s for split in manifest["splits"].values() for s in split["shards"]})
-        progress = read_json(out_dir / PROGRESS)
-        if progress.get("harvest_hash") == h:
-            known.update(progress["shards"])
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        pass  # nothing (more) to reuse: those shards are regenerated
+    except (KeyError, TypeError, AttributeError):
+        pass
     return known
 
 

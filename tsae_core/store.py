@@ -294,8 +294,8 @@ class StoreSplit:
         for lo in range(0, stop, batch_sequences):
             yield reader.gather(plan[0][lo : lo + batch_sequences], plan[1][lo : lo + batch_sequences])
 
-    def loader(self, batch_sequences: int, seed: int, shards_in_memory: int = 4) -> SequenceLoader:
-        return SequenceLoader(self, batch_sequences, seed, shards_in_memory)
+    def loader(self, batch_sequences: int, seed: int, shards_in_memory: int = 4, part: tuple[int, int] = (0, 1)) -> SequenceLoader:
+        return SequenceLoader(self, batch_sequences, seed, shards_in_memory, part)
 
 
 def epoch_plan(
@@ -367,12 +367,21 @@ class SequenceLoader:
 
     `state_dict()` = {epoch, batch_in_epoch} names the next batch; a loader given that state by
     `load_state_dict` yields exactly the batches an uninterrupted one would have.
+
+    `part=(i, n)`: yield only the i-th of n equal, contiguous slices of every batch of
+    `batch_sequences` sequences, so that n processes with the same seed read disjoint sequences
+    that together make the batches of one loader; the state is that of the whole loader.
     """
 
-    def __init__(self, split: StoreSplit, batch_sequences: int, seed: int, shards_in_memory: int = 4) -> None:
+    def __init__(self, split: StoreSplit, batch_sequences: int, seed: int, shards_in_memory: int = 4,
+                 part: tuple[int, int] = (0, 1)) -> None:
         if split.n_sequences < batch_sequences:
             raise ValueError(f"split {split.name!r} has {split.n_sequences} sequences, fewer than one batch of {batch_sequences}")
+        index, n_parts = part
+        if not 0 <= index < n_parts or batch_sequences % n_parts:
+            raise ValueError(f"a batch of {batch_sequences} sequences cannot be cut into {n_parts} equal parts (part {index})")
         self.split, self.batch_sequences, self.seed = split, batch_sequences, seed
+        self.part = (index, n_parts)
         self.shards_in_memory = shards_in_memory
         self.epoch, self.batch_in_epoch = 0, 0
         self._cache = _ShardCache(split, shards_in_memory)
@@ -392,8 +401,9 @@ class SequenceLoader:
             plan = epoch_plan(self.split.shard_sizes, self.seed, self.epoch, self.shards_in_memory)
             self._plan = (self.epoch, plan)
         shard_N, row_N = self._plan[1]
-        lo = self.batch_in_epoch * self.batch_sequences
-        batch = self._cache.gather(shard_N[lo : lo + self.batch_sequences], row_N[lo : lo + self.batch_sequences])
+        share = self.batch_sequences // self.part[1]
+        lo = self.batch_in_epoch * self.batch_sequences + self.part[0] * share
+        batch = self._cache.gather(shard_N[lo : lo + share], row_N[lo : lo + share])
         self.batch_in_epoch += 1
         return batch
 

@@ -7,6 +7,10 @@ loss stops training with `TrainingDiverged`, keeping the last good checkpoint. A
 ends with every latent silent is recorded as failed (`failed.json`, with the reason) instead of
 saved, so the other SAEs of a run go on. A killed run resumes exactly from its latest checkpoint;
 Ctrl-C stops at the end of the current step and saves a checkpoint there first.
+
+Under `torchrun` (`tsae_core.distributed`) every process trains the same SAE on its share of each
+batch: gradients, loss terms and the batch's counts are combined across processes, and only rank 0
+writes curves, checkpoints and the SAE.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from tsae_core import distributed
 from tsae_core.checkpoints import (
     TrainPaths,
     latest_checkpoint,
@@ -106,7 +111,9 @@ class DeadLatentTracker:
         self.tokens_since_fired_F = torch.zeros(d_sae, dtype=torch.long, device=device)
 
     def update(self, features_NF: torch.Tensor, n_tokens: int) -> None:
-        fired_F = (features_NF > 0).any(0)
+        self.update_fired((features_NF > 0).any(0), n_tokens)
+
+    def update_fired(self, fired_F: torch.Tensor, n_tokens: int) -> None:
         self.tokens_since_fired_F += n_tokens
         self.tokens_since_fired_F[fired_F] = 0
 
@@ -204,6 +211,9 @@ def training_step(sae: SAE, opt: torch.optim.Optimizer, batch: Any, ctx: LossCon
     loss = sum(terms.values())
     opt.zero_grad(set_to_none=True)
     loss.backward()
+    if distributed.active():  # every rank's gradients become the whole batch's, and so do the terms
+        terms = distributed.reduce_gradients(sae.parameters(), terms, ctx.mask_BT.sum())
+        loss = sum(terms.values())
     sae.remove_parallel_decoder_grad()
     grad_norm = torch.nn.utils.clip_grad_norm_(sae.parameters(), grad_clip)
     if on_nonfinite is not None and not (torch.isfinite(loss) and torch.isfinite(grad_norm)):
@@ -211,6 +221,7 @@ def training_step(sae: SAE, opt: torch.optim.Optimizer, batch: Any, ctx: LossCon
     opt.step()
     sae.normalize_decoder()
     sae.after_step(out, ctx)
+    distributed.sync_buffers(sae)
     return out, terms
 
 
@@ -230,7 +241,7 @@ def train_variant(cfg: ExperimentConfig, name: str, store: Any, run_dir: Path, p
         return {"variant": name, "skipped": True, **verify_sae_files(paths.sae_dir).get("training", {})}
     if not force and state == "failed":
         return {"variant": name, "skipped": True, "failed": why}
-    if state == "missing" and (paths.sae_dir / "cfg.json").is_file():
+    if state == "missing" and (paths.sae_dir / "cfg.json").is_file() and distributed.is_main():
         print(f"[tsae] {why}; retraining {name}", flush=True)
 
     device = resolve_device(cfg.run.device)
@@ -238,24 +249,30 @@ def train_variant(cfg: ExperimentConfig, name: str, store: Any, run_dir: Path, p
     sae.sparse_path = use_sparse_path(tc.sparse_codes, v.activation, v.d_sae, device)
     lr = v.lr or v.default_lr * tc.lr_scale  # an explicit lr is taken as it is
     opt = make_optimizer(sae, lr, tc.adam_betas)
-    loader = store.split("train").loader(tc.batch_sequences, seed=derive_seed(inst.seed, "data", inst.variant))
+    loader = store.split("train").loader(tc.batch_sequences, seed=derive_seed(inst.seed, "data", inst.variant),
+                                         part=distributed.batch_share(tc.batch_sequences))
     tracker = DeadLatentTracker(v.d_sae, tc.dead_after_tokens, device)
     controller = _controller(cfg, v, sae, lr)
     start = _resume(paths, train_hash, device, sae, opt, loader, tracker, controller)
-    truncate_curves(paths.curves, start if start else -1)
+    distributed.broadcast_state(sae)
+    main = distributed.is_main()
+    if main:
+        truncate_curves(paths.curves, start if start else -1)
 
-    def checkpoint(step: int) -> Path:
-        return save_checkpoint(paths, step, {
-            "train_hash": train_hash, "sae": sae.state_dict(), "optimizer": opt.state_dict(), "loader": loader.state_dict(),
-            "tokens_since_fired": tracker.tokens_since_fired_F.cpu(), "variant_state": sae.training_state(),
-            "controller": controller.state_dict() if controller else None})
+    def checkpoint(step: int) -> None:
+        if main:
+            save_checkpoint(paths, step, {
+                "train_hash": train_hash, "sae": sae.state_dict(), "optimizer": opt.state_dict(), "loader": loader.state_dict(),
+                "tokens_since_fired": tracker.tokens_since_fired_F.cpu(), "variant_state": sae.training_state(),
+                "controller": controller.state_dict() if controller else None})
 
     autocast = torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
     paths.curves.parent.mkdir(parents=True, exist_ok=True)
-    bar = tqdm(total=tc.steps, initial=start, desc=f"train {name}", disable=not progress, unit="step")
+    bar = tqdm(total=tc.steps, initial=start, desc=f"train {name}", disable=not progress or not main, unit="step")
     last_record: dict[str, Any] = {}
     t0, tokens_since_log = time.perf_counter(), 0
-    with paths.curves.open("a") as curves_file, StepInterrupt() as interrupt, tf32_matmuls(device):
+    curves = paths.curves.open("a") if main else contextlib.nullcontext()
+    with curves as curves_file, StepInterrupt() as interrupt, tf32_matmuls(device):
         for step in range(start, tc.steps):
             batch = next(loader).to(device)
             lr_now = lr * lr_multiplier(step, tc.steps, tc.warmup_steps, tc.decay_fraction)
@@ -269,26 +286,30 @@ def train_variant(cfg: ExperimentConfig, name: str, store: Any, run_dir: Path, p
 
             n_tok = int(batch.mask_BT.sum())
             features_NF = out.features.detach()[batch.mask_BT]
-            tracker.update(features_NF, n_tok)
+            counts = distributed.BatchCounts.of(features_NF, n_tok, interrupt.requested)  # the whole batch's
+            tracker.update_fired(counts.fired_F, counts.n_tokens)
             if controller:
-                controller.update(step, float((features_NF > 0).sum(-1).float().mean()) if n_tok else 0.0)
-            tokens_since_log += n_tok
+                controller.update(step, counts.l0())
+            tokens_since_log += counts.n_tokens
             done = step + 1
             if done % tc.log_every == 0 or done == tc.steps:
                 elapsed = max(time.perf_counter() - t0, 1e-9)
-                last_record = _record(done, terms, out, batch, features_NF, tracker, lr_now, ctx, tokens_since_log / elapsed, tc, n_tok)
-                _append_line(curves_file, paths.curves, json.dumps(last_record))
+                last_record = _record(done, terms, out, batch, counts, tracker, lr_now, ctx, tokens_since_log / elapsed, tc)
+                if main:
+                    _append_line(curves_file, paths.curves, json.dumps(last_record))
                 bar.set_postfix(loss=f"{last_record['loss']:.3g}", l0=f"{last_record['l0']:.1f}", dead=f"{last_record['dead_fraction']:.2f}")
                 t0, tokens_since_log = time.perf_counter(), 0
-            if (tc.checkpoint_every and done % tc.checkpoint_every == 0 and done < tc.steps) or (interrupt.requested and done < tc.steps):
+            if (tc.checkpoint_every and done % tc.checkpoint_every == 0 and done < tc.steps) or (counts.stop and done < tc.steps):
                 checkpoint(done)
             bar.update(1)
-            if interrupt.requested and done < tc.steps:
+            if counts.stop and done < tc.steps:
                 bar.close()
+                distributed.barrier()  # rank 0's checkpoint is on disk before any process exits
                 raise Interrupted(f"training of {name} interrupted at step {done} of {tc.steps}; a checkpoint was saved "
                                   f"there, rerun to resume from step {done}")
     bar.close()
     sae.calibrate([next(loader).to(device) for _ in range(CALIBRATION_BATCHES)])
+    distributed.sync_buffers(sae)  # BatchTopK: the mean of the ranks' calibrated thresholds
 
     training = {
         "steps": tc.steps, "tokens": tc.steps * tc.batch_sequences * store.context_size, "lr": lr,
@@ -302,15 +323,19 @@ def train_variant(cfg: ExperimentConfig, name: str, store: Any, run_dir: Path, p
     try:
         _assert_healthy_training(name, training)
     except TrainingCollapsed as e:
-        record_failure(paths, train_hash, str(e), training)
-        shutil.rmtree(paths.checkpoints, ignore_errors=True)
-        print(f"[tsae] {e}; recorded in {paths.failure}, the other SAEs go on", flush=True)
+        if main:
+            record_failure(paths, train_hash, str(e), training)
+            shutil.rmtree(paths.checkpoints, ignore_errors=True)
+            print(f"[tsae] {e}; recorded in {paths.failure}, the other SAEs go on", flush=True)
+        distributed.barrier()
         return {"variant": name, "skipped": False, "failed": str(e), **training}
-    save_sae(sae.cpu(), paths.sae_dir, extra_cfg={"train_hash": train_hash, "variant_name": inst.variant, "seed": inst.seed,
-                                                  "training": training},
-             config_hash=cfg.hash())
-    paths.failure.unlink(missing_ok=True)
-    shutil.rmtree(paths.checkpoints, ignore_errors=True)
+    if main:
+        save_sae(sae.cpu(), paths.sae_dir, extra_cfg={"train_hash": train_hash, "variant_name": inst.variant, "seed": inst.seed,
+                                                      "training": training},
+                 config_hash=cfg.hash())
+        paths.failure.unlink(missing_ok=True)
+        shutil.rmtree(paths.checkpoints, ignore_errors=True)
+    distributed.barrier()  # the files are written before any rank goes on (or exits)
     return {"variant": name, "skipped": False, **training}
 
 
@@ -331,7 +356,7 @@ def _resume(paths: TrainPaths, train_hash: str, device: torch.device, sae: SAE, 
     if state is None:
         return 0
     if state.get("train_hash") != train_hash:  # checkpoints of another configuration: start afresh
-        shutil.rmtree(paths.checkpoints)
+        shutil.rmtree(paths.checkpoints, ignore_errors=True)  # (every rank of a process group tries)
         return 0
     sae.load_state_dict(state["sae"])
     opt.load_state_dict(state["optimizer"])
@@ -353,20 +378,18 @@ def _append_line(f: Any, path: Path, line: str) -> None:
         raise
 
 
-def _record(step, terms, out, batch, features_NF, tracker, lr_now, ctx, tok_per_s, tc, n_tok) -> dict[str, Any]:
-    from tsae_core import losses
-
+def _record(step, terms, out, batch, counts, tracker, lr_now, ctx, tok_per_s, tc) -> dict[str, Any]:
     D = out.x_normalized.shape[-1]
     mask_N = batch.mask_BT.reshape(-1)
     with torch.no_grad():
-        fvu = losses.fraction_unexplained(out.x_normalized.reshape(-1, D).float(), out.recon_normalized.reshape(-1, D).float(), mask_N)
+        fvu = distributed.fraction_unexplained(out.x_normalized.reshape(-1, D).float(), out.recon_normalized.reshape(-1, D).float(), mask_N)
     return {
         "step": step,
         "tokens": step * tc.batch_sequences * batch.acts_BTD.shape[1],
         "loss": float(sum(t.item() for t in terms.values())),
         **{f"loss_{k}": float(t.item()) for k, t in terms.items()},
         "fvu": float(fvu),
-        "l0": float((features_NF > 0).sum(-1).float().mean()) if n_tok else 0.0,
+        "l0": counts.l0(),
         "dead_fraction": float(tracker.dead_F.float().mean()),
         "lr": lr_now,
         "sparsity_scale": ctx.sparsity_scale,
