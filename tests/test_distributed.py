@@ -18,6 +18,7 @@ from safetensors.torch import load_file
 from tests.conftest import ci_config
 from tsae_core import distributed
 from tsae_core.config import ConfigError
+from tsae_core.distributed import __main__ as cli
 from tsae_core.harvest import PART_PROGRESS, harvest, harvest_hash
 from tsae_core.seeds import derive_seed
 from tsae_core.stage_outputs import output_problems
@@ -52,14 +53,15 @@ WORKER = textwrap.dedent(
             os.kill(os.getpid(), signal.SIGINT)  # this process only: the others hear of it through the step's counts
         return out
     T.training_step = step
-    real_join = distributed.init
+    from tsae_core.distributed import __main__ as cli
+    real_join = cli.init
     def join(device="auto"):
         joined = real_join(device)
         got = [float(distributed.all_reduce(torch.tensor([distributed.rank() + 1.0]), op)) for op in ("sum", "mean", "max")]
         assert got == [3.0, 1.5, 2.0], got
         return joined
-    distributed.init = join
-    code = distributed.main(sys.argv[2:])
+    cli.init = join
+    code = cli.main(sys.argv[2:])
     torch.save({n: {k: t.detach().cpu() for k, t in [*s.state_dict().items(), *s.named_buffers()]} for n, s in made.items()},
                os.path.join(sys.argv[1], f"rank{os.environ['RANK']}.pt"))
     sys.exit(code)
@@ -265,11 +267,11 @@ def test_finalising_harvest_writes_a_missing_part_and_keeps_the_others(harvested
 def test_harvest_command_in_parts_and_its_errors(harvested, tmp_path, capsys):
     _, store = harvested
     sets = ["--set", f"run.out_dir={tmp_path}"]
-    assert distributed.main(["harvest", "params/ci.yaml", *sets, "--part", "1/2"]) == 0
+    assert cli.main(["harvest", "params/ci.yaml", *sets, "--part", "1/2"]) == 0
     assert "harvest part 1/2: 2 shards written" in capsys.readouterr().out
-    assert distributed.main(["harvest", "params/ci.yaml", *sets, "--part", "2/2"]) == distributed.EXIT_INVALID
+    assert cli.main(["harvest", "params/ci.yaml", *sets, "--part", "2/2"]) == cli.EXIT_INVALID
     assert "the index must be 0 to 1" in capsys.readouterr().err
-    assert distributed.main(["harvest", "params/ci.yaml", *sets]) == 0  # part 0 never ran: the final one writes it
+    assert cli.main(["harvest", "params/ci.yaml", *sets]) == 0  # part 0 never ran: the final one writes it
     assert "activation store complete" in capsys.readouterr().out
     assert _store_records(tmp_path / "ci" / "activations") == _store_records(store.directory)
 
@@ -279,7 +281,7 @@ def test_batch_that_the_processes_cannot_share_is_refused_before_anything_runs(t
         distributed.check_batch_divisible(8, 3)
     distributed.check_batch_divisible(8, 4)
     monkeypatch.setenv("WORLD_SIZE", "3")
-    assert distributed.main(["params/ci.yaml", "--set", f"run.out_dir={tmp_path}"]) == distributed.EXIT_INVALID
+    assert cli.main(["params/ci.yaml", "--set", f"run.out_dir={tmp_path}"]) == cli.EXIT_INVALID
     assert "train.batch_sequences" in capsys.readouterr().err
     assert not (tmp_path / "ci").exists(), "nothing was harvested or written"
     with pytest.raises(RuntimeError, match="has not joined its group"):
