@@ -1,4 +1,5 @@
 """`tsae run PARAMS [--set key=value ...] [--only STAGES] [--force] [--allow-unhealthy]`: one experiment, end to end.
+(`tsae export RUN_OR_SAE_DIR --format saelens OUT` writes SAEs for SAELens: `tsae_core.interop`.)
 
 The params file is validated completely first. The run directory is locked for the whole run (a
 second run of it fails at once, naming the holder). Each stage is a numbered notebook executed with
@@ -228,7 +229,16 @@ def main(argv: list[str] | None = None) -> int:
     p_run.add_argument("--force", action="store_true", help="rerun stages even if unchanged")
     p_run.add_argument("--allow-unhealthy", action="store_true",
                        help="exit 0 even if an SAE's training failed or its health verdict is unhealthy")
+    p_exp = sub.add_parser("export", help="write an SAE, or every SAE of a run, in another library's format")
+    p_exp.add_argument("source", metavar="RUN_OR_SAE_DIR", help="runs/<run> (every SAE, into OUT/<name>/) or runs/<run>/saes/<name>")
+    p_exp.add_argument("out", metavar="OUT", help="the folder to write")
+    p_exp.add_argument("--format", required=True, choices=["saelens"], help="saelens: a SAELens 6.x folder (SAE.load_from_disk)")
+    p_exp.add_argument("--force", action="store_true", help="replace folders that already exist")
     args = parser.parse_args(argv)
+    if args.command == "export":
+        from tsae_core.interop import export_command
+
+        return export_command(args.source, args.out, args.format, force=args.force)
     cfg: ExperimentConfig | None = None
     try:
         overrides = dict(parse_override(s) for s in args.sets)

@@ -485,8 +485,16 @@ def load_sae(directory: str | Path, device: str | torch.device = "cpu") -> SAE:
     """Load any variant from `saes/<variant>/`, in eval mode, ready for inference.
 
     The weights are checked against the checksum in cfg.json first: flipped or truncated bytes are
-    an `SAEFileError` naming the file and the fix, never silently different numbers."""
+    an `SAEFileError` naming the file and the fix, never silently different numbers.
+
+    A SAELens 6.x folder (`sae_weights.safetensors` + its `cfg.json`) opens too, as the equivalent
+    tsae SAE (`tsae_core.interop.load_saelens_sae`). SAELens records no checksum of its weights, so
+    those bytes are not checked."""
     directory = Path(directory)
+    from tsae_core.interop import is_saelens_folder, load_saelens_sae
+
+    if is_saelens_folder(directory):
+        return load_saelens_sae(directory).to(device).eval()
     raw = verify_sae_files(directory)
     names = {f.name for f in dataclasses.fields(SAEConfig)}
     try:
