@@ -118,7 +118,7 @@ def test_sparse_path_is_training_only():
 @pytest.mark.parametrize("setting,activation,d_sae,device,expected", [
     ("auto", "topk", MIN_SPARSE_LATENTS, "cpu", True),
     ("auto", "batchtopk", 16384, "cpu", True),
-    ("auto", "topk", 2048, "cpu", False),
+    ("auto", "topk", MIN_SPARSE_LATENTS // 2, "cpu", False),
     ("auto", "topk", 16384, "cuda", False),
     ("auto", "relu", 16384, "cpu", False),
     ("always", "topk", 512, "cpu", True),
