@@ -127,3 +127,20 @@ def test_sparse_path_is_training_only():
 ])
 def test_use_sparse_path(setting, activation, d_sae, device, expected):
     assert use_sparse_path(setting, activation, d_sae, torch.device(device)) is expected
+
+
+@pytest.mark.parametrize("activation", ["topk", "batchtopk"])
+def test_training_statistics_from_the_kept_codes_equal_the_dense_ones(activation):
+    """The trainer's firing latents and active-code count (dead-latent tracker, L0) read from the sparse
+    codes equal those read from the dense (N, F) codes, special tokens excluded."""
+    from tsae_core.train import firing
+
+    dense, sparse = _pair(activation)
+    x, mask, doc_start = _batch()
+    with torch.no_grad():
+        fired_d, active_d = firing(dense(x, mask, doc_start), mask)
+        out_s = sparse(x, mask, doc_start)
+        fired_s, active_s = firing(out_s, mask)
+    assert out_s.codes is not None
+    assert torch.equal(fired_s, fired_d) and fired_d.any() and not fired_d.all()
+    assert active_s == active_d == int((out_s.features[mask] > 0).sum())

@@ -122,6 +122,19 @@ class DeadLatentTracker:
         return self.tokens_since_fired_F >= self.threshold
 
 
+def firing(out: Any, mask_BT: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """(F,) which latents fired on the batch's counted tokens, and how many codes were active there.
+
+    On the sparse path they come from the kept codes alone, without reading the (N, F) code tensor."""
+    codes = out.codes
+    if codes is None:
+        on_NF = out.features.detach()[mask_BT] > 0
+        return on_NF.any(0), int(on_NF.sum())
+    on_E = (codes.values.detach() > 0) & mask_BT.reshape(-1)[codes.rows()]
+    fired_F = torch.zeros(codes.n_latents, dtype=torch.bool, device=on_E.device).index_fill_(0, codes.cols[on_E], True)
+    return fired_F, int(on_E.sum())
+
+
 def variant_train_hash(cfg: ExperimentConfig, name: str, data_hash: str) -> str:
     """What a trained SAE depends on: its variant, the recipe, the seed and the data."""
     inst = cfg.instance(name)
@@ -284,9 +297,8 @@ def train_variant(cfg: ExperimentConfig, name: str, store: Any, run_dir: Path, p
             out, terms = training_step(sae, opt, batch, ctx, tc.grad_clip, autocast,
                                        on_nonfinite=lambda terms, g, step=step: _diverged(name, step, terms, g, paths))
 
-            n_tok = int(batch.mask_BT.sum())
-            features_NF = out.features.detach()[batch.mask_BT]
-            counts = distributed.BatchCounts.of(features_NF, n_tok, interrupt.requested)  # the whole batch's
+            fired_F, active_codes = firing(out, batch.mask_BT)
+            counts = distributed.BatchCounts.of(fired_F, active_codes, int(batch.mask_BT.sum()), interrupt.requested)
             tracker.update_fired(counts.fired_F, counts.n_tokens)
             if controller:
                 controller.update(step, counts.l0())

@@ -278,28 +278,22 @@ class BatchCounts:
     fired_F: torch.Tensor
     n_tokens: int
     stop: bool
-    _active: int = 0
-    _features_NF: torch.Tensor | None = None
+    active_codes: int
 
     @classmethod
-    def of(cls, features_NF: torch.Tensor, n_tokens: int, stop: bool) -> BatchCounts:
-        """From this rank's codes of its counted tokens (N, F)."""
-        fired_F = (features_NF > 0).any(0)
+    def of(cls, fired_F: torch.Tensor, active_codes: int, n_tokens: int, stop: bool) -> BatchCounts:
+        """From this rank's firing latents and active codes over its counted tokens."""
         if not active():
-            return cls(fired_F, n_tokens, stop, _features_NF=features_NF)
-        counts = torch.cat([fired_F.long(), torch.stack([(features_NF > 0).sum(), torch.as_tensor(n_tokens, device=fired_F.device),
-                                                         torch.as_tensor(int(stop), device=fired_F.device)])])
+            return cls(fired_F, n_tokens, stop, active_codes)
+        device = fired_F.device
+        counts = torch.cat([fired_F.long(), torch.as_tensor([active_codes, n_tokens, int(stop)], device=device)])
         all_reduce(counts)
         active_codes, total, stops = counts[-3:].tolist()
-        return cls(counts[:-3] > 0, int(total), stops > 0, _active=int(active_codes))
+        return cls(counts[:-3] > 0, int(total), stops > 0, int(active_codes))
 
     def l0(self) -> float:
         """Mean active codes per counted token (0 without tokens)."""
-        if not self.n_tokens:
-            return 0.0
-        if self._features_NF is not None:
-            return float((self._features_NF > 0).sum(-1).float().mean())
-        return self._active / self.n_tokens
+        return self.active_codes / self.n_tokens if self.n_tokens else 0.0
 
 
 def fraction_unexplained(x_ND: torch.Tensor, recon_ND: torch.Tensor, mask_N: torch.Tensor) -> float:
