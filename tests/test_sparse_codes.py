@@ -144,3 +144,25 @@ def test_training_statistics_from_the_kept_codes_equal_the_dense_ones(activation
     assert out_s.codes is not None
     assert torch.equal(fired_s, fired_d) and fired_d.any() and not fired_d.all()
     assert active_s == active_d == int((out_s.features[mask] > 0).sum())
+
+
+@pytest.mark.parametrize("activation", ["topk", "batchtopk"])
+def test_sparse_path_under_bf16_autocast(activation):
+    """What the GPU path does (bf16 autocast, float32 weights), here with CPU autocast: the sparse
+    step runs, its gradients come back in float32 and stay close to the dense step's."""
+    dense, sparse = _pair(activation, dtype=torch.float32)
+    x, mask, doc_start = _batch(torch.float32)
+    grads = {}
+    for sae in (dense, sparse):
+        dead = torch.zeros(F, dtype=torch.bool)
+        dead[: F // 3] = True
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = sae(x, mask, doc_start)
+            terms = sae.loss_terms(out, LossContext(mask, doc_start, 1.0, dead, step=0, seed=0))
+        sae.zero_grad(set_to_none=True)
+        sum(t.float() for t in terms.values()).backward()
+        grads[sae is sparse] = {n: p.grad for n, p in sae.named_parameters() if p.grad is not None}
+    assert grads[True].keys() == grads[False].keys()
+    for name, g in grads[False].items():
+        assert grads[True][name].dtype == torch.float32, name
+        torch.testing.assert_close(grads[True][name], g, rtol=0.1, atol=0.05 * float(g.abs().max()), msg=name)
