@@ -127,3 +127,51 @@ def test_a_saelens_sae_loads_in_tsae(tmp_path, architecture, apply_b_dec_to_inpu
     x = torch.randn(512, D_IN, generator=torch.Generator().manual_seed(8)) * 2 + 1
     _compare(sae, sl, x, f"SAELens {architecture} (apply_b_dec_to_input {apply_b_dec_to_input}, "
                          f"rescale_acts_by_decoder_norm {rescale}) loaded in tsae")
+
+
+@pytest.mark.parametrize("activation", ["topk", "jumprelu"])
+def test_saelens_convention_section_agrees_with_sae_lens_evals(tmp_path, activation):
+    """The eval JSON's `saelens_convention` CE/KL numbers equal what `sae_lens.evals` computes (its
+    `get_recons_loss`, special tokens as `ignore_tokens`, masked and averaged as its
+    `get_downstream_reconstruction_metrics` does) on the same SAE, model and tokens, to 1e-4."""
+    from sae_lens.evals import get_recons_loss
+    from sae_lens.training.activation_scaler import ActivationScaler
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    from tsae_core.metrics.model import SAELENS_SECTION, ModelPreservation
+
+    hook = "blocks.0.hook_resid_post"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        model = HookedTransformer(HookedTransformerConfig(n_layers=2, d_model=D_IN, n_ctx=24, d_head=4, n_heads=4, d_mlp=32,
+                                                          d_vocab=40, act_fn="gelu", normalization_type="LN", seed=0)).eval()
+    tsae_sae = random_sae(activation, scale=0.5)
+    save_sae(tsae_sae, tmp_path / "sae")
+    assert main(["export", str(tmp_path / "sae"), "--format", "saelens", str(tmp_path / "out")]) == 0
+    sl = _load_saelens(tmp_path / "out")
+    g = torch.Generator().manual_seed(3)
+    batches = []
+    for _ in range(2):
+        tokens = torch.randint(1, 40, (3, 24), generator=g)
+        tokens[:, 0] = 0  # BOS, and a document break inside one row
+        tokens[1, 11] = 0
+        batches.append(tokens)
+
+    ours = ModelPreservation(model, hook)
+    sums: dict[str, list[torch.Tensor]] = {}
+    with torch.no_grad():
+        for tokens in batches:
+            ours.update(tokens, tokens == 0, lambda x, special: tsae_sae(x).recon)
+            for name, value in get_recons_loss(sl, model, ActivationScaler(), tokens, compute_kl=True, compute_ce_loss=True,
+                                               ignore_tokens=[0], hook_name=hook).items():
+                keep = tokens != 0
+                sums.setdefault(name, []).append(value[keep if value.shape[1] == keep.shape[1] else keep[:, :-1]])
+    theirs = {name: torch.cat(values).mean().item() for name, values in sums.items()}
+    theirs["kl_div_score"] = (theirs["kl_div_with_ablation"] - theirs["kl_div_with_sae"]) / theirs["kl_div_with_ablation"]
+    theirs["ce_loss_score"] = ((theirs["ce_loss_with_ablation"] - theirs["ce_loss_with_sae"])
+                               / (theirs["ce_loss_with_ablation"] - theirs["ce_loss_without_sae"]))
+    section = ours.result()[SAELENS_SECTION]
+    print(f"\n{activation}: tsae {section}\nsae_lens {theirs}")
+    for name, value in theirs.items():
+        assert section[name] == pytest.approx(value, rel=1e-4), name
+    assert 0 < section["ce_loss_score"] and section["kl_div_with_sae"] > 0

@@ -48,7 +48,8 @@ def _eval(variant: str, ev: float, l0: float, seed: int, ground_truth: bool = Tr
                 "relative_reconstruction_bias": 0.98,
             },
             "sparsity": {"l0": l0, "l0_sparse": l0, "l1": 1.3 * l0, "dead_fraction": 0.01 * (seed + 1), "dense_fraction": 0.0},
-            "token_stats": {"total_tokens_eval_reconstruction": 65536, "total_tokens_eval_sparsity_variance": 65536},
+            "token_stats": {"total_tokens_eval_reconstruction": 16384, "total_tokens_eval_sparsity_variance": 65536,
+                            "total_tokens_counted": 65000},
             "model_behavior_preservation": {
                 "kl_div_score": 0.98 - 0.05 * seed,
                 "kl_div_with_ablation": 6.0,

@@ -25,7 +25,7 @@ from tsae_core.io import code_hash, provenance, read_json, save_tensors, write_j
 from tsae_core.metrics.core import CoreMetrics
 from tsae_core.metrics.geometry import decoder_geometry, labels_from_groups
 from tsae_core.metrics.ground_truth import GroundTruthMetrics
-from tsae_core.metrics.model import ModelPreservation
+from tsae_core.metrics.model import SAELENS_SECTION, ModelPreservation
 from tsae_core.metrics.position import PositionDependence, ReconstructionByPosition
 from tsae_core.metrics.redundancy import CrossPositionRedundancy
 from tsae_core.metrics.temporal import TemporalMetrics
@@ -50,6 +50,20 @@ def eval_batches(store: Any, cfg: ExperimentConfig, max_sequences: int = 0, batc
             batch = batch.slice(0, limit - seen)
         seen += batch.n_sequences
         yield batch
+
+
+METRIC_CONVENTIONS = {
+    "reconstruction_quality, shrinkage, sparsity": "tsae = SAELens: over non-special tokens; mse summed over "
+                                                   "dimensions, averaged over tokens",
+    "token_stats": "SAELens's meaning: every position of the evaluated batches (total_tokens_eval_reconstruction: "
+                   "of the CE/KL batches, 0 without a model); total_tokens_counted: the non-special tokens averaged over",
+    "model_performance_preservation, model_behavior_preservation": "tsae: special positions kept in both splice and "
+                                                                    "ablation; positions whose input or target is "
+                                                                    "special not counted (tsae_core.metrics.model)",
+    SAELENS_SECTION: "SAELens 6 evals: splice at non-special inputs, ablation of every position; CE over "
+                     "non-special inputs (special targets count), KL over non-special inputs including the last",
+}
+"""Which convention each section of `eval_result_metrics` follows (recorded in every eval JSON)."""
 
 
 @torch.no_grad()
@@ -126,6 +140,8 @@ def evaluate_sae_with_latents(
     metrics = core.result()
     if model is not None and cfg.eval.model_max_sequences > 0:
         metrics.update(model_preservation(sae, model, store, cfg, name, progress))
+        # SAELens's meaning: the tokens of the batches the CE/KL ran on
+        metrics["token_stats"]["total_tokens_eval_reconstruction"] = metrics[SAELENS_SECTION]["total_tokens_eval_reconstruction"]
     temporal_result = temporal.result()
     temporal_result.pop("per_latent", None)
     position_result = positions.result()
@@ -147,6 +163,7 @@ def evaluate_sae_with_latents(
             "dense_threshold": cfg.eval.dense_threshold,
             "temporal_max_lag": temporal.max_lag,
             "redundancy_max_lag": redundancy.max_lag,
+            "metric_conventions": METRIC_CONVENTIONS,
         },
         "sae_cfg": dataclasses.asdict(sae.cfg),
         "eval_result_metrics": metrics,

@@ -25,7 +25,7 @@ def _direct(x, recon, feats, mask):
     return {
         "explained_variance": 1 - err.sum() / (x - x.mean(0)).pow(2).sum(),
         "explained_variance_legacy": (1 - err / (x - x.mean(0)).pow(2).sum(-1)).mean(),
-        "mse": (x - r).pow(2).mean(),
+        "mse": (x - r).pow(2).sum(-1).mean(),
         "cossim": ((x * r).sum(-1) / (nx * nr)).mean(),
         "l2_norm_in": nx.mean(),
         "l2_norm_out": nr.mean(),
@@ -53,8 +53,10 @@ def test_matches_direct_computation():
     for name, want in _direct(x, recon, feats, mask).items():
         assert got[name] == pytest.approx(float(want), rel=1e-6, abs=1e-9), name
     assert got["dead_fraction"] == pytest.approx(3 / 32)
-    assert got["total_tokens_eval_reconstruction"] == int(mask.sum())
-    assert got["total_tokens_eval_sparsity_variance"] == int(mask.sum())
+    # SAELens's token counts: every position of the batches (no CE/KL batches here); tsae's own, the counted
+    assert got["total_tokens_counted"] == int(mask.sum()) < mask.numel()
+    assert got["total_tokens_eval_sparsity_variance"] == mask.numel()
+    assert got["total_tokens_eval_reconstruction"] == 0
     freq = m.feature_frequencies()
     assert freq.shape == (32,)
     assert torch.allclose(freq, (feats[mask] != 0).double().mean(0))
@@ -116,7 +118,8 @@ def test_streaming_equals_one_shot():
     a, b = _flat(one.result()), _flat(many.result())
     for name in ("explained_variance", "mse", "cossim", "l0", "l1", "l2_ratio", "relative_reconstruction_bias", "dead_fraction"):
         assert b[name] == pytest.approx(a[name], rel=1e-9, abs=1e-12), name
-    assert b["total_tokens_eval_reconstruction"] == a["total_tokens_eval_reconstruction"]
+    assert b["total_tokens_counted"] == a["total_tokens_counted"]
+    assert b["total_tokens_eval_sparsity_variance"] == a["total_tokens_eval_sparsity_variance"]
     # The legacy number is a mean of per-batch values, so it depends on the batching.
     assert many.n_batches == 3
 

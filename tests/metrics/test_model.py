@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tsae_core.metrics.model import ModelPreservation, counted_positions
+from tsae_core.metrics.model import SAELENS_SECTION, ModelPreservation, counted_positions
 
 HOOK = "blocks.0.hook_resid_post"  # layer 1 still attends after it: special positions matter downstream
 V = 50
@@ -69,7 +69,8 @@ def _metrics(model, batches, reconstruct):
 
 
 def _flat(res):
-    return {k: v for section in res.values() for k, v in section.items()}
+    """tsae's sections as one dict (the SAELens-convention section repeats their key names)."""
+    return {k: v for name, section in res.items() if name != SAELENS_SECTION for k, v in section.items()}
 
 
 def _direct(model, tokens, special, reconstruct):
@@ -168,8 +169,11 @@ def test_pairs_with_special_tokens_are_excluded(model):
         lp = F.log_softmax(model(tokens)[1, -2].double(), -1)
     assert not math.isclose(lp[0].item(), lp[7].item(), rel_tol=1e-3)  # an unmasked CE would differ
     res = _metrics(model, [(tokens, special)], _noisy())
-    assert _metrics(model, [(swapped, special)], _noisy()) == res
+    swapped_res = _metrics(model, [(swapped, special)], _noisy())
+    assert _flat(swapped_res) == _flat(res)
     assert res["model_token_stats"]["total_tokens_eval_model"] == 2 * 10 - 2 - 1
+    # SAELens's convention counts a special target: there the swap shows
+    assert swapped_res[SAELENS_SECTION]["ce_loss_without_sae"] != res[SAELENS_SECTION]["ce_loss_without_sae"]
 
 
 def test_masking_matches_only_the_non_special_pairs(model):
@@ -230,3 +234,42 @@ def test_degenerate_denominators_give_nan_not_errors(model):
 def test_reconstruction_of_the_wrong_shape_is_rejected(model):
     with pytest.raises(ValueError, match="does not match"):
         ModelPreservation(model, HOOK).update(*_batch(), lambda x, s: x[..., :4])
+
+
+def _direct_saelens(model, tokens, special, reconstruct):
+    """SAELens's convention by hand: the ablation zeroes every position; CE over positions whose input
+    token is not special (special targets count), KL over every such position, the last one included."""
+    def patched(replace, keep_special):
+        def hook(act, hook):
+            return torch.where(special[..., None], act, replace(act)) if keep_special else replace(act)
+
+        return model.run_with_hooks(tokens, fwd_hooks=[(HOOK, hook)])
+
+    with torch.no_grad():
+        logits = {"clean": model(tokens), "sae": patched(lambda x: reconstruct(x, special), True),
+                  "abl": patched(torch.zeros_like, False)}
+    logp = {k: F.log_softmax(v.double(), -1) for k, v in logits.items()}
+    ce_keep = ~special[:, :-1]
+    ce = {k: -lp[:, :-1].gather(-1, tokens[:, 1:, None]).squeeze(-1)[ce_keep].mean().item() for k, lp in logp.items()}
+    kl = {k: (logp["clean"].exp() * (logp["clean"] - logp[k])).sum(-1)[~special].mean().item() for k in ("sae", "abl")}
+    return ce, kl, int(ce_keep.sum()), int((~special).sum())
+
+
+def test_saelens_convention_matches_a_direct_computation(model):
+    """The `saelens_convention` section: its own ablation, positions and KL, checked by hand, and
+    different from tsae's numbers where the conventions differ."""
+    tokens, special = _batch()
+    rec = _noisy()
+    res = _metrics(model, [(tokens, special)], rec)
+    sl = res[SAELENS_SECTION]
+    ce, kl, n_ce, n_kl = _direct_saelens(model, tokens, special, rec)
+    assert sl["total_tokens_ce"] == n_ce == 3 * 15 - 4 and sl["total_tokens_kl"] == n_kl == 3 * 16 - 4
+    for key, value in (("ce_loss_without_sae", ce["clean"]), ("ce_loss_with_sae", ce["sae"]),
+                       ("ce_loss_with_ablation", ce["abl"]), ("kl_div_with_sae", kl["sae"]),
+                       ("kl_div_with_ablation", kl["abl"])):
+        assert sl[key] == pytest.approx(value, rel=1e-5), key
+    assert sl["ce_loss_score"] == pytest.approx((ce["abl"] - ce["sae"]) / (ce["abl"] - ce["clean"]), rel=1e-4)
+    assert sl["kl_div_score"] == pytest.approx((kl["abl"] - kl["sae"]) / kl["abl"], rel=1e-4)
+    ours = res["model_performance_preservation"]
+    assert not math.isclose(sl["ce_loss_with_ablation"], ours["ce_loss_with_ablation"], rel_tol=1e-3)
+    assert all(type(v) in (float, int) for v in sl.values())

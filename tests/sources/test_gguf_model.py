@@ -163,7 +163,7 @@ def test_huge_bos_norm_stays_out_of_scaling_factor_training_and_metrics(packaged
     ev = next(store.split("eval").batches(16, shuffle=False))
     eval_norms = ev.acts_BTD.double().norm(dim=-1)
     assert m["shrinkage"]["l2_norm_in"] == pytest.approx(float(eval_norms[~ev.special_BT].mean()), rel=1e-5)
-    assert m["token_stats"]["total_tokens_eval_reconstruction"] == int((~ev.special_BT).sum())
+    assert m["token_stats"]["total_tokens_counted"] == int((~ev.special_BT).sum())
     # Trained with BOS in its loss, the SAE would spend itself on one direction ~1000x larger than the rest.
     assert m["reconstruction_quality"]["explained_variance"] > 0.8
     counted = int((~ev.special_BT[:, :-1] & ~ev.special_BT[:, 1:]).sum())

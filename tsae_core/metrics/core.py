@@ -6,7 +6,7 @@ reconstruction, both in raw units:
     explained_variance        = 1 − Σ‖x − x̂‖² / Σ‖x − x̄‖²,  x̄ the mean over all N tokens
     explained_variance_legacy = mean over update() batches b of
                                 mean over b's tokens of 1 − ‖x − x̂‖² / ‖x − x̄_b‖²
-    mse                       = Σ‖x − x̂‖² / (N·D)
+    mse                       = Σ‖x − x̂‖² / N    (summed over dimensions, as SAELens's `mse`)
     cossim                    = mean ⟨x, x̂⟩ / max(‖x‖‖x̂‖, eps)          (0 when x̂ = 0)
     l2_norm_in, l2_norm_out   = mean ‖x‖, mean ‖x̂‖
     l2_ratio                  = mean ‖x̂‖ / max(‖x‖, eps)
@@ -16,6 +16,11 @@ reconstruction, both in raw units:
     dense_fraction            = fraction of latents firing on more than `dense_threshold` of tokens
     silent_token_fraction     = fraction of tokens on which no latent fires (x̂ = b_dec there); not
                                 SAEBench's: it tells an L0 spread over all tokens from one spent on a few
+
+token_stats follow SAELens's meaning: `total_tokens_eval_sparsity_variance` counts every position of
+the evaluated batches (special ones too), `total_tokens_eval_reconstruction` those of the batches the
+language-model metrics ran on (0 here; `tsae_core.metrics.model` supplies it); N itself, the tokens
+every metric above averages over, is `total_tokens_counted`.
 
 Σ‖x − x̄‖² is accumulated about a fixed shift c (the first batch's mean) so it does not lose
 precision when the mean is large: Σ‖x − x̄‖² = Σ‖x − c‖² − N‖x̄ − c‖².
@@ -50,6 +55,7 @@ class CoreMetrics:
         self.n_latents = n_latents
         self.dense_threshold = dense_threshold
         self.n_tokens = 0
+        self.n_positions = 0
         self.n_batches = 0
         self._s: dict[str, torch.Tensor] = {}
         self._shift_D: torch.Tensor | None = None
@@ -112,6 +118,7 @@ class CoreMetrics:
         self._fires_F += fired_NF.sum(0)
 
         self.n_tokens += n
+        self.n_positions += x_BTD[..., 0].numel()
         self.n_batches += 1
         self._d = x_ND.shape[1]
 
@@ -137,7 +144,7 @@ class CoreMetrics:
             "reconstruction_quality": {
                 "explained_variance": ev,
                 "explained_variance_legacy": float(s["sum_ev_legacy"]) / self.n_batches,
-                "mse": sum_err / (n * self._d),
+                "mse": sum_err / n,
                 "cossim": float(s["sum_cos"]) / n,
             },
             "shrinkage": {
@@ -154,7 +161,8 @@ class CoreMetrics:
                 "silent_token_fraction": float(s["silent_tokens"]) / n,
             },
             "token_stats": {
-                "total_tokens_eval_reconstruction": n,
-                "total_tokens_eval_sparsity_variance": n,
+                "total_tokens_eval_reconstruction": 0,
+                "total_tokens_eval_sparsity_variance": self.n_positions,
+                "total_tokens_counted": n,
             },
         }

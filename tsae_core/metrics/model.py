@@ -26,6 +26,15 @@ underflow), and sums accumulated in float64:
 
 A score whose denominator is exactly 0 is NaN. Per-position KL is clamped at 0: a float32 sum over
 the vocabulary can come out a rounding error below it.
+
+The same numbers in SAELens's convention (`sae_lens.evals`, 6.x: `get_recons_loss` with the special
+tokens as `ignore_tokens`), in the section `saelens_convention`, so that a number quoted next to a
+published one is comparable: the splice is the same; the ablation zeroes every position, special ones
+included (a fourth forward pass); CE counts every position t < T − 1 whose input token t is not
+special (a special target, e.g. the next document's BOS, counts); KL counts every position t < T
+whose input token is not special (the last one included), unclamped. `total_tokens_ce` and
+`total_tokens_kl` are the positions each counts; `total_tokens_eval_reconstruction`, every position of
+the batches (what SAELens's `token_stats` reports under that name).
 """
 
 from __future__ import annotations
@@ -39,6 +48,8 @@ import torch.nn.functional as F
 _F64 = torch.float64
 Reconstruct = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x_BT·, special_BT) -> recon_BT·
 _RUNS = ("clean", "sae", "abl")
+_SAELENS_RUNS = ("clean", "sae", "abl_all")
+SAELENS_SECTION = "saelens_convention"
 
 
 def counted_positions(special_BT: torch.Tensor) -> torch.Tensor:
@@ -47,8 +58,8 @@ def counted_positions(special_BT: torch.Tensor) -> torch.Tensor:
 
 
 def _log_probs(logits_BTV: torch.Tensor) -> torch.Tensor:
-    """(B, T, V) logits -> (B, T − 1, V) float32 log-probabilities of the next token."""
-    return F.log_softmax(logits_BTV[:, :-1].float(), dim=-1)
+    """(B, T, V) logits -> (B, T, V) float32 log-probabilities of the next token at every position."""
+    return F.log_softmax(logits_BTV.float(), dim=-1)
 
 
 def _ce_sum(logp_BSV: torch.Tensor, tokens_BT: torch.Tensor, counted_BS: torch.Tensor) -> torch.Tensor:
@@ -58,10 +69,10 @@ def _ce_sum(logp_BSV: torch.Tensor, tokens_BT: torch.Tensor, counted_BS: torch.T
     return nll_BS[counted_BS].sum(dtype=_F64)
 
 
-def _kl_sum(logp_BSV: torch.Tensor, logq_BSV: torch.Tensor, counted_BS: torch.Tensor) -> torch.Tensor:
-    """Σ over counted positions of KL(p_t ‖ q_t), each clamped at 0, float64."""
-    kl_BS = F.kl_div(logq_BSV, logp_BSV, log_target=True, reduction="none").sum(-1)
-    return kl_BS[counted_BS].clamp_min(0).sum(dtype=_F64)
+def _kl_sum(logp_BSV: torch.Tensor, logq_BSV: torch.Tensor, counted_BS: torch.Tensor, clamp: bool = True) -> torch.Tensor:
+    """Σ over counted positions of KL(p_t ‖ q_t), each clamped at 0 unless `clamp` is False, float64."""
+    kl_BS = F.kl_div(logq_BSV, logp_BSV, log_target=True, reduction="none").sum(-1)[counted_BS]
+    return (kl_BS.clamp_min(0) if clamp else kl_BS).sum(dtype=_F64)
 
 
 def _score(worst: float, patched: float, best: float) -> float:
@@ -87,6 +98,7 @@ class ModelPreservation:
         self.n_batches = 0
         self._ce: dict[str, torch.Tensor] = {}
         self._kl: dict[str, torch.Tensor] = {}
+        self._saelens = {"ce": {}, "kl": {}, "n_ce": 0, "n_kl": 0, "n_positions": 0}
 
     def _device(self) -> torch.device:
         return next(self.model.parameters()).device
@@ -130,16 +142,27 @@ class ModelPreservation:
             "clean": None,
             "sae": lambda x: keep_special(x, reconstruct(x, special_BT)),
             "abl": lambda x: keep_special(x, torch.zeros_like(x)),
+            "abl_all": torch.zeros_like,  # SAELens's ablation: every position, special ones too
         }
-        logp_BSV = _log_probs(self._run(tokens_BT, None))
+        input_kept_BT = ~special_BT  # SAELens's positions: the input token is not special
+        sl = self._saelens
+        logp_BTV = _log_probs(self._run(tokens_BT, None))
         for run, patch in patches.items():
-            logq_BSV = logp_BSV if patch is None else _log_probs(self._run(tokens_BT, patch))
-            self._add(self._ce, run, _ce_sum(logq_BSV, tokens_BT, counted_BS))
-            if patch is not None:
-                self._add(self._kl, run, _kl_sum(logp_BSV, logq_BSV, counted_BS))
-            del logq_BSV
+            logq_BTV = logp_BTV if patch is None else _log_probs(self._run(tokens_BT, patch))
+            if run in _RUNS:
+                self._add(self._ce, run, _ce_sum(logq_BTV[:, :-1], tokens_BT, counted_BS))
+                if patch is not None:
+                    self._add(self._kl, run, _kl_sum(logp_BTV[:, :-1], logq_BTV[:, :-1], counted_BS))
+            if run in _SAELENS_RUNS:
+                self._add(sl["ce"], run, _ce_sum(logq_BTV[:, :-1], tokens_BT, input_kept_BT[:, :-1]))
+                if patch is not None:
+                    self._add(sl["kl"], run, _kl_sum(logp_BTV, logq_BTV, input_kept_BT, clamp=False))
+            del logq_BTV
         self.n_tokens += n
         self.n_batches += 1
+        sl["n_ce"] += int(input_kept_BT[:, :-1].sum())
+        sl["n_kl"] += int(input_kept_BT.sum())
+        sl["n_positions"] += tokens_BT.numel()
 
     @staticmethod
     def _add(sums: dict[str, torch.Tensor], name: str, value: torch.Tensor) -> None:
@@ -166,4 +189,23 @@ class ModelPreservation:
                 "ce_loss_increase": ce["sae"] - ce["clean"],
             },
             "model_token_stats": {"total_tokens_eval_model": n},
+            SAELENS_SECTION: self._saelens_result(),
+        }
+
+    def _saelens_result(self) -> dict[str, Any]:
+        """The CE and KL numbers in SAELens's convention (see the module docstring)."""
+        sl = self._saelens
+        ce = {run: float(sl["ce"][run]) / max(sl["n_ce"], 1) for run in _SAELENS_RUNS}
+        kl = {run: float(sl["kl"][run]) / max(sl["n_kl"], 1) for run in ("sae", "abl_all")}
+        return {
+            "ce_loss_score": _score(ce["abl_all"], ce["sae"], ce["clean"]),
+            "ce_loss_with_ablation": ce["abl_all"],
+            "ce_loss_with_sae": ce["sae"],
+            "ce_loss_without_sae": ce["clean"],
+            "kl_div_score": _score(kl["abl_all"], kl["sae"], 0.0),
+            "kl_div_with_ablation": kl["abl_all"],
+            "kl_div_with_sae": kl["sae"],
+            "total_tokens_ce": sl["n_ce"],
+            "total_tokens_kl": sl["n_kl"],
+            "total_tokens_eval_reconstruction": sl["n_positions"],
         }
