@@ -108,7 +108,7 @@ def _save(fig: Figure, out_dir: PathLike, name: str, data: dict[str, Any]) -> Pa
 
 
 def _fmt(v: float, style: str) -> str:
-    return {"pct": f"{v:.1%}", "pct0": f"{v:.0%}", "sci": f"{v:.2e}", "int": f"{v:.1f}", "f2": f"{v:.2f}"}.get(style, f"{v:.3f}")
+    return {"pct": f"{v:.1%}", "pct0": f"{v:.0%}", "sci": f"{v:.2e}", "g3": f"{v:.3g}", "int": f"{v:.1f}", "f2": f"{v:.2f}"}.get(style, f"{v:.3f}")
 
 
 def _bar(ax, x, v: float | None, color, width, na_h, style: str | None = None, hatch: str | None = None,

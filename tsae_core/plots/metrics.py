@@ -51,7 +51,7 @@ def plot_reconstruction_metrics(evals: Evals, out_dir: PathLike, colors: Colors 
             "explained_variance", _RQ, "Explained variance (◇ legacy)", "explained variance", marker="explained_variance_legacy"
         ),
         _Panel("cossim", _RQ, "Cosine similarity cos(x, x̂)", "mean cosine similarity"),
-        _Panel("mse", _RQ, "Mean squared error", "‖x − x̂‖² per token (activation units²)", "sci"),
+        _Panel("mse", _RQ, "Mean squared error", "‖x − x̂‖² per token (activation units²)", "g3"),
         _Panel("l2_ratio", _SH, "Shrinkage ‖x̂‖ / ‖x‖", "mean L2 ratio", ref=1.0, ref_label="no\nshrinkage"),
     ]
     title = "Reconstruction quality on held-out tokens, per variant"
