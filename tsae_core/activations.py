@@ -11,15 +11,11 @@ jumprelu   f_i = pre_i * H(pre_i - theta_i) with a learned threshold per latent;
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 import torch
 from torch import nn
 
-from tsae_core.sparse_codes import SparseCodes, offsets_from_rows, regular_offsets
-
-Pick = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-"""(cols, offsets) -> the differentiable pre-activations at those entries (see `tsae_core.sparse_codes`)."""
+from tsae_core.sparse_codes import Pick, SparseCodes, offsets_from_rows, regular_offsets
 
 
 class ReLU(nn.Module):

@@ -6,8 +6,6 @@ mask (N,) True for tokens that count. Every function returns a scalar tensor.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 
 from tsae_core import sparse_codes
@@ -51,7 +49,7 @@ def aux_k(
     W_dec_FD: torch.Tensor,
     k_aux: int,
     mask_N: torch.Tensor,
-    pick: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    pick: sparse_codes.Pick | None = None,
 ) -> torch.Tensor:
     """AuxK (Gao et al. 2024): dead latents' top-k_aux activations must reconstruct the residual.
 

@@ -25,11 +25,11 @@ from safetensors.torch import load_file
 from torch import nn
 
 from tsae_core import losses, sparse_codes
-from tsae_core.activations import Pick, make_activation
+from tsae_core.activations import make_activation
 from tsae_core.config import VariantConfig
 from tsae_core.io import provenance, read_json, save_tensors, sha256_file, write_json
 from tsae_core.linear import centered_linear
-from tsae_core.sparse_codes import SparseCodes
+from tsae_core.sparse_codes import Pick, SparseCodes
 from tsae_core.typed import ConfigError, build
 
 PENALTY_KEY = {"relu": "l1_coefficient", "jumprelu": "l0_coefficient"}

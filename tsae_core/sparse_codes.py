@@ -28,6 +28,9 @@ import torch.nn.functional as F_nn
 
 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
 
+Pick = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+"""(cols, offsets) -> the differentiable pre-activations at those entries (`linear_picks`)."""
+
 MIN_SPARSE_LATENTS = 2048
 """`auto` takes the sparse path from this many latents on, on CPU. Measured (benchmarks/train_step.py
 --both-paths, 2 cores, k 32, tokens/s sparse / dense): TopK 0.66 at 128 x 512, 0.96 at 128 x 1024,
@@ -127,7 +130,7 @@ class _Pick(torch.autograd.Function):
 
 
 def linear_picks(pre_NF: torch.Tensor, x_n_ND: torch.Tensor, W_enc_DF: torch.Tensor, b_enc_F: torch.Tensor,
-                 b_dec_D: torch.Tensor) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+                 b_dec_D: torch.Tensor) -> Pick:
     """pick(cols, offsets) -> (E,) the pre-activations pre = (x_n - b_dec) W_enc + b_enc at those
     entries, differentiable; the encoder's gradient from all picks of one batch is one sparse product."""
     parts: list = []
