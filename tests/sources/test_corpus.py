@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from tsae_core.sources import corpus
 from tsae_core.sources.corpus import (
     MIN_DOCSTRING_CHARS,
     corpus_fingerprint,
@@ -63,3 +64,15 @@ def test_split_is_disjoint_stable_and_by_text():
     assert set(heldout_r) <= set(heldout) and set(train_r) <= set(train)
     # A different seed gives a different split.
     assert split_documents(docs, 0.1, seed=1)[1] != heldout
+
+
+def test_documents_carry_their_origin_in_corpus_order():
+    docs = corpus.python_docs_documents()
+    assert [d.text for d in docs] == corpus.python_docs_corpus()
+    kinds = [d.kind for d in docs]
+    assert kinds == sorted(kinds, key=lambda k: k != "topic")  # topics first, then docstrings
+    by_module = {d.module for d in docs if d.kind == "docstring"}
+    assert {"email.message", "argparse", "json"} <= by_module  # dotted module names, packages' __init__ dropped
+    assert not any(m.endswith("__init__") for m in by_module)
+    email = next(d for d in docs if d.module.startswith("email."))
+    assert email.package == "email"

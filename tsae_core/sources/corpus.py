@@ -24,6 +24,7 @@ import hashlib
 import itertools
 import sysconfig
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 MIN_DOCSTRING_CHARS = 200
@@ -34,9 +35,7 @@ SKIP_DIRS = frozenset({"test", "tests", "idlelib", "site-packages", "dist-packag
 
 def pydoc_topics() -> list[str]:
     """The pydoc documentation topics, one document each, sorted by topic name."""
-    from pydoc_data.topics import topics
-
-    return [topics[name].strip() for name in sorted(topics) if topics[name].strip()]
+    return [d.text for d in _topics()]
 
 
 def _stdlib_files(root: Path) -> Iterator[Path]:
@@ -58,34 +57,72 @@ def _docstrings(tree: ast.Module) -> Iterator[str]:
             yield doc
 
 
-def _iter_stdlib_docstrings(root: Path, min_chars: int) -> Iterator[str]:
+@dataclass(frozen=True)
+class Document:
+    """A corpus document and where it came from: `kind` is "topic" or "docstring"; `module` is the
+    dotted module a docstring was read from (e.g. "email.mime.text") or the topic's name."""
+
+    text: str
+    kind: str
+    module: str
+
+    @property
+    def package(self) -> str:
+        """The top-level stdlib package or module of a docstring ("email" for "email.mime.text")."""
+        return self.module.split(".", 1)[0]
+
+
+def _module_name(path: Path, root: Path) -> str:
+    parts = list(path.relative_to(root).with_suffix("").parts)
+    if parts[-1] == "__init__" and len(parts) > 1:
+        parts.pop()
+    return ".".join(parts)
+
+
+def _iter_stdlib_docstrings(root: Path, min_chars: int) -> Iterator[Document]:
     for path in _stdlib_files(root):
         try:
             tree = ast.parse(path.read_bytes(), filename=str(path))
         except (SyntaxError, ValueError, OSError):
             continue  # a few stdlib files are templates or deliberately broken; they hold no docs we need
-        yield from (d.strip() for d in _docstrings(tree) if len(d.strip()) >= min_chars)
+        module = _module_name(path, root)
+        yield from (Document(d.strip(), "docstring", module) for d in _docstrings(tree) if len(d.strip()) >= min_chars)
 
 
 def stdlib_docstrings(stdlib_dir: str | Path | None = None, min_chars: int = MIN_DOCSTRING_CHARS) -> list[str]:
     """Docstrings of at least `min_chars` characters from the stdlib sources, parsed, never imported."""
-    return list(_iter_stdlib_docstrings(Path(stdlib_dir or sysconfig.get_paths()["stdlib"]), min_chars))
+    return [d.text for d in _iter_stdlib_docstrings(Path(stdlib_dir or sysconfig.get_paths()["stdlib"]), min_chars)]
 
 
-def _iter_corpus() -> Iterator[str]:
-    """Topics then stdlib docstrings, each distinct text once, lazily (parsing stops when the caller does)."""
+def _topics() -> Iterator[Document]:
+    from pydoc_data.topics import topics
+
+    for name in sorted(topics):
+        if topics[name].strip():
+            yield Document(topics[name].strip(), "topic", name)
+
+
+def _iter_corpus() -> Iterator[Document]:
+    """Topics then stdlib docstrings, each distinct text once (its first source kept), lazily
+    (parsing stops when the caller does)."""
     seen: set[str] = set()
     root = Path(sysconfig.get_paths()["stdlib"])
-    for doc in itertools.chain(pydoc_topics(), _iter_stdlib_docstrings(root, MIN_DOCSTRING_CHARS)):
-        if doc not in seen:
-            seen.add(doc)
+    for doc in itertools.chain(_topics(), _iter_stdlib_docstrings(root, MIN_DOCSTRING_CHARS)):
+        if doc.text not in seen:
+            seen.add(doc.text)
             yield doc
 
 
 @functools.lru_cache(maxsize=1)
-def _full_corpus() -> tuple[str, ...]:
+def _full_corpus() -> tuple[Document, ...]:
     """The whole corpus, built once per process (parsing the stdlib takes a few seconds)."""
     return tuple(_iter_corpus())
+
+
+def python_docs_documents() -> list[Document]:
+    """The whole corpus with each document's origin (kind, module): what labelled sets are cut from.
+    Same documents, same order as `python_docs_corpus()`."""
+    return list(_full_corpus())
 
 
 def python_docs_corpus(max_documents: int | None = None) -> list[str]:
@@ -94,10 +131,10 @@ def python_docs_corpus(max_documents: int | None = None) -> list[str]:
     Deterministic for a given Python installation (sorted names and paths, source order).
     """
     if max_documents is None:
-        return list(_full_corpus())
+        return [d.text for d in _full_corpus()]
     if max_documents < 0:
         raise ValueError(f"max_documents must be >= 0 or None, got {max_documents}")
-    return list(itertools.islice(_iter_corpus(), max_documents))
+    return [d.text for d in itertools.islice(_iter_corpus(), max_documents)]
 
 
 def _unit_hash(text: str, seed: int) -> float:

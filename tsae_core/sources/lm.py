@@ -21,7 +21,6 @@ Per token, for a context of T tokens:
 
 from __future__ import annotations
 
-import contextlib
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -213,18 +212,11 @@ class LanguageModelSource:
             tokens_BT=tokens_BT.clone(),
         )
 
-    @torch.no_grad()
     def activations(self, tokens_BT: torch.Tensor) -> torch.Tensor:
         """float32 CPU activations (B, T, D) at the hook; blocks after the hooked one never run."""
-        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda" else contextlib.nullcontext()
-        with autocast:
-            _, cache = self.model.run_with_cache(
-                tokens_BT.to(self.device),
-                names_filter=self.hook_name,
-                stop_at_layer=self.layer + 1,
-                return_cache_object=False,
-            )
-        return cache[self.hook_name].float().cpu()
+        from tsae_core.sources.text_contexts import hook_activations
+
+        return hook_activations(self.model, self.hook_name, tokens_BT, stop_at_layer=self.layer + 1)
 
     def _split(self, split: str) -> dict[str, torch.Tensor]:
         if split not in self.contexts:

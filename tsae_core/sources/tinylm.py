@@ -54,6 +54,7 @@ class ByteTokenizer:
     bos_token_id = BOS_ID
     eos_token_id = EOS_ID
     vocab_size = D_VOCAB
+    all_special_ids = (BOS_ID, EOS_ID)
 
     def encode(self, text: str) -> list[int]:
         return list(text.encode("utf-8"))
