@@ -127,8 +127,14 @@ class VariantConfig:
     """Learning rate, taken as given; 0 means the recipe default (2e-4 topk/batchtopk, 5e-5 relu) times train.lr_scale."""
     options: dict[str, Any] = field(default_factory=dict)
     """Variant-specific knobs, validated by the variant itself."""
+    load_from: str = ""
+    """A SAELens 6 folder (cfg.json + sae_weights.safetensors) or a tsae SAE folder: this variant is that
+    SAE, evaluated as it is and never trained (`tsae_core.imported`); its architecture, activation and
+    sizes come from the folder. Relative paths are from the project root."""
 
     def __post_init__(self) -> None:
+        _check(not self.load_from or (self.architecture == "standard" and not self.options), "load_from",
+               "an imported SAE takes its architecture and options from its folder; leave architecture and options unset")
         _check(self.d_sae > 0, "d_sae", "must be > 0")
         _check(self.k >= 0, "k", f"must be in 1..d_sae ({self.d_sae}), or 0 to take it from target_l0, got {self.k}")
         if self.activation in ("topk", "batchtopk"):

@@ -38,6 +38,7 @@ from tsae_core.checkpoints import (
     truncate_curves,
 )
 from tsae_core.config import ExperimentConfig, Instance
+from tsae_core.imported import import_variant
 from tsae_core.interrupts import Interrupted, StepInterrupt
 from tsae_core.io import DiskFull, is_disk_full
 from tsae_core.sae import (
@@ -249,6 +250,10 @@ def train_variant(cfg: ExperimentConfig, name: str, store: Any, run_dir: Path, p
     v = cfg.variants[inst.variant]
     paths = TrainPaths.of(run_dir, name)
     train_hash = variant_train_hash(cfg, name, data_hash(store))
+    if v.load_from:  # an existing SAE, brought in: nothing to train
+        imported = import_variant(cfg, name, store, run_dir, train_hash, force) if distributed.is_main() else {"variant": name}
+        distributed.barrier()  # its files are written before any rank goes on
+        return imported
     state, why = trained_state(paths, train_hash)
     if not force and state == "trained":
         return {"variant": name, "skipped": True, **verify_sae_files(paths.sae_dir).get("training", {})}
