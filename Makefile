@@ -18,6 +18,9 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install $(TORCH_SPEC)
 	$(BIN)/python -m pip install -e ".[dev]"
+	# SAEBench's eval-output JSON schemas, which the tests validate tsae's eval files against; only
+	# those files are read (none of its code runs), so none of its dependencies are installed
+	$(BIN)/python -m pip install --no-deps "sae-bench==0.6.0"
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -84,3 +84,24 @@ def test_per_latent_arrays_are_written_and_belong_to_the_evaluation(evaluated):
     assert output_problems("evaluate", cfg) == [f"{path} is missing"]
     again = evaluate_variant(cfg, "topk", store, cfg.run_dir, progress=False)  # not kept: its latents were gone
     assert path.is_file() and again["redundancy"]["score"] == pytest.approx(results["topk"]["redundancy"]["score"])
+
+
+def test_synthetic_eval_json_breaks_saebench_schema_only_where_there_is_no_model(evaluated):
+    """Without a language model there are no CE/KL sections, the only keys SAEBench's core schema
+    then misses. Both SAEs encode token by token at inference, so both carry their SAELens config."""
+    from tests.saebench_schema import saebench_schema, schema_errors
+
+    _, _, results = evaluated
+    schema = saebench_schema("core")
+    for name, result in results.items():
+        errors = schema_errors(result, schema)
+        assert sorted(errors) == sorted(f"eval_result_metrics: '{s}' is a required property"
+                                        for s in ("model_behavior_preservation", "model_performance_preservation")), name
+    assert results["topk"]["sae_cfg_dict"]["architecture"] == results["orthogonal"]["sae_cfg_dict"]["architecture"] == "topk"
+    misc = results["topk"]["eval_result_metrics"]["misc_metrics"]
+    freq = results["topk"]["eval_result_unstructured"]["feature_frequencies"]
+    assert misc["frac_alive"] == pytest.approx(sum(f > 0 for f in freq) / len(freq))
+    assert misc["freq_over_1_percent"] == pytest.approx(sum(f > 0.01 for f in freq) / len(freq))
+    share = sum(f for f in freq if f > 0.1) / sum(freq)
+    assert misc["normalized_freq_over_10_percent"] == pytest.approx(share)
+    assert 0 < misc["average_max_decoder_cosine_sim"] < 1 and 0 < misc["average_max_encoder_cosine_sim"] < 1

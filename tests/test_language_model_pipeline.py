@@ -67,3 +67,13 @@ def test_model_preservation_metrics_are_reported(lm_run):
     assert perf["ce_loss_increase"] == pytest.approx(perf["ce_loss_with_sae"] - perf["ce_loss_without_sae"])
     assert perf["ce_loss_score"] <= 1.0 + 1e-6 and behav["kl_div_with_sae"] >= 0
     assert "ground_truth" not in result
+
+
+def test_core_eval_json_validates_against_saebench_schema(lm_run):
+    from tests.saebench_schema import saebench_schema, schema_errors
+
+    _, _, _, result = lm_run
+    assert schema_errors(result, saebench_schema("core")) == []
+    misc = result["eval_result_metrics"]["misc_metrics"]
+    assert 0 < misc["frac_alive"] <= 1 and 0 <= misc["freq_over_10_percent"] <= misc["freq_over_1_percent"] <= 1
+    assert result["sae_cfg_dict"]["architecture"] == "topk" and result["sae_lens_version"] is None

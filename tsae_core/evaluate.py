@@ -13,6 +13,8 @@ import dataclasses
 import hashlib
 import json
 import math
+import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +24,8 @@ from tqdm import tqdm
 
 from tsae_core.config import ExperimentConfig
 from tsae_core.io import code_hash, provenance, read_json, save_tensors, write_json
-from tsae_core.metrics.core import CoreMetrics
-from tsae_core.metrics.geometry import decoder_geometry, labels_from_groups
+from tsae_core.metrics.core import CoreMetrics, misc_metrics
+from tsae_core.metrics.geometry import decoder_geometry, labels_from_groups, max_decoder_cosine
 from tsae_core.metrics.ground_truth import GroundTruthMetrics
 from tsae_core.metrics.model import SAELENS_SECTION, ModelPreservation
 from tsae_core.metrics.position import PositionDependence, ReconstructionByPosition
@@ -138,6 +140,7 @@ def evaluate_sae_with_latents(
             variant_stats.update(out, b.mask_BT)
 
     metrics = core.result()
+    metrics["misc_metrics"] = misc_metrics(core.feature_frequencies(), *latent_vector_cosines(sae))
     if model is not None and cfg.eval.model_max_sequences > 0:
         metrics.update(model_preservation(sae, model, store, cfg, name, progress))
         # SAELens's meaning: the tokens of the batches the CE/KL ran on
@@ -152,6 +155,7 @@ def evaluate_sae_with_latents(
     })
     result: dict[str, Any] = {
         "eval_type_id": "core",
+        **saebench_identity(sae, name, cfg.run.name),
         "variant": name,
         "seed": None,
         "eval_config": {
@@ -186,6 +190,32 @@ def evaluate_sae_with_latents(
     sparsity["l0_sparse"] = result.get("variant_metrics", {}).get("l0_sparse", sparsity["l0"])
     result["health"] = assess_health(result)
     return result, _latent_tensors(positions, redundancy, geometry_latents)
+
+
+def saebench_identity(sae: SAE, name: str, run_name: str) -> dict[str, Any]:
+    """The keys SAEBench's output schema requires of every eval file, filled honestly: no SAEBench
+    commit or SAELens version ran this evaluation (null / "none"), the SAE is `<run>/<name>`, and
+    `sae_cfg_dict` is the SAELens config its export writes (None for a variant SAELens cannot express;
+    tsae's own config is `sae_cfg`)."""
+    from tsae_core.interop import NotRepresentable, saelens_cfg
+
+    try:
+        cfg_dict = saelens_cfg(sae, name)
+    except NotRepresentable:
+        cfg_dict = None
+    return {"eval_id": str(uuid.uuid4()), "datetime_epoch_millis": int(time.time() * 1000),
+            "sae_bench_commit_hash": "none (evaluated by tsae)", "sae_lens_id": name, "sae_lens_release_id": f"tsae/{run_name}",
+            "sae_lens_version": None, "sae_cfg_dict": cfg_dict}
+
+
+def latent_vector_cosines(sae: SAE) -> tuple[torch.Tensor, torch.Tensor]:
+    """(F,) each latent's largest cosine with another latent, over encoder vectors and over decoder
+    vectors; a latent that reads or writes several positions (the crosscoder) is one long vector."""
+    F = sae.cfg.d_sae
+    W_enc = sae.W_enc.detach()
+    enc_FX = W_enc.reshape(-1, F).T if W_enc.shape[-1] == F else W_enc.reshape(F, -1)
+    dec_FX = sae.W_dec.detach().reshape(F, -1)
+    return max_decoder_cosine(enc_FX)[0], max_decoder_cosine(dec_FX)[0]
 
 
 def _latent_tensors(positions: PositionDependence, redundancy: CrossPositionRedundancy,

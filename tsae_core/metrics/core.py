@@ -17,6 +17,15 @@ reconstruction, both in raw units:
     silent_token_fraction     = fraction of tokens on which no latent fires (x̂ = b_dec there); not
                                 SAEBench's: it tells an L0 spread over all tokens from one spent on a few
 
+misc_metrics (SAEBench-core's section, its definitions), from the feature densities p_i (the fraction
+of evaluated tokens on which latent i fires) and the weights (`misc_metrics` below):
+
+    frac_alive                       = fraction of latents with p_i > 0
+    freq_over_1_percent (10_percent) = fraction of latents with p_i > 0.01 (0.1)
+    normalized_freq_over_1_percent   = Σ_{p_i > 0.01} p_i / Σ p_i  (0 when nothing fires); likewise 10%
+    average_max_encoder_cosine_sim   = mean over latents of the largest cosine of its encoder vector
+                                       with another latent's; likewise the decoder
+
 token_stats follow SAELens's meaning: `total_tokens_eval_sparsity_variance` counts every position of
 the evaluated batches (special ones too), `total_tokens_eval_reconstruction` those of the batches the
 language-model metrics ran on (0 here; `tsae_core.metrics.model` supplies it); N itself, the tokens
@@ -166,3 +175,23 @@ class CoreMetrics:
                 "total_tokens_counted": n,
             },
         }
+
+
+def misc_metrics(freq_F: torch.Tensor, max_encoder_cos_F: torch.Tensor, max_decoder_cos_F: torch.Tensor) -> dict[str, float]:
+    """SAEBench-core's `misc_metrics` section (see the module docstring) from the feature densities
+    and each latent's largest cosine with another latent's encoder and decoder vector."""
+    p = freq_F.to(_F64)
+    total = float(p.sum())
+
+    def share(threshold: float) -> float:
+        return float(p[p > threshold].sum()) / total if total > 0 else 0.0
+
+    return {
+        "average_max_encoder_cosine_sim": float(max_encoder_cos_F.to(_F64).nanmean()),
+        "average_max_decoder_cosine_sim": float(max_decoder_cos_F.to(_F64).nanmean()),
+        "frac_alive": float((p > 0).to(_F64).mean()),
+        "freq_over_1_percent": float((p > 0.01).to(_F64).mean()),
+        "freq_over_10_percent": float((p > 0.1).to(_F64).mean()),
+        "normalized_freq_over_1_percent": share(0.01),
+        "normalized_freq_over_10_percent": share(0.1),
+    }
