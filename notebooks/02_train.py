@@ -39,12 +39,16 @@ summaries = [train_variant(cfg, inst.name, store, cfg.run_dir, force=force) for 
 # ## Final training state
 # FVU is the fraction of variance unexplained on the last training batch; L0 the mean number of
 # active latents per token; dead fraction the latents silent for `train.dead_after_tokens` tokens.
-# A training that ended with every latent silent is listed as FAILED, with its reason.
+# A training that ended with every latent silent is listed as FAILED, with its reason; an SAE
+# brought in with `load_from` is listed as imported, with where it came from.
 
 # %%
 for s in summaries:
     if s.get("failed"):
         print(f"{s['variant']:12s} FAILED: {s['failed']}")
+        continue
+    if s.get("imported_from"):
+        print(f"{s['variant']:12s} imported, not trained: {s['imported_from']}")
         continue
     final = s["final"]
     state = "skipped (already trained)" if s["skipped"] else f"{s['steps']} steps"

@@ -109,3 +109,18 @@ def test_sae_of_another_width_or_hook_is_refused(exported, tmp_path):
 def test_imported_variant_takes_no_architecture(tmp_path):
     with pytest.raises(ConfigError, match="load_from"):
         ci_config(tmp_path, **{"variants": {"x": {"load_from": "somewhere", "architecture": "consistency"}}, "sweep": {}})
+
+
+@pytest.mark.slow
+def test_runner_takes_an_imported_variant_through_every_stage(exported, tmp_path):
+    """The notebooks and the stage checks accept an SAE without training curves."""
+    from tsae_core.runner import main
+
+    _, _, saelens_dir, _, _ = exported
+    args = ["run", "params/ci.yaml", "--set", f"run.out_dir={tmp_path / 'runs'}", "--set", f"plot.figures_dir={tmp_path / 'figs'}",
+            "--set", f"variants={{mine: {{load_from: {json.dumps(str(saelens_dir))}}}}}", "--set", "sweep={}",
+            "--set", "cluster.n_clusters=2"]
+    assert main(args) == 0
+    figures = tmp_path / "figs" / "ci"
+    assert (figures / "final_metrics.png").is_file() and (tmp_path / "runs" / "ci" / "eval" / "mine.json").is_file()
+    assert main(args) == 0  # a second run keeps everything

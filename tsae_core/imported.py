@@ -60,21 +60,20 @@ def check_fits(sae: SAE, folder: Path, store: Any, variant: str) -> None:
 def import_variant(cfg: ExperimentConfig, name: str, store: Any, run_dir: Path, train_hash: str,
                    force: bool = False) -> dict[str, Any]:
     """Copy the SAE that `load_from` names into `saes/<name>/` (unless already there for the same
-    source weights and parameters); returns the same summary as a training, with zero steps."""
+    `train_hash`, which covers the source's weights); returns a training's summary, with zero steps."""
     from tsae_core.train import trained_state
 
     inst = cfg.instance(name)
     folder = source_folder(cfg, name)
     digest = source_digest(folder)
     paths = TrainPaths.of(run_dir, name)
-    key = f"{train_hash}-{digest[:16]}"
-    if not force and trained_state(paths, key)[0] == "trained":
+    if not force and trained_state(paths, train_hash)[0] == "trained":
         return {"variant": name, "skipped": True, **verify_sae_files(paths.sae_dir).get("training", {})}
     sae = load_sae(folder)
     check_fits(sae, folder, store, inst.variant)
     training = {"steps": 0, "tokens": 0, "imported_from": str(folder), "source_weights_sha256": digest,
                 "source_format": "saelens" if is_saelens_folder(folder) else "tsae"}
-    save_sae(sae.cpu(), paths.sae_dir, extra_cfg={"train_hash": key, "variant_name": inst.variant, "seed": inst.seed,
+    save_sae(sae.cpu(), paths.sae_dir, extra_cfg={"train_hash": train_hash, "variant_name": inst.variant, "seed": inst.seed,
                                                   "training": training},
              config_hash=cfg.hash())
     paths.failure.unlink(missing_ok=True)

@@ -61,7 +61,7 @@ def _train(cfg: ExperimentConfig) -> list[str]:
         state, why = trained_state(paths, _train_hash(cfg, inst.name))
         if state == "missing":
             problems.append(why)
-        elif state == "trained" and not paths.curves.is_file():
+        elif state == "trained" and not paths.curves.is_file() and not cfg.variants[inst.variant].load_from:
             problems.append(f"training curves {paths.curves} are missing")
     return problems
 

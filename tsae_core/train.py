@@ -38,7 +38,7 @@ from tsae_core.checkpoints import (
     truncate_curves,
 )
 from tsae_core.config import ExperimentConfig, Instance
-from tsae_core.imported import import_variant
+from tsae_core.imported import import_variant, source_digest, source_folder
 from tsae_core.interrupts import Interrupted, StepInterrupt
 from tsae_core.io import DiskFull, is_disk_full
 from tsae_core.sae import (
@@ -137,12 +137,13 @@ def firing(out: Any, mask_BT: torch.Tensor) -> tuple[torch.Tensor, int]:
 
 
 def variant_train_hash(cfg: ExperimentConfig, name: str, data_hash: str) -> str:
-    """What a trained SAE depends on: its variant, the recipe, the seed and the data."""
+    """What a trained SAE depends on: its variant, the recipe, the seed and the data; for an imported
+    one (`load_from`), the bytes of the weights it was copied from too."""
     inst = cfg.instance(name)
-    blob = json.dumps(
-        {"variant": cfg.to_dict()["variants"][inst.variant], "train": cfg.to_dict()["train"], "seed": inst.seed, "data": data_hash},
-        sort_keys=True,
-    )
+    parts = {"variant": cfg.to_dict()["variants"][inst.variant], "train": cfg.to_dict()["train"], "seed": inst.seed, "data": data_hash}
+    if cfg.variants[inst.variant].load_from:
+        parts["imported_weights"] = source_digest(source_folder(cfg, name))
+    blob = json.dumps(parts, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
