@@ -32,6 +32,7 @@ import textwrap
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 PYTHON_DOCS_SETS = ("python_docs.kind", "python_docs.package", "python_docs.code")
@@ -139,10 +140,11 @@ def python_docs_set(name: str, chunk_chars: int, max_per_document: int, max_docu
     return makers[name](chunk_chars, max_per_document, max_documents)
 
 
-def hub_labelled_texts(name: str, spec: Any) -> LabelledTexts:
+def hub_labelled_texts(name: str, spec: Any, cache_dir: str | Path | None = None) -> LabelledTexts:
     """A `probing.hub` entry (`tsae_core.config.HubProbeDataset`) read with `datasets.load_dataset`:
     one text per row (its own group), its label the row's `label_column` (an integer is named by the
-    dataset's class names where it has them). Rows with an empty text are left out."""
+    dataset's class names where it has them). Rows with an empty text are left out. `cache_dir`:
+    where `datasets` caches what it reads (None: its default)."""
     import datasets  # heavy: imported only where a hub set is asked for
 
     from tsae_core.params_file import resolve_path
@@ -150,7 +152,8 @@ def hub_labelled_texts(name: str, spec: Any) -> LabelledTexts:
     files = [spec.data_files] if isinstance(spec.data_files, str) else list(spec.data_files)
     data_files = [str(resolve_path(f)) for f in files] or None
     try:
-        ds = datasets.load_dataset(spec.path, spec.name, data_files=data_files, split=spec.split)
+        ds = datasets.load_dataset(spec.path, spec.name, data_files=data_files, split=spec.split,
+                                  cache_dir=None if cache_dir is None else str(cache_dir))
     except Exception as e:  # the library raises many kinds (no network, missing file, bad split)
         raise ValueError(f"probing.hub.{name}: cannot load {spec.path!r} (split {spec.split!r}): {e}; offline, "
                          "give a local file (path: json, data_files: <file>.jsonl)") from e

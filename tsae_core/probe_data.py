@@ -87,12 +87,12 @@ def _task_from(pos: torch.Tensor, neg: torch.Tensor, g: torch.Generator) -> tupl
     return idx[order], y[order]
 
 
-def _check_side(set_name: str, cls: str, side: str, y: torch.Tensor, size_key: str) -> None:
-    n_pos = int(y.sum())
-    if n_pos < MIN_PER_CLASS:
-        raise ValueError(f"{set_name}: class {cls!r} has {n_pos} positive or negative contexts on the probe-{side} side "
-                         f"(at least {MIN_PER_CLASS} needed); give the set more documents (probing.max_documents), "
-                         f"fewer classes (probing.max_classes) or another probing.test_fraction / {size_key}")
+def _check_side(set_name: str, cls: str, side: str, n_pos: int, n_neg: int, size_key: str) -> None:
+    if min(n_pos, n_neg) < MIN_PER_CLASS:
+        raise ValueError(f"{set_name}: the task of class {cls!r} has {n_pos} positive and {n_neg} negative contexts on the "
+                         f"probe-{side} side (at least {MIN_PER_CLASS} of each needed); give the set more documents "
+                         f"(probing.max_documents), fewer classes (probing.max_classes) or another probing.test_fraction "
+                         f"/ {size_key}")
 
 
 def exclusive_tasks(set_name: str, labels: Sequence[str], is_test: Sequence[bool], max_classes: int,
@@ -121,8 +121,8 @@ def exclusive_tasks(set_name: str, labels: Sequence[str], is_test: Sequence[bool
             others = [p for o, p in enumerate(pools) if o != c]
             per_other = math.ceil(len(pools[c]) / len(others))
             neg = _shuffled(torch.cat([_shuffled(p, g)[:per_other] for p in others]), g)[: len(pools[c])]
+            _check_side(set_name, cls, side, len(pools[c]), len(neg), f"probing.{side}_size")
             idx, y = _task_from(pools[c], neg, g)
-            _check_side(set_name, cls, side, y, f"probing.{side}_size")
             parts += [idx, y]
         tasks.append(BinaryTask(cls, *parts))
     return classes, tasks
@@ -140,8 +140,8 @@ def multilabel_tasks(set_name: str, on_NC: torch.Tensor, class_names: Sequence[s
             here = is_test == on_test
             pos = _shuffled((on_NC[:, c] & here).nonzero().flatten(), g)[: size // 2]
             neg = _shuffled((~on_NC[:, c] & here).nonzero().flatten(), g)[: size // 2]
+            _check_side(set_name, cls, side, len(pos), len(neg), f"probing.{side}_size")
             idx, y = _task_from(pos, neg, g)
-            _check_side(set_name, cls, side, y, f"probing.{side}_size")
             parts += [idx, y]
         tasks.append(BinaryTask(cls, *parts))
     return tasks

@@ -90,8 +90,11 @@ def probe_set(pooled_NF: torch.Tensor, probe_set_: ProbeSet, k_values: list[int]
     {class: acc}, "<prefix>_top_latents": {class: columns, best first}, "<prefix>_unconverged_probes": n}."""
     per: dict[str, Any] = {f"{prefix}_test_accuracy": {}, **{f"{prefix}_top_{k}_test_accuracy": {} for k in k_values},
                            f"{prefix}_top_latents": {}, f"{prefix}_unconverged_probes": 0}
+    from threadpoolctl import threadpool_limits  # scikit-learn's own dependency
+
     for task in probe_set_.tasks:
-        r = probe_task(pooled_NF, task, k_values, max_iter)
+        with threadpool_limits(limits=1):  # problems this small only lose time to BLAS threads
+            r = probe_task(pooled_NF, task, k_values, max_iter)
         per[f"{prefix}_test_accuracy"][task.class_name] = r["all"]
         for k in k_values:
             per[f"{prefix}_top_{k}_test_accuracy"][task.class_name] = r[k]
