@@ -282,3 +282,32 @@ def test_tiny_language_model_probes_the_python_docs_sets(lm_probing):
     assert math.isclose(r["eval_result_metrics"]["llm"]["llm_test_accuracy"],
                         sum(d["llm_test_accuracy"] for d in r["eval_result_details"]) / 3)
 
+
+
+def test_an_sae_that_cannot_encode_the_contexts_is_recorded_as_skipped(synthetic_probing):
+    cfg, data, _ = synthetic_probing
+    sae = build_sae(SAEConfig(architecture="standard", activation="topk", d_in=16, d_sae=32, k=4))
+
+    def broken(*a, **k):
+        raise RuntimeError("needs a longer context")
+
+    sae.forward = broken
+    r = sparse_probing_result(sae, data, cfg)
+    assert r["eval_result_metrics"] is None and r["eval_config"]["dataset_names"] == []
+    assert "needs a longer context" in r["skipped"] and "synthetic.slow" in r["eval_config"]["skipped_datasets"]
+    assert data.skipped == {}, "the shared data is untouched: other SAEs still probe the set"
+
+
+def test_the_figure_draws_every_variant_and_the_raw_activation_reference(synthetic_probing, lm_probing, tmp_path):
+    from tsae_core.plots.probing import plot_sparse_probing
+
+    _, _, syn = synthetic_probing
+    _, _, lm = lm_probing
+    assert plot_sparse_probing({"topk": {"skipped": "probing.enabled is false"}}, tmp_path) is None
+    png = plot_sparse_probing({"topk": lm, "consistency": lm, "off": {"skipped": "x"}}, tmp_path)
+    drawn = json.loads(png.with_suffix(".json").read_text())
+    assert png.stat().st_size > 10_000 and drawn["variants"] == ["topk", "consistency"]
+    assert drawn["mean"]["topk"][0] == lm["eval_result_metrics"]["sae"]["sae_top_1_test_accuracy"]
+    assert drawn["llm"][-1] is None and drawn["llm"][0] == lm["eval_result_metrics"]["llm"]["llm_top_1_test_accuracy"]
+    assert set(drawn["datasets"]) == {"python_docs.kind_results", "python_docs.package_results", "python_docs.code_results"}
+    assert plot_sparse_probing({"topk": syn}, tmp_path / "one").is_file(), "a single set: the mean panel alone"

@@ -345,7 +345,7 @@ class ProbingConfig:
         _check(bool(self.k_values) and all(k > 0 for k in self.k_values), "probing.k_values", "give positive numbers of latents")
         _check(len(set(self.k_values)) == len(self.k_values), "probing.k_values", "must not repeat a value")
         for name in ("train_size", "test_size"):
-            _check(getattr(self, name) >= 4, f"probing.{name}", "must be >= 4 (two positives and two negatives)")
+            _check(getattr(self, name) >= 8, f"probing.{name}", "must be >= 8 (four positives and four negatives)")
         _check(0 < self.test_fraction < 1, "probing.test_fraction", "must be in (0, 1)")
         _check(self.max_classes >= 2, "probing.max_classes", "must be >= 2")
         _check(self.context_length == 0 or self.context_length >= 2, "probing.context_length", "must be 0 (harvest.context_size) or >= 2")

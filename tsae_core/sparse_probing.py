@@ -237,20 +237,27 @@ def sparse_probing_result(sae: Any, data: SparseProbingData, cfg: ExperimentConf
     """The sparse_probing JSON dict of one SAE (without tsae's instance fields and provenance)."""
     p = cfg.probing
     llm_keys, sae_keys = metric_keys("llm", p.k_values), metric_keys("sae", p.k_values)
-    details, unstructured = [], {}
+    details, unstructured, config = [], {}, eval_config(cfg, data)
     for name, ps in data.sets.items():
-        per = {**data.llm_results(name), **probe_set(sae_pooled(sae, ps, p.batch_sequences), ps, p.k_values, p.max_iter, "sae")}
+        try:
+            pooled = sae_pooled(sae, ps, p.batch_sequences)
+        except (RuntimeError, ValueError, NotImplementedError) as e:  # a variant that cannot encode these contexts
+            config["skipped_datasets"][name] = f"this SAE cannot encode its contexts: {type(e).__name__}: {e}"
+            config["dataset_names"].remove(name)
+            continue
+        per = {**data.llm_results(name), **probe_set(pooled, ps, p.k_values, p.max_iter, "sae")}
         details.append({"dataset_name": f"{name}_results", **{k: _mean(list(per[k].values())) for k in llm_keys + sae_keys}})
         unstructured[f"{name}_results"] = per
     averaged = {k: _mean([d[k] for d in details]) for k in llm_keys + sae_keys}
     return {
         "eval_type_id": EVAL_TYPE_ID,
-        "eval_config": eval_config(cfg, data),
+        "eval_config": config,
         "eval_result_metrics": {"llm": {k: averaged[k] for k in llm_keys}, "sae": {k: averaged[k] for k in sae_keys}}
         if details else None,
         "eval_result_details": details,
         "eval_result_unstructured": unstructured,
-        "skipped": None if details else "no labelled set could be probed: " + "; ".join(f"{n}: {r}" for n, r in data.skipped.items()),
+        "skipped": None if details else "no labelled set could be probed: " + "; ".join(
+            f"{n}: {r}" for n, r in config["skipped_datasets"].items()),
         "sae_cfg": dataclasses.asdict(sae.cfg),
     }
 

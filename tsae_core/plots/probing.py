@@ -24,7 +24,7 @@ def _probed(results: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 
 def _draw(ax, ks: list[int], curves: dict[str, list[float | None]], llm: list[float | None], colors: dict[str, str],
-          title: str, legend_labels: dict[str, str] | None = None) -> None:
+          title: str, legend_labels: dict[str, str] | None = None, small: bool = False, first: bool = True) -> None:
     for v, ys in curves.items():
         pts = [(k, y) for k, y in zip(ks, ys) if y is not None]
         if pts:
@@ -36,7 +36,7 @@ def _draw(ax, ks: list[int], curves: dict[str, list[float | None]], llm: list[fl
     ax.set_xscale("log")
     ax.set_xticks(ks, [str(k) for k in ks])
     ax.minorticks_off()
-    ax.set(title=title, xlabel="k (latents or raw dimensions probed)", ylabel="test accuracy")
+    ax.set(title=title, xlabel="k" if small else "k (latents or raw dimensions probed)", ylabel="test accuracy" if first else "")
 
 
 @_styled
@@ -76,7 +76,8 @@ def plot_sparse_probing(results: dict[str, dict[str, Any]], out_dir: PathLike, c
                 for v in variants}
         per_set[name] = {"sae": {v: _curve(d, "sae", ks) for v, d in rows.items()}, "llm": _curve(rows[variants[0]], "llm", ks)}
         if panels:  # one set: its panel would repeat the mean
-            _draw(fig.add_subplot(grid[1, i]), ks, per_set[name]["sae"], per_set[name]["llm"], colors, name.removesuffix("_results"))
+            _draw(fig.add_subplot(grid[1, i]), ks, per_set[name]["sae"], per_set[name]["llm"], colors,
+                  name.removesuffix("_results"), small=True, first=i == 0)
     fig.suptitle("Sparse probing: logistic regression on the k latents with the largest class-mean difference")
     data = {"k_values": ks, "variants": variants, "colors": colors, "mean": mean, "all_latents": all_latents,
             "llm": llm, "llm_all_dims": llm_all, "datasets": per_set}
