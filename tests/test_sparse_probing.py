@@ -245,7 +245,7 @@ def test_a_set_the_source_cannot_give_is_skipped_with_its_reason(tmp_path):
     data = SparseProbingData(cfg, progress=False)
     sae = build_sae(SAEConfig(architecture="standard", activation="topk", d_in=16, d_sae=32, k=4))
     r = sparse_probing_result(sae, data, cfg)
-    assert r["eval_result_metrics"] is None and "cannot be probed on the synthetic source" in r["skipped"]
+    assert r["eval_result_metrics"] is None and "a text set cannot be probed on the synthetic source" in r["skipped"]
     assert "python_docs.kind" in r["eval_config"]["skipped_datasets"]
 
 

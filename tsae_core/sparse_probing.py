@@ -168,7 +168,7 @@ class SparseProbingData:
         sets: dict[str, ProbeSet] = {}
         for name in self.dataset_names():
             if synthetic != (name in SYNTHETIC_SETS):
-                self.skipped[name] = (f"a {'text set' if not synthetic else 'synthetic set'} cannot be probed on the "
+                self.skipped[name] = (f"a {'synthetic set' if name in SYNTHETIC_SETS else 'text set'} cannot be probed on the "
                                       f"{cfg.source.kind} source; list the source's own sets in probing.datasets")
                 continue
             try:
