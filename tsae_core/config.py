@@ -287,7 +287,7 @@ class UnlearningConfig:
     """Sweep: a latent is eligible only if it fires on at most this fraction of retain-selection tokens."""
     n_latents: list[int] = field(default_factory=lambda: [4, 12, 32])
     """Sweep: how many eligible latents are clamped (the top ones by forget/retain firing ratio)."""
-    multipliers: list[float] = field(default_factory=lambda: [1.0, 3.0, 10.0, 30.0])
+    multipliers: list[float] = field(default_factory=lambda: [1.0, 4.0, 16.0])
     """Sweep: an active selected latent is clamped to -multiplier x its mean active value on the
     selection data (SAEBench clamps to -multiplier in absolute units: 25, 50, 100, 200)."""
     max_retain_increase: float = 0.01

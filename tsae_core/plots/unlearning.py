@@ -53,6 +53,8 @@ def plot_unlearning(results: dict[str, dict[str, Any]], out_dir: PathLike, color
     scores = [_num(_get(results[v], *_UN, "unlearning_score")) for v in variants]
     controls = [_num(_get(results[v], *_UN, "control_unlearning_score")) for v in variants]
     na_h = _limits(top, scores + controls, headroom=0.3)
+    if any(s is None for s in scores):  # an n/a bar must fit even when every score is 0
+        top.set_ylim(top=max(top.get_ylim()[1], 1.25 * na_h))
     for i, (v, s, c) in enumerate(zip(variants, scores, controls)):
         _bar(top, i - 0.19, s, colors[v], 0.38, na_h, "g3")
         if s is not None:
