@@ -311,3 +311,12 @@ def test_the_figure_draws_every_variant_and_the_raw_activation_reference(synthet
     assert drawn["llm"][-1] is None and drawn["llm"][0] == lm["eval_result_metrics"]["llm"]["llm_top_1_test_accuracy"]
     assert set(drawn["datasets"]) == {"python_docs.kind_results", "python_docs.package_results", "python_docs.code_results"}
     assert plot_sparse_probing({"topk": syn}, tmp_path / "one").is_file(), "a single set: the mean panel alone"
+
+
+def test_probing_json_validates_against_saebench_schema(synthetic_probing, lm_probing):
+    from tests.saebench_schema import saebench_schema, schema_errors
+
+    schema = saebench_schema("sparse_probing")
+    for _, _, r in (synthetic_probing, lm_probing):
+        assert schema_errors(r, schema) == []
+        assert r["sae_lens_id"] == "topk" and r["sae_cfg_dict"]["architecture"] == "topk"

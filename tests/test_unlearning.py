@@ -320,3 +320,17 @@ def test_restart_at_the_hook_matches_run_with_hooks(lm_unlearning):
     fast = _lm_runner(model, cfg.source.hook_name)(tokens, x, delta)
     hooked = model.run_with_hooks(tokens, fwd_hooks=[(cfg.source.hook_name, lambda a, hook: a + delta)])
     torch.testing.assert_close(fast, hooked, atol=1e-4, rtol=1e-4)
+
+
+def test_unlearning_json_validates_against_saebench_schema(synthetic_run):
+    """A scored file holds what SAEBench's schema requires; a skipped one breaks it only by having no
+    score (None rather than a number SAEBench would read as a result)."""
+    from tests.saebench_schema import saebench_schema, schema_errors
+
+    cfg = synthetic_run
+    schema = saebench_schema("unlearning")
+    data = build_unlearning_data(cfg)
+    scored = evaluate_unlearning_variant(cfg, "topk", cfg.run_dir, data, force=True)
+    assert schema_errors(scored, schema) == []
+    skipped = evaluate_unlearning_variant(cfg, "crosscoder", cfg.run_dir, data, force=True)
+    assert schema_errors(skipped, schema) == ["eval_result_metrics/unlearning/unlearning_score: None is not of type 'number'"]

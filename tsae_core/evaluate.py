@@ -10,11 +10,8 @@ and the per-latent numbers behind them in `analysis/<instance>_latents.safetenso
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import math
-import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +20,8 @@ from safetensors import SafetensorError, safe_open
 from tqdm import tqdm
 
 from tsae_core.config import ExperimentConfig
-from tsae_core.io import code_hash, provenance, read_json, save_tensors, write_json
+from tsae_core.eval_files import eval_key, kept_evaluation, saebench_identity
+from tsae_core.io import provenance, save_tensors, write_json
 from tsae_core.metrics.core import CoreMetrics, misc_metrics
 from tsae_core.metrics.geometry import decoder_geometry, labels_from_groups, max_decoder_cosine
 from tsae_core.metrics.ground_truth import GroundTruthMetrics
@@ -192,22 +190,6 @@ def evaluate_sae_with_latents(
     return result, _latent_tensors(positions, redundancy, geometry_latents)
 
 
-def saebench_identity(sae: SAE, name: str, run_name: str) -> dict[str, Any]:
-    """The keys SAEBench's output schema requires of every eval file, filled honestly: no SAEBench
-    commit or SAELens version ran this evaluation (null / "none"), the SAE is `<run>/<name>`, and
-    `sae_cfg_dict` is the SAELens config its export writes (None for a variant SAELens cannot express;
-    tsae's own config is `sae_cfg`)."""
-    from tsae_core.interop import NotRepresentable, saelens_cfg
-
-    try:
-        cfg_dict = saelens_cfg(sae, name)
-    except NotRepresentable:
-        cfg_dict = None
-    return {"eval_id": str(uuid.uuid4()), "datetime_epoch_millis": int(time.time() * 1000),
-            "sae_bench_commit_hash": "none (evaluated by tsae)", "sae_lens_id": name, "sae_lens_release_id": f"tsae/{run_name}",
-            "sae_lens_version": None, "sae_cfg_dict": cfg_dict}
-
-
 def latent_vector_cosines(sae: SAE) -> tuple[torch.Tensor, torch.Tensor]:
     """(F,) each latent's largest cosine with another latent, over encoder vectors and over decoder
     vectors; a latent that reads or writes several positions (the crosscoder) is one long vector."""
@@ -307,29 +289,6 @@ def _sparsity_problems(l0: float | None, dense: float | None, cfg: dict[str, Any
     return problems
 
 
-def eval_key(cfg: ExperimentConfig, name: str, run_dir: Path) -> str | None:
-    """What an SAE's evaluation depends on: its weights, its variant, the data, the evaluation
-    settings and tsae's code (None while the SAE has no recorded weights)."""
-    weights = recorded_weights_sha256(run_dir / "saes" / name)
-    if weights is None:
-        return None
-    inst = cfg.instance(name)
-    blob = json.dumps({"weights": weights, "instance": name, "variant": cfg.to_dict()["variants"][inst.variant],
-                       "settings": cfg.hash("source", "harvest", "eval"), "code": code_hash(without=("plots",))}, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-def _kept_evaluation(path: Path, key: str | None) -> dict[str, Any] | None:
-    """The evaluation at `path` if it was made with `key`, else None."""
-    if key is None or not path.is_file():
-        return None
-    try:
-        result = read_json(path)
-    except (OSError, ValueError):
-        return None
-    return result if isinstance(result, dict) and result.get("eval_key") == key else None
-
-
 def evaluate_variant(
     cfg: ExperimentConfig, name: str, store: Any, run_dir: Path, progress: bool = True, model: Any = None,
     force: bool = False,
@@ -339,8 +298,8 @@ def evaluate_variant(
     An evaluation already on disk for the same weights, variant, data, settings and code is kept
     (retraining one SAE re-evaluates only that one), unless `force`. For language-model sources
     the model is loaded unless given (pass it when evaluating several SAEs, to load it once)."""
-    key, path = eval_key(cfg, name, run_dir), run_dir / "eval" / f"{name}.json"
-    kept = None if force or _latents_key(latents_path(run_dir, name)) != key else _kept_evaluation(path, key)
+    key, path = eval_key(cfg, name, run_dir, ("source", "harvest", "eval")), run_dir / "eval" / f"{name}.json"
+    kept = None if force or _latents_key(latents_path(run_dir, name)) != key else kept_evaluation(path, key)
     if kept is not None:
         print(f"[tsae] {name}: evaluation kept (same weights, data, settings and code): {path}", flush=True)
         return kept

@@ -20,8 +20,6 @@ numbers and the chosen latents are in `eval_result_unstructured`.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import warnings
 from pathlib import Path
 from typing import Any
@@ -30,7 +28,8 @@ import numpy as np
 import torch
 
 from tsae_core.config import ExperimentConfig
-from tsae_core.io import code_hash, provenance, write_json
+from tsae_core.eval_files import eval_key, kept_evaluation, saebench_identity
+from tsae_core.io import provenance, write_json
 from tsae_core.probe_data import BinaryTask, ProbeSet
 
 EVAL_TYPE_ID = "sparse_probing"
@@ -265,16 +264,7 @@ def sparse_probing_result(sae: Any, data: SparseProbingData, cfg: ExperimentConf
 def sparse_probing_key(cfg: ExperimentConfig, name: str, run_dir: Path) -> str | None:
     """What an SAE's probing depends on: its weights, its variant, the source, the probing settings,
     the run's seed (the synthetic source's ground truth) and tsae's code (None without weights)."""
-    from tsae_core.sae import recorded_weights_sha256
-
-    weights = recorded_weights_sha256(run_dir / "saes" / name)
-    if weights is None:
-        return None
-    inst = cfg.instance(name)
-    blob = json.dumps({"weights": weights, "instance": name, "variant": cfg.to_dict()["variants"][inst.variant],
-                       "settings": cfg.hash("source", "harvest", "probing"), "run_seed": cfg.run.seed,
-                       "code": code_hash(without=("plots",))}, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+    return eval_key(cfg, name, run_dir, ("source", "harvest", "probing"), run_seed=cfg.run.seed)
 
 
 def sparse_probing_path(run_dir: Path, name: str) -> Path:
@@ -289,7 +279,6 @@ def evaluate_sparse_probing(cfg: ExperimentConfig, name: str, run_dir: Path, dat
     unless `force`. Pass one `SparseProbingData` for all SAEs of a run: the sets and their
     raw-activation probes are then built once. With `probing.enabled: false` nothing is written and
     the returned dict says why (`skipped`)."""
-    from tsae_core.evaluate import _kept_evaluation
     from tsae_core.sae import load_sae, recorded_weights_sha256
     from tsae_core.train import resolve_device
 
@@ -298,14 +287,14 @@ def evaluate_sparse_probing(cfg: ExperimentConfig, name: str, run_dir: Path, dat
     if not cfg.probing.enabled:
         return {"eval_type_id": EVAL_TYPE_ID, **ids, "skipped": "probing.enabled is false"}
     key, path = sparse_probing_key(cfg, name, run_dir), sparse_probing_path(run_dir, name)
-    kept = None if force else _kept_evaluation(path, key)
+    kept = None if force else kept_evaluation(path, key)
     if kept is not None:
         if progress:
             print(f"[tsae] {name}: sparse probing kept (same weights, settings and code): {path}", flush=True)
         return kept
     data = data or SparseProbingData(cfg, progress=progress)
     sae = load_sae(run_dir / "saes" / name, device=resolve_device(cfg.run.device)).eval()
-    result = sparse_probing_result(sae, data, cfg)
+    result = {**saebench_identity(sae, name, cfg.run.name), **sparse_probing_result(sae, data, cfg)}
     result.update({**ids, "sweep": cfg.sweep_points().get(inst.variant),
                    "sae_weights_sha256": recorded_weights_sha256(run_dir / "saes" / name), "eval_key": key})
     write_json(path, result, stamp=provenance(cfg.hash()))

@@ -74,8 +74,6 @@ an analogue: it measures what the edit does to the representation, not to a mode
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -87,7 +85,8 @@ import torch.nn.functional as F_nn
 from tqdm import tqdm
 
 from tsae_core.config import ExperimentConfig, UnlearningConfig
-from tsae_core.io import code_hash, provenance, read_json, write_json
+from tsae_core.eval_files import eval_key, kept_evaluation, saebench_identity
+from tsae_core.io import provenance, write_json
 from tsae_core.metrics.model import counted_positions
 from tsae_core.sae import SAE, load_sae, recorded_weights_sha256
 from tsae_core.seeds import derive_seed
@@ -582,26 +581,7 @@ def unlearning_path(run_dir: Path, name: str) -> Path:
 def unlearning_key(cfg: ExperimentConfig, name: str, run_dir: Path) -> str | None:
     """What an SAE's unlearning eval depends on: its weights, its variant, the source, harvest and
     unlearning settings, and tsae's code (None while the SAE has no recorded weights)."""
-    weights = recorded_weights_sha256(Path(run_dir) / "saes" / name)
-    if weights is None:
-        return None
-    inst = cfg.instance(name)
-    blob = json.dumps({"eval": EVAL_TYPE_ID, "weights": weights, "instance": name,
-                       "variant": cfg.to_dict()["variants"][inst.variant],
-                       "settings": cfg.hash("source", "harvest", "unlearning"), "code": code_hash(without=("plots",))},
-                      sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-def kept_unlearning(path: Path, key: str | None) -> dict[str, Any] | None:
-    """The unlearning JSON at `path` if it was made with `key`, else None."""
-    if key is None or not Path(path).is_file():
-        return None
-    try:
-        result = read_json(path)
-    except (OSError, ValueError):
-        return None
-    return result if isinstance(result, dict) and result.get("eval_key") == key else None
+    return eval_key(cfg, name, run_dir, ("source", "harvest", "unlearning"), eval=EVAL_TYPE_ID)
 
 
 def evaluate_unlearning_variant(cfg: ExperimentConfig, name: str, run_dir: Path,
@@ -616,7 +596,7 @@ def evaluate_unlearning_variant(cfg: ExperimentConfig, name: str, run_dir: Path,
 
     run_dir = Path(run_dir)
     key, path = unlearning_key(cfg, name, run_dir), unlearning_path(run_dir, name)
-    kept = None if force else kept_unlearning(path, key)
+    kept = None if force else kept_evaluation(path, key)
     if kept is not None:
         print(f"[tsae] {name}: unlearning eval kept (same weights, settings and code): {path}", flush=True)
         return kept
@@ -626,7 +606,7 @@ def evaluate_unlearning_variant(cfg: ExperimentConfig, name: str, run_dir: Path,
         data = data()
     sae = load_sae(run_dir / "saes" / name, device=resolve_device(cfg.run.device))
     inst = cfg.instance(name)
-    result = evaluate_unlearning(sae, data)
+    result = {**saebench_identity(sae, name, cfg.run.name), **evaluate_unlearning(sae, data)}
     result.update({"variant": inst.variant, "instance": inst.name, "seed": inst.seed,
                    "sae_weights_sha256": recorded_weights_sha256(run_dir / "saes" / name), "eval_key": key})
     write_json(path, result, stamp=provenance(cfg.hash()))
