@@ -16,7 +16,9 @@
 # error by position, cross-position redundancy (latent i at t against latent j at t+δ), decoder
 # geometry (max cosine per latent, group condition numbers), the ground-truth recovery by feature
 # kind (synthetic source) and a health verdict; the per-latent numbers behind the feature-level
-# summaries in `runs/<run>/analysis/<variant>_latents.safetensors`.
+# summaries in `runs/<run>/analysis/<variant>_latents.safetensors`; sparse probing and the unlearning
+# analogue in `runs/<run>/eval/sparse_probing/<variant>.json` and `runs/<run>/eval/unlearning/<variant>.json`
+# (SAEBench's layouts and schemas).
 #
 # All metrics exclude special tokens and accumulate in float64. Explained variance is
 # 1 − Σ‖x − x̂‖² / Σ‖x − x̄‖² with x̄ the mean over all evaluated tokens. With a language-model
@@ -61,3 +63,49 @@ with pd.option_context("display.width", 250, "display.max_columns", None):
 # %%
 unhealthy = {name: r["health"]["problems"] for name, r in results.items() if not r["health"]["healthy"]}
 print("all SAEs healthy" if not unhealthy else f"UNHEALTHY SAEs: {unhealthy}")
+
+# %% [markdown]
+# ## Sparse probing
+# SAEBench's protocol on labelled contexts the source can give offline: the tiny model's corpus
+# (pydoc topic vs docstring, the stdlib package a docstring comes from, code vs prose) or, on the
+# synthetic source, whether a slow true feature is on in a context (`probing.hub` adds hub datasets).
+# Each class is a balanced one-vs-rest task; a context's code is mean-pooled over its non-special
+# tokens; the k latents with the largest difference of class means on the probe-train contexts feed a
+# logistic regression, scored on probe-test contexts whose documents it never saw. "llm" is the same
+# probe on the raw activation's dimensions: the reference an SAE is read against.
+
+# %%
+from tsae_core.sparse_probing import SparseProbingData, evaluate_sparse_probing, summary_rows as probing_rows
+
+probing_data = SparseProbingData(cfg, model=model)  # the labelled sets, built once and only if an SAE needs them
+probing = {name: evaluate_sparse_probing(cfg, name, cfg.run_dir, probing_data, force=force) for name in results}
+rows = probing_rows(probing)
+if any(r["skipped"] is None for r in rows):  # test accuracy, averaged over sets and their classes
+    table = pd.DataFrame([r for r in rows if r["skipped"] is None]).drop(columns="skipped").set_index("sae")
+    print(table.to_string(float_format="%.3f"))
+for r in rows:
+    if r["skipped"]:
+        print(f"{r['sae']}: not probed: {r['skipped']}")
+
+# %% [markdown]
+# ## Unlearning (offline analogue of SAEBench's)
+# Forget set: the docstrings of the internet-handling stdlib packages; retain set: every other
+# docstring (synthetic source: the tokens where a group of slow true features is on, against the rest).
+# Latents are chosen on one half of each set by their forget/retain firing ratio among those firing on
+# at most a threshold of retain tokens, and clamped to a negative multiple of their mean activation
+# wherever they fire, the SAE's error term kept. The score is the largest rise of forget CE (nats) over
+# the sweep of thresholds, latent counts and multipliers while retain CE rises at most 1%, measured on
+# the other halves; the same sweep with random latents is the control. The crosscoder, whose code reads
+# later tokens, is skipped.
+
+# %%
+from tsae_core.unlearning import evaluate_unlearning_run, summary_rows as unlearning_rows
+
+unlearning = evaluate_unlearning_run(cfg, names=list(results), model=model, force=force)
+rows = unlearning_rows(unlearning)
+if any(r["skipped"] is None for r in rows):
+    table = pd.DataFrame([r for r in rows if r["skipped"] is None]).drop(columns=["skipped", "variant"]).set_index("sae")
+    print(table.to_string(float_format="%.4f"))
+for r in rows:
+    if r["skipped"]:
+        print(f"{r['sae']}: skipped: {r['skipped']}")

@@ -15,8 +15,11 @@ otherwise. Metrics without a direction (the shuffled-position controls, position
 the verdict `one seed: no interval`.
 
 Directions: higher is better for explained variance, CE loss and KL div scores, ground-truth
-recovery, and lag-1 autocorrelation (the temporal prior's claim: features persist across
-positions); lower is better for the dead fraction, redundancy and the max decoder cosine.
+recovery, lag-1 autocorrelation (the temporal prior's claim: features persist across positions),
+sparse-probing accuracy with the top 1 and top 5 latents and the unlearning score; lower is better
+for the dead fraction, redundancy and the max decoder cosine. The unlearning score of randomly
+chosen latents is the control beside it (no direction). Sparse probing and unlearning are read from
+`eval/sparse_probing/` and `eval/unlearning/` (`tsae_core.plots.attach_analyses`).
 
 Matched L0. Comparisons are meaningful only at matched sparsity: the L0 row (`sparsity.l0_sparse`,
 else `sparsity.l0`) reports the relative difference of mean L0 and says `matched` when it is within
@@ -83,6 +86,11 @@ METRICS: tuple[Metric, ...] = (
     Metric("gt_recovered_overall", "GT recovered\noverall", (("ground_truth", "overall", "frac_recovered"),), "higher"),
     *(Metric(f"gt_recovered_{k}", f"GT recovered\n{k.replace('_', ' ')}", (("ground_truth", "by_kind", k, "frac_recovered"),),
              "higher") for k in GT_KINDS),
+    Metric("probing_top1", "probing\ntop-1 acc.", (("sparse_probing", *_EM, "sae", "sae_top_1_test_accuracy"),), "higher"),
+    Metric("probing_top5", "probing\ntop-5 acc.", (("sparse_probing", *_EM, "sae", "sae_top_5_test_accuracy"),), "higher"),
+    Metric("unlearning_score", "unlearning\nscore", (("unlearning", *_EM, "unlearning", "unlearning_score"),), "higher"),
+    Metric("unlearning_control", "unlearning\nrandom latents", (("unlearning", *_EM, "unlearning", "control_unlearning_score"),),
+           "neutral"),
 )
 
 

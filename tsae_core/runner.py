@@ -47,9 +47,9 @@ class Stage:
 STAGES = (
     Stage("harvest", "01_harvest", ("source", "harvest")),
     Stage("train", "02_train", ("source", "harvest", "variants", "train")),
-    Stage("evaluate", "03_evaluate", ("source", "harvest", "variants", "train", "eval")),
-    Stage("cluster", "04_cluster_features", ("source", "harvest", "variants", "train", "eval", "cluster")),
-    Stage("plot", "05_plot", ("source", "harvest", "variants", "train", "eval", "cluster", "plot")),
+    Stage("evaluate", "03_evaluate", ("source", "harvest", "variants", "train", "eval", "probing", "unlearning")),
+    Stage("cluster", "04_cluster_features", ("source", "harvest", "variants", "train", "eval", "probing", "unlearning", "cluster")),
+    Stage("plot", "05_plot", ("source", "harvest", "variants", "train", "eval", "probing", "unlearning", "cluster", "plot")),
 )
 STAGE_NAMES = tuple(s.name for s in STAGES)
 

@@ -299,3 +299,17 @@ def evaluate_sparse_probing(cfg: ExperimentConfig, name: str, run_dir: Path, dat
                    "sae_weights_sha256": recorded_weights_sha256(run_dir / "saes" / name), "eval_key": key})
     write_json(path, result, stamp=provenance(cfg.hash()))
     return result
+
+
+def summary_rows(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per SAE for notebook tables: accuracy with every latent and with the top 1, 2, 5 and
+    20, beside the raw-activation probe with as many dimensions (averaged over sets)."""
+    rows = []
+    for name, r in results.items():
+        m = r.get("eval_result_metrics") or {}
+        sae, llm = m.get("sae") or {}, m.get("llm") or {}
+        row: dict[str, Any] = {"sae": name, "skipped": r.get("skipped")}
+        for k in ("", "_top_1", "_top_2", "_top_5", "_top_20"):
+            row[f"sae{k}"], row[f"llm{k}"] = sae.get(f"sae{k}_test_accuracy"), llm.get(f"llm{k}_test_accuracy")
+        rows.append(row)
+    return rows

@@ -90,7 +90,14 @@ def _evaluate(cfg: ExperimentConfig) -> list[str]:
             problems.append(p)
         elif not (latents := latents_path(cfg.run_dir, inst.name)).is_file():
             problems.append(f"{latents} is missing")
+        problems += [p for path in analysis_files(cfg, inst.name) if (p := _describes_current_sae(cfg, inst.name, path))]
     return problems
+
+
+def analysis_files(cfg: ExperimentConfig, name: str) -> list[Path]:
+    """The evaluate stage's files of one SAE beside its core eval: sparse probing and unlearning, where enabled."""
+    return [cfg.run_dir / "eval" / kind / f"{name}.json" for kind, on in
+            (("sparse_probing", cfg.probing.enabled), ("unlearning", cfg.unlearning.enabled)) if on]
 
 
 def _cluster(cfg: ExperimentConfig) -> list[str]:
@@ -121,7 +128,7 @@ def inputs_fingerprint(stage: str, cfg: ExperimentConfig) -> str:
     if stage == "plot":
         for inst in cfg.instances():
             for path in (run / "eval" / f"{inst.name}.json", run / "train" / f"{inst.name}.jsonl",
-                         run / "analysis" / f"clusters_{inst.name}.json"):
+                         run / "analysis" / f"clusters_{inst.name}.json", *analysis_files(cfg, inst.name)):
                 h.update(path.name.encode() + (path.read_bytes() if path.is_file() else b"-"))
     return h.hexdigest()[:16]
 

@@ -29,13 +29,16 @@ from tsae_core.plots.metrics import (
     plot_sparsity_metrics,
     plot_training_metrics,
 )
+from tsae_core.plots.probing import plot_sparse_probing
 from tsae_core.plots.structure import plot_autocorrelation, plot_decoder_geometry, plot_position_dependence, plot_redundancy
+from tsae_core.plots.unlearning import plot_unlearning
 
 __all__ = [
-    "load_cluster_results", "load_curves", "load_evals", "load_run_results", "plot_all", "plot_autocorrelation", "plot_comparison",
-    "plot_decoder_geometry", "plot_feature_clusters", "plot_final_metrics", "plot_gt_recovery", "plot_model_preservation",
-    "plot_position_dependence", "plot_reconstruction_metrics", "plot_redundancy", "plot_sparsity_metrics",
-    "plot_temporal_metrics", "plot_training_metrics", "read_curves", "variant_colors", "variant_order",
+    "attach_analyses", "load_cluster_results", "load_curves", "load_evals", "load_run_results", "plot_all", "plot_autocorrelation",
+    "plot_comparison", "plot_decoder_geometry", "plot_feature_clusters", "plot_final_metrics", "plot_gt_recovery",
+    "plot_model_preservation", "plot_position_dependence", "plot_reconstruction_metrics", "plot_redundancy",
+    "plot_sparse_probing", "plot_sparsity_metrics", "plot_temporal_metrics", "plot_training_metrics", "plot_unlearning",
+    "read_curves", "variant_colors", "variant_order",
 ]
 
 
@@ -62,11 +65,32 @@ def load_curves(train_dir: PathLike, names: Iterable[str] | None = None) -> Curv
     return {p.stem: read_curves(p) for p in files if not p.name.startswith(".") and p.is_file()}
 
 
+ANALYSES = ("sparse_probing", "unlearning")
+"""Evaluations written beside the core eval, as `eval/<kind>/<sae>.json`."""
+
+
+def attach_analyses(evals: Evals, eval_dir: PathLike) -> Evals:
+    """Each eval with its sparse-probing and unlearning results under those keys, where their files
+    exist (their per-class and per-latent `eval_result_unstructured` left out), so that the figures
+    and the comparison read one dict per SAE; the core eval's health goes with them."""
+    out = {}
+    for name, e in evals.items():
+        e = dict(e)
+        for kind in ANALYSES:
+            path = Path(eval_dir) / kind / f"{name}.json"
+            if path.is_file():
+                result = {k: v for k, v in read_json(path).items() if k != "eval_result_unstructured"}
+                e[kind] = {**result, "health": e.get("health")}
+        out[name] = e
+    return out
+
+
 def load_run_results(cfg: Any) -> tuple[Evals, Curves, Clusters]:
-    """The evals, training curves and clusterings of the SAEs the config names (nothing else in the
-    folders: an SAE removed from the params leaves the figures). Clusterings are keyed by variant."""
+    """The evals (with their sparse probing and unlearning, `attach_analyses`), training curves and
+    clusterings of the SAEs the config names (nothing else in the folders: an SAE removed from the
+    params leaves the figures). Clusterings are keyed by variant."""
     names = [i.name for i in cfg.instances()]
-    evals = load_evals(cfg.run_dir / "eval", names)
+    evals = attach_analyses(load_evals(cfg.run_dir / "eval", names), cfg.run_dir / "eval")
     curves = load_curves(cfg.run_dir / "train", names)
     compared = cfg.compared_instances()
     clusters = load_cluster_results(cfg.run_dir / "analysis", [i.name for i in compared])
@@ -143,5 +167,7 @@ def _draw_all(evals: Evals, curves: Curves, cluster_results: Clusters | None, ou
         plot_redundancy(evals, out_dir, colors),
         plot_decoder_geometry(evals, out_dir, colors),
         plot_feature_clusters(cluster_results or {}, out_dir),
+        plot_sparse_probing({v: e["sparse_probing"] for v, e in evals.items() if "sparse_probing" in e}, out_dir, colors),
+        plot_unlearning({v: e["unlearning"] for v, e in evals.items() if "unlearning" in e}, out_dir, colors),
     ]
 
