@@ -15,8 +15,8 @@ otherwise. Metrics without a direction (the shuffled-position controls, position
 the verdict `one seed: no interval`.
 
 Directions: higher is better for explained variance, CE loss and KL div scores, ground-truth
-recovery, and lag-1 autocorrelation (the temporal prior's claim: features persist across
-positions); lower is better for the dead fraction, redundancy and the max decoder cosine.
+recovery, lag-1 autocorrelation (the temporal prior's claim: features persist across
+positions) and the autointerp score (its shuffled-explanation control has no direction); lower is better for the dead fraction, redundancy and the max decoder cosine.
 
 Matched L0. Comparisons are meaningful only at matched sparsity: the L0 row (`sparsity.l0_sparse`,
 else `sparsity.l0`) reports the relative difference of mean L0 and says `matched` when it is within
@@ -83,6 +83,10 @@ METRICS: tuple[Metric, ...] = (
     Metric("gt_recovered_overall", "GT recovered\noverall", (("ground_truth", "overall", "frac_recovered"),), "higher"),
     *(Metric(f"gt_recovered_{k}", f"GT recovered\n{k.replace('_', ' ')}", (("ground_truth", "by_kind", k, "frac_recovered"),),
              "higher") for k in GT_KINDS),
+    # present once `tsae_core.autointerp.attach_autointerp` has put each SAE's autointerp metrics beside its eval
+    Metric("autointerp_score", "autointerp\nscore", (("autointerp", "autointerp", "autointerp_score"),), "higher"),
+    Metric("autointerp_shuffled_explanation", "autointerp\nshuffled expl.",
+           (("autointerp", "controls", "shuffled_explanation_score"),), "neutral"),
 )
 
 

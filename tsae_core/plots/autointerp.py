@@ -26,7 +26,8 @@ def plot_autointerp(results: dict[str, dict[str, Any]], out_dir: PathLike) -> Pa
     fig, axes = _figure(1, 1, (max(5.0, 1.6 * len(names) + 2.5), 3.8))
     ax = axes[0, 0]
     width, rows = 0.26, []
-    judge = results[names[0]].get("eval_config", {}).get("judge_model")
+    config = results[names[0]].get("eval_config", {})
+    judge = "oracle (true features)" if config.get("backend") == "oracle" else config.get("judge_model")
     for i, n in enumerate(names):
         r = results[n]
         score = _num(_get(r, *_M, "autointerp", "autointerp_score"))
@@ -46,6 +47,6 @@ def plot_autointerp(results: dict[str, dict[str, Any]], out_dir: PathLike) -> Pa
     ax.set_xticks(range(len(names)), names, rotation=20, ha="right")
     ax.set_ylim(0, 1.15)
     ax.set_ylabel("fraction of sequences classified correctly")
-    ax.set_title(f"Autointerp (judge: {judge}) — bars: score ±1 std over latents | shuffled explanation (//) | "
+    ax.set_title(f"Autointerp, judge: {judge}\nper SAE: score (±1 std over latents) | shuffled explanation (//) | "
                  f"{window} tokens before (..)", fontsize=9)
     return _save(fig, out_dir, "autointerp", {"judge": judge, "chance_random_guess": chance, "rows": rows})
