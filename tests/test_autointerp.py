@@ -27,8 +27,8 @@ from tsae_core.autointerp import (
     RequestBudgetExceeded,
     ResponseCache,
     autointerp_variant,
+    prompts,
 )
-from tsae_core.autointerp import prompts
 from tsae_core.autointerp.judges import OracleJudge
 from tsae_core.autointerp.pipeline import run_autointerp
 from tsae_core.autointerp.sampling import Scan, sample_latent, top_indices

@@ -20,8 +20,9 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from tsae_core.autointerp.client import ChatClient, ResponseCache
 from tsae_core.autointerp.judges import LLMJudge, OracleJudge, best_true_features

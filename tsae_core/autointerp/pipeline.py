@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import math
 import random
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from tsae_core.autointerp import prompts
 from tsae_core.autointerp.client import RequestBudgetExceeded
