@@ -43,7 +43,7 @@ test: $(STAMP)
 	rm -rf runs/nbmake-ci
 	$(MAKE) --no-print-directory nbmake PARAMS=params/ci.yaml 'NB_OVERRIDES={"run.name": "nbmake-ci"}'
 
-## Execute the notebooks 01..05 in order with nbmake on PARAMS, sharing its run directory runs/<run.name>/.
+## Execute the notebooks 01..06 in order with nbmake on PARAMS, sharing its run directory runs/<run.name>/.
 nbmake: notebooks $(if $(NEEDS_MODELS),$(MODELS_STAMP))
 	TSAE_PARAMS=$(PARAMS) TSAE_OVERRIDES='$(NB_OVERRIDES)' $(BIN)/python -m pytest --nbmake --nbmake-timeout=7200 -p no:cacheprovider notebooks/0*.ipynb
 

@@ -75,7 +75,8 @@ print("all SAEs healthy" if not unhealthy else f"UNHEALTHY SAEs: {unhealthy}")
 # probe on the raw activation's dimensions: the reference an SAE is read against.
 
 # %%
-from tsae_core.sparse_probing import SparseProbingData, evaluate_sparse_probing, summary_rows as probing_rows
+from tsae_core.sparse_probing import SparseProbingData, evaluate_sparse_probing
+from tsae_core.sparse_probing import summary_rows as probing_rows
 
 probing_data = SparseProbingData(cfg, model=model)  # the labelled sets, built once and only if an SAE needs them
 probing = {name: evaluate_sparse_probing(cfg, name, cfg.run_dir, probing_data, force=force) for name in results}
@@ -99,7 +100,8 @@ for r in rows:
 # later tokens, is skipped.
 
 # %%
-from tsae_core.unlearning import evaluate_unlearning_run, summary_rows as unlearning_rows
+from tsae_core.unlearning import evaluate_unlearning_run
+from tsae_core.unlearning import summary_rows as unlearning_rows
 
 unlearning = evaluate_unlearning_run(cfg, names=list(results), model=model, force=force)
 rows = unlearning_rows(unlearning)

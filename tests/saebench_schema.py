@@ -12,7 +12,8 @@ import pytest
 
 SCHEMAS = {"core": "core/eval_output_schema_core.json",
            "sparse_probing": "sparse_probing/eval_output_schema_sparse_probing.json",
-           "unlearning": "unlearning/eval_output_schema_unlearning.json"}
+           "unlearning": "unlearning/eval_output_schema_unlearning.json",
+           "autointerp": "autointerp/eval_output_schema_autointerp.json"}
 
 
 def saebench_schema(eval_type: str) -> dict[str, Any]:

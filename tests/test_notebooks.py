@@ -25,7 +25,7 @@ def _generate(script: Path, out_dir: Path) -> Path:
 
 
 def test_every_generated_notebook_carries_its_kernelspec(tmp_path):
-    assert len(NOTEBOOKS) == 5
+    assert len(NOTEBOOKS) == 6
     for script in NOTEBOOKS:
         meta = json.loads(_generate(script, tmp_path).read_text())["metadata"]
         assert meta.get("kernelspec") == KERNELSPEC, script.name

@@ -16,10 +16,11 @@ the verdict `one seed: no interval`.
 
 Directions: higher is better for explained variance, CE loss and KL div scores, ground-truth
 recovery, lag-1 autocorrelation (the temporal prior's claim: features persist across positions),
-sparse-probing accuracy with the top 1 and top 5 latents and the unlearning score; lower is better
-for the dead fraction, redundancy and the max decoder cosine. The unlearning score of randomly
-chosen latents is the control beside it (no direction). Sparse probing and unlearning are read from
-`eval/sparse_probing/` and `eval/unlearning/` (`tsae_core.plots.attach_analyses`).
+sparse-probing accuracy with the top 1 and top 5 latents, the unlearning score and the autointerp
+score; lower is better for the dead fraction, redundancy and the max decoder cosine. Controls carry
+no direction: the unlearning score of randomly chosen latents and the autointerp score with shuffled
+explanations. Sparse probing and unlearning are read from `eval/sparse_probing/` and
+`eval/unlearning/` and autointerp from `eval/autointerp/` (`tsae_core.plots.attach_analyses`).
 
 Matched L0. Comparisons are meaningful only at matched sparsity: the L0 row (`sparsity.l0_sparse`,
 else `sparsity.l0`) reports the relative difference of mean L0 and says `matched` when it is within
@@ -91,6 +92,9 @@ METRICS: tuple[Metric, ...] = (
     Metric("unlearning_score", "unlearning\nscore", (("unlearning", *_EM, "unlearning", "unlearning_score"),), "higher"),
     Metric("unlearning_control", "unlearning\nrandom latents", (("unlearning", *_EM, "unlearning", "control_unlearning_score"),),
            "neutral"),
+    Metric("autointerp_score", "autointerp\nscore", (("autointerp", *_EM, "autointerp", "autointerp_score"),), "higher"),
+    Metric("autointerp_shuffled_explanation", "autointerp\nshuffled expl.",
+           (("autointerp", *_EM, "controls", "shuffled_explanation_score"),), "neutral"),
 )
 
 

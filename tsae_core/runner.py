@@ -48,8 +48,11 @@ STAGES = (
     Stage("harvest", "01_harvest", ("source", "harvest")),
     Stage("train", "02_train", ("source", "harvest", "variants", "train")),
     Stage("evaluate", "03_evaluate", ("source", "harvest", "variants", "train", "eval", "probing", "unlearning")),
-    Stage("cluster", "04_cluster_features", ("source", "harvest", "variants", "train", "eval", "probing", "unlearning", "cluster")),
-    Stage("plot", "05_plot", ("source", "harvest", "variants", "train", "eval", "probing", "unlearning", "cluster", "plot")),
+    Stage("autointerp", "04_autointerp", ("source", "harvest", "variants", "train", "eval", "probing", "unlearning", "autointerp")),
+    Stage("cluster", "05_cluster_features", ("source", "harvest", "variants", "train", "eval", "probing", "unlearning", "autointerp",
+                                             "cluster")),
+    Stage("plot", "06_plot", ("source", "harvest", "variants", "train", "eval", "probing", "unlearning", "autointerp", "cluster",
+                              "plot")),
 )
 STAGE_NAMES = tuple(s.name for s in STAGES)
 
@@ -106,7 +109,7 @@ def execute_stage(stage: Stage, params_file: Path, overrides: dict[str, Any], ou
     from tsae_core.notebook_exec import execute_notebook
 
     parameters = {"params": str(params_file), "overrides": overrides}
-    if stage.name in ("harvest", "train", "evaluate"):  # the stages that keep finished work between runs
+    if stage.name in ("harvest", "train", "evaluate", "autointerp"):  # the stages that keep finished work between runs
         parameters["force"] = force
     execute_notebook(notebooks_dir() / f"{stage.notebook}.py", out_notebook, parameters, cwd=project_root())
 
@@ -219,7 +222,7 @@ def _run_stages(cfg: ExperimentConfig, params: str, params_file: Path, overrides
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tsae", description="Temporal sparse autoencoders: run an experiment.")
     sub = parser.add_subparsers(dest="command", required=True)
-    p_run = sub.add_parser("run", help="run an experiment's notebooks 01-05 with papermill")
+    p_run = sub.add_parser("run", help="run an experiment's notebooks 01-06 with papermill")
     p_val = sub.add_parser("validate", help="only load and validate a params file")
     for p in (p_run, p_val):
         p.add_argument("params", help="params YAML, e.g. params/default.yaml")

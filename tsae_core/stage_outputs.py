@@ -26,13 +26,14 @@ from tsae_core.store import ActivationStore, StoreError, verify_file
 from tsae_core.train import trained_instances, trained_state, variant_train_hash
 
 NEEDS = {"harvest": (), "train": ("harvest",), "evaluate": ("harvest", "train"), "cluster": ("harvest", "train"),
-         "plot": ("train", "evaluate", "cluster")}
+         "plot": ("train", "evaluate", "autointerp", "cluster"), "autointerp": ("harvest", "train")}
 """The stages whose outputs each stage reads."""
 
 
 def output_problems(stage: str, cfg: ExperimentConfig) -> list[str]:
     """What is missing, damaged or made for other parameters among a stage's outputs (empty: all good)."""
-    return {"harvest": _harvest, "train": _train, "evaluate": _evaluate, "cluster": _cluster, "plot": _plot}[stage](cfg)
+    return {"harvest": _harvest, "train": _train, "evaluate": _evaluate, "cluster": _cluster, "plot": _plot,
+            "autointerp": _autointerp}[stage](cfg)
 
 
 def _harvest(cfg: ExperimentConfig) -> list[str]:
@@ -94,10 +95,12 @@ def _evaluate(cfg: ExperimentConfig) -> list[str]:
     return problems
 
 
-def analysis_files(cfg: ExperimentConfig, name: str) -> list[Path]:
-    """The evaluate stage's files of one SAE beside its core eval: sparse probing and unlearning, where enabled."""
-    return [cfg.run_dir / "eval" / kind / f"{name}.json" for kind, on in
-            (("sparse_probing", cfg.probing.enabled), ("unlearning", cfg.unlearning.enabled)) if on]
+def analysis_files(cfg: ExperimentConfig, name: str, with_autointerp: bool = False) -> list[Path]:
+    """One SAE's files beside its core eval, where enabled: sparse probing and unlearning (the evaluate
+    stage's), and with `with_autointerp` its autointerp result (the autointerp stage's)."""
+    kinds = (("sparse_probing", cfg.probing.enabled), ("unlearning", cfg.unlearning.enabled),
+             ("autointerp", with_autointerp and cfg.autointerp.backend != "none"))
+    return [cfg.run_dir / "eval" / kind / f"{name}.json" for kind, on in kinds if on]
 
 
 def _cluster(cfg: ExperimentConfig) -> list[str]:
@@ -110,25 +113,33 @@ def _plot(cfg: ExperimentConfig) -> list[str]:
     return [] if figures else [f"no figures in {cfg.figures_dir}"]
 
 
+def _autointerp(cfg: ExperimentConfig) -> list[str]:
+    """Nothing is expected with `autointerp.backend: none`; else each trained SAE's autointerp JSON."""
+    if cfg.autointerp.backend == "none":
+        return []
+    return [p for inst in trained_instances(cfg, cfg.run_dir)
+            if (p := _describes_current_sae(cfg, inst.name, analysis_files(cfg, inst.name, with_autointerp=True)[-1]))]
+
+
 def inputs_fingerprint(stage: str, cfg: ExperimentConfig) -> str:
     """A hash of the files `stage` reads (empty for harvest, which reads only the source)."""
     h = hashlib.sha256()
     run = cfg.run_dir
-    if stage in ("train", "evaluate", "cluster"):
+    if stage in ("train", "evaluate", "cluster", "autointerp"):
         try:
             manifest = read_json(run / "activations" / "manifest.json")
             manifest = {k: v for k, v in manifest.items() if k != "tsae"} if isinstance(manifest, dict) else manifest
         except (OSError, ValueError):
             manifest = None
         h.update(json.dumps(manifest, sort_keys=True, default=str).encode())
-    if stage in ("evaluate", "cluster"):
+    if stage in ("evaluate", "cluster", "autointerp"):
         for inst in cfg.instances():
             failure = recorded_failure(TrainPaths.of(run, inst.name), _train_hash(cfg, inst.name))
             h.update(f"{inst.name}:{_weights_sha(cfg, inst.name)}:{failure}\n".encode())
     if stage == "plot":
         for inst in cfg.instances():
             for path in (run / "eval" / f"{inst.name}.json", run / "train" / f"{inst.name}.jsonl",
-                         run / "analysis" / f"clusters_{inst.name}.json", *analysis_files(cfg, inst.name)):
+                         run / "analysis" / f"clusters_{inst.name}.json", *analysis_files(cfg, inst.name, with_autointerp=True)):
                 h.update(path.name.encode() + (path.read_bytes() if path.is_file() else b"-"))
     return h.hexdigest()[:16]
 

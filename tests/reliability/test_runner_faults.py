@@ -136,7 +136,7 @@ def test_unhealthy_eval_verdict_gives_a_nonzero_status(copy, capsys):
 
 def test_full_disk_is_one_line_and_truncates_nothing(copy, capsys, monkeypatch):
     params, cfg = copy
-    notebook = cfg.run_dir / "notebooks" / "05_plot.ipynb"
+    notebook = cfg.run_dir / "notebooks" / "06_plot.ipynb"
     before = notebook.read_bytes()
     import tsae_core.io as io_mod
 
@@ -151,10 +151,10 @@ def test_full_disk_is_one_line_and_truncates_nothing(copy, capsys, monkeypatch):
     code, _, err = _tsae(capsys, params, "--only", "plot", "--force")
     assert code == EXIT_FAILED
     lines = [ln for ln in err.splitlines() if ln.strip() and not ln.startswith(("\r", " "))]
-    assert lines[-1].startswith("tsae: no space left on device writing 05_plot.ipynb: ")
+    assert lines[-1].startswith("tsae: no space left on device writing 06_plot.ipynb: ")
     assert " free; free some space, then rerun the same command to resume" in lines[-1] and "Traceback" not in err
     assert notebook.read_bytes() == before, "the executed notebook is replaced whole or not at all"
-    assert not [p for p in notebook.parent.iterdir() if p.name != notebook.name and "05_plot" in p.name]
+    assert not [p for p in notebook.parent.iterdir() if p.name != notebook.name and "06_plot" in p.name]
 
 
 def test_full_disk_during_training_on_a_small_tmpfs(tmp_path):

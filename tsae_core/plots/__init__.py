@@ -20,6 +20,7 @@ from tsae_core.aggregate import aggregate_seeds
 from tsae_core.io import read_json
 from tsae_core.plots.ablation import plot_ablations
 from tsae_core.plots.analysis import plot_feature_clusters, plot_gt_recovery, plot_temporal_metrics
+from tsae_core.plots.autointerp import plot_autointerp
 from tsae_core.plots.common import DPI, Clusters, Curves, Evals, PathLike, variant_colors, variant_order
 from tsae_core.plots.comparison import plot_comparison
 from tsae_core.plots.metrics import (
@@ -35,6 +36,7 @@ from tsae_core.plots.unlearning import plot_unlearning
 
 __all__ = [
     "attach_analyses", "load_cluster_results", "load_curves", "load_evals", "load_run_results", "plot_all", "plot_autocorrelation",
+    "plot_autointerp",
     "plot_comparison", "plot_decoder_geometry", "plot_feature_clusters", "plot_final_metrics", "plot_gt_recovery",
     "plot_model_preservation", "plot_position_dependence", "plot_reconstruction_metrics", "plot_redundancy",
     "plot_sparse_probing", "plot_sparsity_metrics", "plot_temporal_metrics", "plot_training_metrics", "plot_unlearning",
@@ -65,14 +67,14 @@ def load_curves(train_dir: PathLike, names: Iterable[str] | None = None) -> Curv
     return {p.stem: read_curves(p) for p in files if not p.name.startswith(".") and p.is_file()}
 
 
-ANALYSES = ("sparse_probing", "unlearning")
+ANALYSES = ("sparse_probing", "unlearning", "autointerp")
 """Evaluations written beside the core eval, as `eval/<kind>/<sae>.json`."""
 
 
 def attach_analyses(evals: Evals, eval_dir: PathLike) -> Evals:
-    """Each eval with its sparse-probing and unlearning results under those keys, where their files
-    exist (their per-class and per-latent `eval_result_unstructured` left out), so that the figures
-    and the comparison read one dict per SAE; the core eval's health goes with them."""
+    """Each eval with its sparse-probing, unlearning and autointerp results under those keys, where
+    their files exist (their per-class and per-latent `eval_result_unstructured` left out), so that
+    the figures and the comparison read one dict per SAE; the core eval's health goes with them."""
     out = {}
     for name, e in evals.items():
         e = dict(e)
@@ -86,7 +88,7 @@ def attach_analyses(evals: Evals, eval_dir: PathLike) -> Evals:
 
 
 def load_run_results(cfg: Any) -> tuple[Evals, Curves, Clusters]:
-    """The evals (with their sparse probing and unlearning, `attach_analyses`), training curves and
+    """The evals (with their sparse probing, unlearning and autointerp, `attach_analyses`), training curves and
     clusterings of the SAEs the config names (nothing else in the folders: an SAE removed from the
     params leaves the figures). Clusterings are keyed by variant."""
     names = [i.name for i in cfg.instances()]
@@ -169,5 +171,6 @@ def _draw_all(evals: Evals, curves: Curves, cluster_results: Clusters | None, ou
         plot_feature_clusters(cluster_results or {}, out_dir),
         plot_sparse_probing({v: e["sparse_probing"] for v, e in evals.items() if "sparse_probing" in e}, out_dir, colors),
         plot_unlearning({v: e["unlearning"] for v, e in evals.items() if "unlearning" in e}, out_dir, colors),
+        plot_autointerp({v: e["autointerp"] for v, e in evals.items() if "autointerp" in e}, out_dir),
     ]
 

@@ -7,7 +7,7 @@
 # ---
 
 # %% [markdown]
-# # 05 · Figures
+# # 06 · Figures
 #
 # **In:** `runs/<run>/eval/`, `runs/<run>/train/`, `runs/<run>/analysis/`.
 # **Out:** `figures/<run>/*.png`, each with the numbers behind it in a JSON file beside it.

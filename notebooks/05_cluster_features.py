@@ -7,7 +7,7 @@
 # ---
 
 # %% [markdown]
-# # 04 · Kinds of features: clusters of latents by how they fire
+# # 05 · Kinds of features: clusters of latents by how they fire
 #
 # **In:** the trained SAEs and the evaluation split.
 # **Out:** `runs/<run>/analysis/clusters_<variant>.json` (labels, scores, cluster profiles, example
