@@ -320,3 +320,13 @@ def test_probing_json_validates_against_saebench_schema(synthetic_probing, lm_pr
     for _, _, r in (synthetic_probing, lm_probing):
         assert schema_errors(r, schema) == []
         assert r["sae_lens_id"] == "topk" and r["sae_cfg_dict"]["architecture"] == "topk"
+
+
+def test_summary_rows_name_the_sae_and_carry_both_probes(synthetic_probing):
+    from tsae_core import sparse_probing
+
+    _, _, r = synthetic_probing
+    (row,) = sparse_probing.summary_rows({"topk": r})
+    assert row["sae"] == "topk" and row["skipped"] is None
+    m = r["eval_result_metrics"]
+    assert row["sae_all"] == m["sae"]["sae_test_accuracy"] and row["llm_top_1"] == m["llm"]["llm_top_1_test_accuracy"]

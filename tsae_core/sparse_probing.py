@@ -309,7 +309,7 @@ def summary_rows(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
         m = r.get("eval_result_metrics") or {}
         sae, llm = m.get("sae") or {}, m.get("llm") or {}
         row: dict[str, Any] = {"sae": name, "skipped": r.get("skipped")}
-        for k in ("", "_top_1", "_top_2", "_top_5", "_top_20"):
-            row[f"sae{k}"], row[f"llm{k}"] = sae.get(f"sae{k}_test_accuracy"), llm.get(f"llm{k}_test_accuracy")
+        for k, label in (("", "all"), ("_top_1", "top_1"), ("_top_2", "top_2"), ("_top_5", "top_5"), ("_top_20", "top_20")):
+            row[f"sae_{label}"], row[f"llm_{label}"] = sae.get(f"sae{k}_test_accuracy"), llm.get(f"llm{k}_test_accuracy")
         rows.append(row)
     return rows

@@ -10,7 +10,7 @@ from matplotlib.figure import Figure
 
 from tsae_core.plots.common import Colors, PathLike, _get, _num, _save, _styled, variant_colors, variant_order
 
-_LLM = {"color": "0.55", "ls": "--", "lw": 2.2, "marker": "x", "ms": 6, "zorder": 4}  # grey: predictive is near-black
+_LLM = {"color": "black", "ls": (0, (4, 2)), "lw": 2.6, "marker": "x", "ms": 8, "mew": 2, "zorder": 6}  # dashed and heavier: relu is grey, predictive near-black
 _CHANCE = {"color": "0.5", "ls": ":", "lw": 1.0, "zorder": 1}
 
 
@@ -42,7 +42,7 @@ def _draw(ax, ks: list[int], curves: dict[str, list[float | None]], llm: list[fl
 @_styled
 def plot_sparse_probing(results: dict[str, dict[str, Any]], out_dir: PathLike, colors: Colors = None) -> Path | None:
     """`sparse_probing.png` (+ .json): accuracy against k averaged over the labelled sets (top), and
-    one small panel per set (bottom); the raw-activation probe dashed grey, chance dotted.
+    one small panel per set (bottom); the raw-activation probe heavy dashed black with crosses, chance dotted.
 
     `results` maps a variant (or SAE name) to its `eval/sparse_probing/<name>.json` dict; skipped
     ones are left out. None when no result holds numbers."""
