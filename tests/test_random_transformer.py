@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from tests.conftest import ci_config
+from tests.saebench_schema import saebench_schema, schema_errors
 from tests.test_language_model_pipeline import TINY_MODEL
 from tsae_core.config import ConfigError
 from tsae_core.harvest import harvest, harvest_hash
@@ -248,6 +249,7 @@ def test_results_name_the_control_run_instead_of_claiming_it_was_not_run(oracle_
     kept = autointerp_variant(_control_cfg(out), "topk", store, **quiet)
     assert kept["eval_id"] == plain["eval_id"], "only the control run changed: the result is kept, not recomputed"
     assert kept["random_transformer_control"]["run"] == "ci-rt" and "controls_not_run" not in kept
+    assert schema_errors(kept, saebench_schema("autointerp")) == []
     on_disk = json.loads((out / "ci" / "eval" / "autointerp" / "topk.json").read_text())
     assert on_disk["random_transformer_control"]["run"] == "ci-rt" and "controls_not_run" not in on_disk
     back = autointerp_variant(ci_config(out, **{"autointerp.backend": "oracle", "autointerp.n_latents": 16}), "topk", store, **quiet)

@@ -34,10 +34,12 @@ def reinitialised_hooked_transformer(model: Any, seed: int) -> Any:
 
     cfg = copy.deepcopy(model.cfg)
     cfg.init_weights, cfg.seed = True, None  # seeded here, so that the global RNG is left untouched
+    tokenizer_name, cfg.tokenizer_name = cfg.tokenizer_name, None  # else the constructor loads the tokenizer anew
     with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # TL 3.x marks it deprecated; it is the API SAELens uses
         torch.manual_seed(seed)
-        fresh = HookedTransformer(cfg, tokenizer=model.tokenizer)
+        fresh = HookedTransformer(cfg)
+    fresh.cfg.tokenizer_name, fresh.tokenizer = tokenizer_name, model.tokenizer  # the same tokenizer object, as set up
     return fresh.eval()
 
 
