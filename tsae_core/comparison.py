@@ -18,9 +18,11 @@ Directions: higher is better for explained variance, CE loss and KL div scores, 
 recovery, lag-1 autocorrelation (the temporal prior's claim: features persist across positions),
 sparse-probing accuracy with the top 1 and top 5 latents, the unlearning score and the autointerp
 score; lower is better for the dead fraction, redundancy and the max decoder cosine. Controls carry
-no direction: the unlearning score of randomly chosen latents and the autointerp score with shuffled
-explanations. Sparse probing and unlearning are read from `eval/sparse_probing/` and
-`eval/unlearning/` and autointerp from `eval/autointerp/` (`tsae_core.plots.attach_analyses`).
+no direction: the unlearning score of randomly chosen latents, the autointerp score with shuffled
+explanations and the autointerp score of the same SAE recipe trained on a randomly initialised copy of
+the model (the random-transformer control, read from the run `autointerp.control_run`). Sparse probing
+and unlearning are read from `eval/sparse_probing/` and `eval/unlearning/` and autointerp from
+`eval/autointerp/` (`tsae_core.plots.attach_analyses`).
 
 Matched L0. Comparisons are meaningful only at matched sparsity: the L0 row (`sparsity.l0_sparse`,
 else `sparsity.l0`) reports the relative difference of mean L0 and says `matched` when it is within
@@ -95,6 +97,8 @@ METRICS: tuple[Metric, ...] = (
     Metric("autointerp_score", "autointerp\nscore", (("autointerp", *_EM, "autointerp", "autointerp_score"),), "higher"),
     Metric("autointerp_shuffled_explanation", "autointerp\nshuffled expl.",
            (("autointerp", *_EM, "controls", "shuffled_explanation_score"),), "neutral"),
+    Metric("autointerp_random_transformer", "autointerp\nrandom transformer",
+           (("autointerp_random_transformer", *_EM, "autointerp", "autointerp_score"),), "neutral"),
 )
 
 

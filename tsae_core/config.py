@@ -340,6 +340,8 @@ class PlotConfig:
 
 AUTOINTERP_TRANSPORT_KEYS = ("concurrency", "timeout_s", "retries", "backoff_s", "max_requests", "cache_dir")
 """Settings of `autointerp` that change how requests travel, never what they ask: outside the result's key."""
+AUTOINTERP_NOT_ASKED_KEYS = (*AUTOINTERP_TRANSPORT_KEYS, "control_run")
+"""Settings of `autointerp` outside the result's key: the transport, and the control run (read by the plot stage)."""
 
 
 @dataclass(frozen=True)
@@ -415,6 +417,13 @@ class AutointerpConfig:
     cache_dir: str = ""
     """Response cache, keyed by the sha256 of the full request: a rerun costs nothing and scores the
     same; empty: `<run>/autointerp_cache`. Relative to the project root unless absolute."""
+    control_run: str = ""
+    """The random-transformer control: the name of a run (under the same `run.out_dir`) that trained
+    the same variants, with the same autointerp judge and settings, on a randomly initialised copy of
+    the model (`source.random_init: true`). The plot stage attaches its `eval/autointerp/<sae>.json`
+    to the SAE of the same name as `autointerp_random_transformer` (comparison column and a bar in
+    autointerp.png); a run directory that does not exist stops the plot stage with a message saying
+    how to make it. Empty: no such control."""
 
     def __post_init__(self) -> None:
         if self.backend == "openai":
@@ -442,6 +451,8 @@ class AutointerpConfig:
         _check(self.retries >= 0, "autointerp.retries", "must be >= 0")
         _check(self.backoff_s >= 0, "autointerp.backoff_s", "must be >= 0")
         _check(self.max_requests >= 0, "autointerp.max_requests", "must be >= 0")
+        if self.control_run:
+            check_plain_name(self.control_run, "autointerp.control_run")
 
     @property
     def n_ex_for_scoring(self) -> int:
@@ -601,6 +612,8 @@ class ExperimentConfig:
             check_plain_name(name, f"variants.{name}")
         for name in self.sweep:
             check_plain_name(name, f"sweep.{name}")
+        _check(self.autointerp.control_run != self.run.name, "autointerp.control_run",
+               f"names this run ({self.run.name!r}); name the run trained on the randomly initialised model")
         for what, base, key in (("run", self.run.out_dir, "run.out_dir"), ("figures", self.plot.figures_dir, "plot.figures_dir")):
             parent = resolve_path(base).resolve()
             inside = (parent / self.run.name).resolve()

@@ -65,9 +65,13 @@ class Source(Protocol):
 
 
 def harvest_hash(cfg: ExperimentConfig) -> str:
-    """Hash of what determines the stored data: source, harvest settings and the seed (not run.name)."""
+    """Hash of what determines the stored data: source, harvest settings and the seed (not run.name).
+
+    `source.random_init` enters only when set, so that a trained model's store keeps the hash it had
+    without the option and a random-init store never matches it."""
     d = cfg.to_dict()
-    key = {"source": d["source"], "harvest": d["harvest"], "seed": cfg.run.seed, "version": HARVEST_VERSION}
+    source = {k: v for k, v in d["source"].items() if k != "random_init" or v}
+    key = {"source": source, "harvest": d["harvest"], "seed": cfg.run.seed, "version": HARVEST_VERSION}
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

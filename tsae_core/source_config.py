@@ -208,9 +208,18 @@ class SourceConfig:
     """Hub model and dataset (kind: hf)."""
     gguf: GGUFConfig = field(default_factory=GGUFConfig)
     """A pretrained model from a GGUF file shipped in registry packages (kind: gguf)."""
+    random_init: bool = False
+    """The random-transformer control: harvest (and evaluate against) a randomly initialised copy of
+    the model instead of the model itself, with the same architecture, tokenizer and text. tinylm: the
+    initial weights of `tinylm.seed`, untrained (the trained model's cache entry is neither read nor
+    written); hf and gguf: the architecture re-initialised by transformer-lens (`init_weights`), seeded
+    by `run.seed` (a gguf model without `transformer_lens_name`: the Hugging Face model re-initialised
+    from its config). Recorded in the store's manifest and in the harvest hash."""
 
     def __post_init__(self) -> None:
         _check(self.model_batch_size > 0, "source.model_batch_size", "must be > 0")
+        _check(not self.random_init or self.kind != "synthetic", "source.random_init",
+               "applies to a language model (kind tinylm, hf or gguf); the synthetic source has no model to re-initialise")
         parts = self.hook_name.split(".")
         _check(
             len(parts) >= 3 and parts[0] == "blocks" and parts[1].isdigit(),

@@ -122,7 +122,8 @@ def _autointerp(cfg: ExperimentConfig) -> list[str]:
 
 
 def inputs_fingerprint(stage: str, cfg: ExperimentConfig) -> str:
-    """A hash of the files `stage` reads (empty for harvest, which reads only the source)."""
+    """A hash of the files `stage` reads (empty for harvest, which reads only the source); the plot
+    stage's includes the random-transformer control run's autointerp files (`autointerp.control_run`)."""
     h = hashlib.sha256()
     run = cfg.run_dir
     if stage in ("train", "evaluate", "cluster", "autointerp"):
@@ -137,9 +138,11 @@ def inputs_fingerprint(stage: str, cfg: ExperimentConfig) -> str:
             failure = recorded_failure(TrainPaths.of(run, inst.name), _train_hash(cfg, inst.name))
             h.update(f"{inst.name}:{_weights_sha(cfg, inst.name)}:{failure}\n".encode())
     if stage == "plot":
+        control = cfg.autointerp.control_run
         for inst in cfg.instances():
             for path in (run / "eval" / f"{inst.name}.json", run / "train" / f"{inst.name}.jsonl",
-                         run / "analysis" / f"clusters_{inst.name}.json", *analysis_files(cfg, inst.name, with_autointerp=True)):
+                         run / "analysis" / f"clusters_{inst.name}.json", *analysis_files(cfg, inst.name, with_autointerp=True),
+                         *([run.parent / control / "eval" / "autointerp" / f"{inst.name}.json"] if control else [])):
                 h.update(path.name.encode() + (path.read_bytes() if path.is_file() else b"-"))
     return h.hexdigest()[:16]
 

@@ -168,3 +168,19 @@ def test_huge_bos_norm_stays_out_of_scaling_factor_training_and_metrics(packaged
     assert m["reconstruction_quality"]["explained_variance"] > 0.8
     counted = int((~ev.special_BT[:, :-1] & ~ev.special_BT[:, 1:]).sum())
     assert m["model_token_stats"]["total_tokens_eval_model"] == counted
+
+
+def test_random_init_reinitialises_the_bridged_model_from_its_config(packaged, bridge):
+    """`source.random_init` through a TransformerBridge: the HF model rebuilt from its config by
+    `transformers` under the seed; same architecture and tokenizer, other weights."""
+    from tsae_core.sources.gguf_model import load_gguf_model
+
+    a, b = load_gguf_model(packaged[0], random_init_seed=5), load_gguf_model(packaged[0], random_init_seed=5)
+    assert a.cfg.n_layers == bridge.cfg.n_layers and a.cfg.d_model == bridge.cfg.d_model
+    assert a.tokenizer.get_vocab() == bridge.tokenizer.get_vocab()
+    sa, sb, st = a.state_dict(), b.state_dict(), bridge.state_dict()
+    assert sa.keys() == st.keys() and all(sa[k].shape == st[k].shape for k in sa)
+    assert all(torch.equal(sa[k], sb[k]) for k in sa), "the same seed gives the same weights"
+    assert sum(not torch.allclose(sa[k], st[k]) for k in sa if sa[k].dim() == 2) >= 4, "the weight matrices are new"
+    tokens_BT = torch.tensor([[0, 22, 10, 7, 29, 5]])
+    assert not torch.allclose(a(tokens_BT), bridge(tokens_BT), atol=1e-3)

@@ -135,3 +135,30 @@ def test_hf_source_on_local_text_with_a_stand_in_model(tmp_path, monkeypatch, lo
     assert batch.acts_BTD.shape == (2, 8, 16)
     assert (batch.tokens_BT[:, 0] == bos_id(local_tokenizer)).all() and batch.special_BT[:, 0].all()
     assert source.describe()["n_documents"]["train"] + source.describe()["n_documents"]["eval"] == 60
+
+
+def test_hf_source_at_random_init_reinitialises_the_model_and_keeps_the_tokenizer(tmp_path, monkeypatch, local_tokenizer):
+    """`source.random_init` on the hub path: transformer-lens's initialisation of the same config, seeded, tokenizer kept."""
+    import warnings
+
+    import torch
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    from tsae_core.sources import hf
+
+    cfg = HookedTransformerConfig(n_layers=1, d_model=16, n_heads=2, d_head=8, d_mlp=32, n_ctx=8, d_vocab=32, act_fn="gelu")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        model = HookedTransformer(cfg)
+    model.tokenizer = local_tokenizer
+    monkeypatch.setattr(hf, "load_pretrained", lambda name, device, dtype: model)
+    path = tmp_path / "docs.jsonl"
+    path.write_text("".join(json.dumps({"text": f"{t} {i}"}) + "\n" for i, t in enumerate(TEXTS * 20)))
+    kw = {"text_files": [str(path)], "eval_fraction": 0.3}
+    plain = hf.hf_source("stand-in", "blocks.0.hook_resid_post", 8, **kw)
+    a, b = (hf.hf_source("stand-in", "blocks.0.hook_resid_post", 8, random_init=True, **kw) for _ in range(2))
+    assert plain.describe()["random_init"] is False and a.describe()["random_init"] is True
+    assert a.model is not model and a.model.tokenizer is local_tokenizer and a.model.cfg.d_mlp == 32
+    assert torch.equal(a.model.W_in, b.model.W_in) and not torch.allclose(a.model.W_in, model.W_in)
+    batch_a, batch_p = a.sequences("eval", 0, 2), plain.sequences("eval", 0, 2)
+    assert torch.equal(batch_a.tokens_BT, batch_p.tokens_BT) and not torch.allclose(batch_a.acts_BTD, batch_p.acts_BTD)

@@ -12,7 +12,8 @@ with the oracle `oracle`: scores of recovered / partly matched / unmatched laten
 `eval_result_details` [], `eval_result_unstructured` (latent -> explanation, predictions,
 `correct seqs`, score, the generation and scoring examples as shown, the controls' answers), the
 identity keys, and `counts` (skipped latents with reasons, answers that did not parse, requests
-sent and cached). Never the API key.
+sent and cached), and `random_transformer_control` (the run holding the random-transformer control,
+`autointerp.control_run`) or, without one, `controls_not_run.random_transformer`. Never the API key.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from tsae_core.autointerp.client import ChatClient, ResponseCache
 from tsae_core.autointerp.judges import LLMJudge, OracleJudge, best_true_features
 from tsae_core.autointerp.pipeline import mean_std, run_autointerp
 from tsae_core.autointerp.sampling import scan
-from tsae_core.config import AUTOINTERP_TRANSPORT_KEYS, ExperimentConfig, resolve_path
+from tsae_core.config import AUTOINTERP_NOT_ASKED_KEYS, ExperimentConfig, resolve_path
 from tsae_core.eval_files import eval_key, kept_evaluation, saebench_identity
 from tsae_core.io import provenance, write_json
 from tsae_core.sae import load_sae, recorded_weights_sha256
@@ -59,9 +60,9 @@ def cache_dir(cfg: ExperimentConfig) -> Path:
 
 def autointerp_key(cfg: ExperimentConfig, name: str, run_dir: Path) -> str | None:
     """What an SAE's autointerp depends on: its weights, its variant, the data, the autointerp
-    settings that change what is asked (not concurrency, timeouts, retries, budget or cache place) and
-    tsae's code (None while the SAE has no recorded weights)."""
-    settings = {k: v for k, v in cfg.to_dict()["autointerp"].items() if k not in AUTOINTERP_TRANSPORT_KEYS}
+    settings that change what is asked (not concurrency, timeouts, retries, budget, cache place or
+    control run) and tsae's code (None while the SAE has no recorded weights)."""
+    settings = {k: v for k, v in cfg.to_dict()["autointerp"].items() if k not in AUTOINTERP_NOT_ASKED_KEYS}
     return eval_key(cfg, name, run_dir, ("source", "harvest"), autointerp=json.loads(json.dumps(settings, default=str)))
 
 
@@ -87,6 +88,9 @@ def autointerp_variant(cfg: ExperimentConfig, name: str, store: Any, run_dir: Pa
     kept = None if force else kept_evaluation(path, key)
     if kept is not None:
         log(f"[autointerp] {name}: kept (same weights, data, settings and code): {path}")
+        if _control_fields(kept) != (fields := random_transformer_fields(cfg)):  # only the control run changed
+            kept = {k: v for k, v in kept.items() if k not in ("controls_not_run", "random_transformer_control")} | fields
+            write_json(path, kept, stamp=provenance(cfg.hash()))
         return kept
     from tsae_core.train import resolve_device
 
@@ -151,7 +155,8 @@ def _layout(cfg: ExperimentConfig, name: str, sae: Any, store: Any, scanned: Any
     a = cfg.autointerp
     source = store.manifest.get("source", {})
     eval_config = {
-        "model_name": str(source.get("model_name") or source.get("model") or cfg.source.kind),
+        "model_name": str(source.get("model_name") or source.get("model") or cfg.source.kind)
+                      + (" (randomly initialised)" if source.get("random_init") else ""),
         "n_latents": a.n_latents, "override_latents": None, "dead_latent_threshold": a.dead_latent_threshold,
         "random_seed": a.seed, "dataset_name": f"tsae eval split of run {cfg.run.name} ({cfg.source.kind})",
         "llm_context_size": store.context_size, "llm_batch_size": cfg.eval.batch_sequences, "llm_dtype": cfg.harvest.dtype,
@@ -178,9 +183,24 @@ def _layout(cfg: ExperimentConfig, name: str, sae: Any, store: Any, scanned: Any
         "variant": inst.variant, "instance": inst.name, "seed": inst.seed,
         "sae_weights_sha256": recorded_weights_sha256(run_dir / "saes" / name),
         "eval_key": key,
-        "controls_not_run": {"random_transformer": "the same recipe on a randomly initialised copy of the model is not "
-                                                   "implemented yet: compare scores with that control before reading them"},
+        **random_transformer_fields(cfg),
     }
+
+
+def random_transformer_fields(cfg: ExperimentConfig) -> dict[str, Any]:
+    """What a result says of the random-transformer control: where it is (`random_transformer_control`,
+    with `autointerp.control_run` set), else that it was not run (`controls_not_run`)."""
+    control = cfg.autointerp.control_run
+    if not control:
+        return {"controls_not_run": {"random_transformer": "no autointerp.control_run: the same recipe on a randomly "
+                                                           "initialised copy of the model (source.random_init) was not "
+                                                           "compared; compare scores with it before reading them"}}
+    return {"random_transformer_control": {"run": control, "file": f"{control}/eval/autointerp/<sae>.json",
+                                           "attached_as": "autointerp_random_transformer (by the plot stage)"}}
+
+
+def _control_fields(result: dict[str, Any]) -> dict[str, Any]:
+    return {k: result[k] for k in ("controls_not_run", "random_transformer_control") if k in result}
 
 
 def autointerp_run(cfg: ExperimentConfig, progress: bool = True, force: bool = False,

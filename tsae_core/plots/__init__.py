@@ -10,6 +10,7 @@ shown and nothing stays open.
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -35,7 +36,7 @@ from tsae_core.plots.structure import plot_autocorrelation, plot_decoder_geometr
 from tsae_core.plots.unlearning import plot_unlearning
 
 __all__ = [
-    "attach_analyses", "load_cluster_results", "load_curves", "load_evals", "load_run_results", "plot_all", "plot_autocorrelation",
+    "RANDOM_TRANSFORMER", "attach_analyses", "check_control_run", "control_eval_dir", "load_cluster_results", "load_curves", "load_evals", "load_run_results", "plot_all", "plot_autocorrelation",
     "plot_autointerp",
     "plot_comparison", "plot_decoder_geometry", "plot_feature_clusters", "plot_final_metrics", "plot_gt_recovery",
     "plot_model_preservation", "plot_position_dependence", "plot_reconstruction_metrics", "plot_redundancy",
@@ -71,28 +72,88 @@ ANALYSES = ("sparse_probing", "unlearning", "autointerp")
 """Evaluations written beside the core eval, as `eval/<kind>/<sae>.json`."""
 
 
-def attach_analyses(evals: Evals, eval_dir: PathLike) -> Evals:
+RANDOM_TRANSFORMER = "autointerp_random_transformer"
+"""Key of the random-transformer control on an SAE's eval: the autointerp result of the SAE of the same
+name in the control run (`autointerp.control_run`), trained on a randomly initialised copy of the model."""
+
+
+def attach_analyses(evals: Evals, eval_dir: PathLike, control_eval_dir: PathLike | None = None) -> Evals:
     """Each eval with its sparse-probing, unlearning and autointerp results under those keys, where
     their files exist (their per-class and per-latent `eval_result_unstructured` left out), so that
-    the figures and the comparison read one dict per SAE; the core eval's health goes with them."""
+    the figures and the comparison read one dict per SAE; the core eval's health goes with them.
+
+    `control_eval_dir`: the `eval` folder of the random-transformer control run; its
+    `autointerp/<sae>.json` is attached as `autointerp_random_transformer` to the SAE of the same name
+    (with the control run's name under `control_run`); an SAE without such a file gets nothing."""
     out = {}
     for name, e in evals.items():
         e = dict(e)
         for kind in ANALYSES:
-            path = Path(eval_dir) / kind / f"{name}.json"
-            if path.is_file():
-                result = {k: v for k, v in read_json(path).items() if k != "eval_result_unstructured"}
+            if (result := _analysis(Path(eval_dir) / kind / f"{name}.json")) is not None:
                 e[kind] = {**result, "health": e.get("health")}
+        if control_eval_dir is not None:
+            if (result := _analysis(Path(control_eval_dir) / "autointerp" / f"{name}.json")) is not None:
+                e[RANDOM_TRANSFORMER] = {**result, "control_run": Path(control_eval_dir).parent.name}
         out[name] = e
     return out
 
 
+def _analysis(path: Path) -> dict[str, Any] | None:
+    if not path.is_file():
+        return None
+    return {k: v for k, v in read_json(path).items() if k != "eval_result_unstructured"}
+
+
+def control_eval_dir(cfg: Any) -> Path | None:
+    """The `eval` folder of the random-transformer control run (`autointerp.control_run`), None
+    without one. Raises FileNotFoundError, saying how to make it, when that run does not exist."""
+    name = cfg.autointerp.control_run
+    if not name:
+        return None
+    run_dir = cfg.run_dir.parent / name
+    if not run_dir.is_dir():
+        raise FileNotFoundError(
+            f"autointerp.control_run: no run {name!r} in {run_dir.parent}. Make it (the same variants and autointerp "
+            f"settings on a randomly initialised model): tsae run <params> --set run.name={name} --set "
+            "source.random_init=true; or leave autointerp.control_run empty")
+    return run_dir / "eval"
+
+
+def check_control_run(evals: Evals, control_dir: Path) -> list[str]:
+    """What makes the attached random-transformer control a poor comparison (each also warned):
+    a control run whose store was not harvested from a randomly initialised model, and autointerp
+    settings or judges that differ between an SAE's result and its control's."""
+    problems = []
+    try:
+        source = read_json(control_dir.parent / "activations" / "manifest.json").get("source", {})
+    except (OSError, ValueError):
+        source = None
+    if source is not None and not source.get("random_init"):
+        problems.append(f"control run {control_dir.parent.name!r} was not harvested from a randomly initialised model "
+                        "(source.random_init is not set in its activations/manifest.json)")
+    for name, e in evals.items():
+        if RANDOM_TRANSFORMER in e and "autointerp" in e:
+            ours, theirs = e["autointerp"].get("eval_config", {}), e[RANDOM_TRANSFORMER].get("eval_config", {})
+            differ = sorted(k for k in {*ours, *theirs} - {"model_name", "dataset_name", "total_tokens"}
+                            if ours.get(k) != theirs.get(k))
+            if differ:
+                problems.append(f"{name}: its autointerp and the random-transformer control's differ in {', '.join(differ)}")
+    for p in problems:
+        warnings.warn(f"random-transformer control: {p}", stacklevel=2)
+    return problems
+
+
 def load_run_results(cfg: Any) -> tuple[Evals, Curves, Clusters]:
-    """The evals (with their sparse probing, unlearning and autointerp, `attach_analyses`), training curves and
+    """The evals (with their sparse probing, unlearning and autointerp, and the random-transformer
+    control's autointerp where `autointerp.control_run` is set: `attach_analyses`), training curves and
     clusterings of the SAEs the config names (nothing else in the folders: an SAE removed from the
-    params leaves the figures). Clusterings are keyed by variant."""
+    params leaves the figures). Clusterings are keyed by variant. A control run that does not exist
+    raises FileNotFoundError (`control_eval_dir`)."""
     names = [i.name for i in cfg.instances()]
-    evals = attach_analyses(load_evals(cfg.run_dir / "eval", names), cfg.run_dir / "eval")
+    control = control_eval_dir(cfg)
+    evals = attach_analyses(load_evals(cfg.run_dir / "eval", names), cfg.run_dir / "eval", control)
+    if control is not None:
+        check_control_run(evals, control)
     curves = load_curves(cfg.run_dir / "train", names)
     compared = cfg.compared_instances()
     clusters = load_cluster_results(cfg.run_dir / "analysis", [i.name for i in compared])
@@ -171,6 +232,7 @@ def _draw_all(evals: Evals, curves: Curves, cluster_results: Clusters | None, ou
         plot_feature_clusters(cluster_results or {}, out_dir),
         plot_sparse_probing({v: e["sparse_probing"] for v, e in evals.items() if "sparse_probing" in e}, out_dir, colors),
         plot_unlearning({v: e["unlearning"] for v, e in evals.items() if "unlearning" in e}, out_dir, colors),
-        plot_autointerp({v: e["autointerp"] for v, e in evals.items() if "autointerp" in e}, out_dir),
+        plot_autointerp({v: e["autointerp"] for v, e in evals.items() if "autointerp" in e}, out_dir,
+                        {v: e[RANDOM_TRANSFORMER] for v, e in evals.items() if RANDOM_TRANSFORMER in e}),
     ]
 

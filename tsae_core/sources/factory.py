@@ -40,6 +40,7 @@ def make_source(cfg: ExperimentConfig, progress: bool = True) -> Any:
         return tinylm_source(
             TinyLMSpec.of(cfg.source.tinylm), default_cache_dir(), cfg.source.hook_name, hc.context_size,
             max_contexts=max_contexts, batch_size=cfg.source.model_batch_size, device=device, progress=progress,
+            random_init=cfg.source.random_init,
         )
     if kind == "hf":
         from tsae_core.sources.hf import hf_source
@@ -50,33 +51,41 @@ def make_source(cfg: ExperimentConfig, progress: bool = True) -> Any:
             text_files=h.text_files or None, text_column=h.text_column, split=h.dataset_split,
             max_documents=h.max_documents, seed=cfg.run.seed, max_contexts=max_contexts,
             batch_size=cfg.source.model_batch_size, device=device, dtype=_model_dtype(cfg, device),
+            random_init=cfg.source.random_init,
         )
     if kind == "gguf":
         from tsae_core.sources.gguf_model import gguf_source
 
         return gguf_source(cfg.source.gguf, cfg.source.hook_name, hc.context_size, seed=cfg.run.seed,
-                           max_contexts=max_contexts, batch_size=cfg.source.model_batch_size, device=device)
+                           max_contexts=max_contexts, batch_size=cfg.source.model_batch_size, device=device,
+                           random_init=cfg.source.random_init)
     raise ValueError(f"unknown source.kind {kind!r}")
 
 
 def load_model(cfg: ExperimentConfig) -> Any | None:
-    """The language model whose activations were harvested (None for the synthetic source)."""
+    """The language model whose activations were harvested (None for the synthetic source): with
+    `source.random_init`, the same randomly initialised copy the harvest used."""
     kind = cfg.source.kind
     if kind not in LANGUAGE_MODEL_KINDS:
         return None
     device = resolve_device(cfg.run.device)
-    if kind == "tinylm":
-        from tsae_core.sources.tinylm import TinyLMSpec, default_cache_dir, load_tiny_lm
+    random_init = cfg.source.random_init
+    from tsae_core.sources.random_init import init_seed, reinitialised_hooked_transformer
 
-        model, _ = load_tiny_lm(TinyLMSpec.of(cfg.source.tinylm), default_cache_dir())
+    if kind == "tinylm":
+        from tsae_core.sources.tinylm import TinyLMSpec, build_model, default_cache_dir, load_tiny_lm
+
+        spec = TinyLMSpec.of(cfg.source.tinylm)
+        model = build_model(spec) if random_init else load_tiny_lm(spec, default_cache_dir())[0]
         return model.to(device).eval()
     if kind == "gguf":
         from tsae_core.sources.gguf_model import load_gguf_model
 
-        return load_gguf_model(cfg.source.gguf, device)
+        return load_gguf_model(cfg.source.gguf, device, random_init_seed=init_seed(cfg.run.seed) if random_init else None)
     from tsae_core.sources.hf import load_pretrained
 
-    return load_pretrained(cfg.source.hf.model_name, device, _model_dtype(cfg, device)).eval()
+    model = load_pretrained(cfg.source.hf.model_name, device, _model_dtype(cfg, device))
+    return (reinitialised_hooked_transformer(model, init_seed(cfg.run.seed)) if random_init else model).eval()
 
 
 def load_tokenizer(cfg: ExperimentConfig) -> Any | None:

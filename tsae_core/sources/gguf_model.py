@@ -97,11 +97,25 @@ def wrap_transformer_lens(hf_model: Any, tokenizer: Any, transformer_lens_name: 
     return model.eval()
 
 
-def load_gguf_model(cfg: GGUFConfig, device: str | torch.device = "cpu", cache_dir: str | Path | None = None) -> Any:
-    """The configured packaged model as a transformer-lens model (its tokenizer as `.tokenizer`)."""
+def load_gguf_model(cfg: GGUFConfig, device: str | torch.device = "cpu", cache_dir: str | Path | None = None,
+                    random_init_seed: int | None = None) -> Any:
+    """The configured packaged model as a transformer-lens model (its tokenizer as `.tokenizer`).
+
+    `random_init_seed` set: a randomly initialised copy of the architecture instead (`source.random_init`):
+    re-initialised by transformer-lens for a HookedTransformer, by `transformers` from the config for a
+    TransformerBridge (`tsae_core.sources.random_init`), the tokenizer unchanged."""
     path = packaged_model_file(cfg.packages, cfg.file, cfg.sha256, cache_dir)
     hf_model, tokenizer = load_hf_from_gguf(path)
-    return wrap_transformer_lens(hf_model, tokenizer, cfg.transformer_lens_name, Path(cfg.file).stem, device)
+    if random_init_seed is not None and not cfg.transformer_lens_name:
+        from tsae_core.sources.random_init import reinitialised_hf_model
+
+        hf_model = reinitialised_hf_model(hf_model, random_init_seed)
+    model = wrap_transformer_lens(hf_model, tokenizer, cfg.transformer_lens_name, Path(cfg.file).stem, device)
+    if random_init_seed is not None and cfg.transformer_lens_name:
+        from tsae_core.sources.random_init import reinitialised_hooked_transformer
+
+        model = reinitialised_hooked_transformer(model, random_init_seed)
+    return model
 
 
 def context_start_id(tokenizer: Any, bos_token: str = "") -> int:
@@ -160,9 +174,13 @@ def gguf_source(
     batch_size: int = 8,
     device: str | torch.device = "cpu",
     cache_dir: str | Path | None = None,
+    random_init: bool = False,
 ) -> LanguageModelSource:
-    """The packaged GGUF model on its configured text, as a harvestable source."""
-    model = load_gguf_model(cfg, device, cache_dir)
+    """The packaged GGUF model on its configured text, as a harvestable source; with `random_init`, a
+    randomly initialised copy of it seeded from `seed` (see `load_gguf_model`)."""
+    from tsae_core.sources.random_init import init_seed
+
+    model = load_gguf_model(cfg, device, cache_dir, init_seed(seed) if random_init else None)
     describe = {
         "kind": "gguf",
         "model": cfg.transformer_lens_name or Path(cfg.file).stem,
@@ -172,6 +190,7 @@ def gguf_source(
         "wrapper": type(model).__name__,
         "weights": "GGUF quantized weights dequantized to float32",
         "text": cfg.text_files or "python-docs corpus",
+        "random_init": random_init,
     }
     return model_source(model, documents(cfg), hook_name, context_size, describe, cfg.bos_token, cfg.eval_fraction, seed,
                         max_contexts, batch_size, device)

@@ -215,14 +215,21 @@ def hf_source(
     batch_size: int = 32,
     device: str | torch.device = "cpu",
     dtype: torch.dtype | str = torch.float32,
+    random_init: bool = False,
 ) -> LanguageModelSource:
-    """A hub model on hub or local text as a harvestable source (the same harvest code as `tinylm`).
+    """A hub model on hub or local text as a harvestable source (the same harvest code as `tinylm`);
+    with `random_init`, a randomly initialised copy of it (`random_init.reinitialised_hooked_transformer`,
+    seeded from `seed`), the tokenizer unchanged.
 
     Documents are split into "train" and "eval" by a hash of their text (`corpus.split_documents`
     with `eval_fraction` and `seed`), tokenised without special tokens and packed into
     BOS-prefixed contexts of `context_size`; `max_contexts[split]` caps a split.
     """
     model = load_pretrained(model_name, device, dtype)
+    if random_init:
+        from tsae_core.sources.random_init import init_seed, reinitialised_hooked_transformer
+
+        model = reinitialised_hooked_transformer(model, init_seed(seed))
     if model.tokenizer is None:
         raise ValueError(f"model {model_name!r} came without a tokenizer; cannot tokenise text for it")
     if context_size > model.cfg.n_ctx:
@@ -243,5 +250,6 @@ def hf_source(
         "text_column": text_column,
         "n_documents": {"train": len(train_texts), "eval": len(eval_texts)},
         "dtype": str(dtype),
+        "random_init": random_init,
     }
     return LanguageModelSource(model, hook_name, contexts, batch_size, device, describe)

@@ -13,6 +13,7 @@ held-out targets of the add-one-smoothed byte distribution of the training text:
 
     unigram_loss = − mean_t log p(x_t),   p(b) = (count_train(b) + 1) / (N_train + 256)
 
+`source.random_init` uses the spec's initial weights untrained (`untrained_tiny_lm`), never cached.
 The trained model is cached under `<cache_dir>/<spec.hash()>/` as model.safetensors, spec.json and
 report.json (written in that order, atomically, so report.json marks a complete entry).
 """
@@ -260,6 +261,31 @@ def load_tiny_lm(spec: TinyLMSpec, cache_dir: str | Path, progress: bool = True)
     return train_tiny_lm(spec, cache_dir, progress=progress)
 
 
+def untrained_tiny_lm(spec: TinyLMSpec) -> tuple[Any, dict[str, Any]]:
+    """(model, report) of the spec's initial weights, untrained (`source.random_init`: the model
+    `train_tiny_lm` starts from). Nothing is read from or written to the cache.
+
+    report: heldout_loss and unigram_loss measured as for a trained model (an untrained one sits near
+    ln 258 = 5.55 nats/byte), n_train_docs, n_heldout_docs, corpus_fingerprint, spec, random_init.
+    """
+    train_docs, heldout_docs = corpus_splits(spec)
+    train_NT = pack_text(train_docs, spec.n_ctx)["tokens_NT"]
+    eval_NT = pack_text(heldout_docs, spec.n_ctx, spec.eval_contexts)["tokens_NT"]
+    if train_NT.shape[0] == 0 or eval_NT.shape[0] == 0:
+        raise ValueError(f"the corpus gives too few contexts ({train_NT.shape[0]} train, {eval_NT.shape[0]} held out)")
+    model = build_model(spec)
+    report = {
+        "heldout_loss": heldout_loss(model, eval_NT),
+        "unigram_loss": unigram_loss(train_NT, eval_NT),
+        "n_train_docs": len(train_docs),
+        "n_heldout_docs": len(heldout_docs),
+        "corpus_fingerprint": corpus_fingerprint(train_docs + heldout_docs),
+        "spec": spec.to_dict(),
+        "random_init": True,
+    }
+    return model, report
+
+
 def default_cache_dir() -> Path:
     """Where tiny models are cached unless told otherwise: $TSAE_CACHE/tinylm, else ~/.cache/tsae/tinylm."""
     return Path(os.environ.get("TSAE_CACHE", Path.home() / ".cache" / "tsae")).expanduser() / "tinylm"
@@ -274,8 +300,10 @@ def tinylm_source(
     batch_size: int = 64,
     device: str | torch.device = "cpu",
     progress: bool = True,
+    random_init: bool = False,
 ) -> LanguageModelSource:
-    """The tiny model (trained or loaded) as a harvestable source.
+    """The tiny model (trained or loaded) as a harvestable source; with `random_init`, its untrained
+    initial weights instead (`untrained_tiny_lm`, no cache involved).
 
     Splits: "train" packs the model's training documents, "eval" its held-out documents, so the
     SAE is evaluated on text neither it nor the model was trained on. `max_contexts[split]` caps a
@@ -283,7 +311,7 @@ def tinylm_source(
     """
     if context_size > spec.n_ctx:
         raise ValueError(f"context_size {context_size} exceeds the tiny model's n_ctx {spec.n_ctx}")
-    model, report = load_tiny_lm(spec, cache_dir, progress=progress)
+    model, report = untrained_tiny_lm(spec) if random_init else load_tiny_lm(spec, cache_dir, progress=progress)
     max_contexts = max_contexts or {}
     train_docs, heldout_docs = corpus_splits(spec)
     contexts = {
@@ -298,5 +326,6 @@ def tinylm_source(
         "heldout_loss": report["heldout_loss"],
         "unigram_loss": report["unigram_loss"],
         "corpus_fingerprint": report.get("corpus_fingerprint"),
+        "random_init": random_init,
     }
     return LanguageModelSource(model.to(device), hook_name, contexts, batch_size, device, describe)
