@@ -187,16 +187,23 @@ def test_stale_eval_and_clustering_are_detected(run):
     cfg, _ = run
     from tsae_core.evaluate import evaluate_variant
 
+    from tsae_core.sparse_probing import SparseProbingData, evaluate_sparse_probing
+    from tsae_core.unlearning import evaluate_unlearning_run
+
     store = ActivationStore.open(cfg.run_dir / "activations")
-    evaluate_variant(cfg, "topk", store, cfg.run_dir, progress=False)
-    evaluate_variant(cfg, "contrastive", store, cfg.run_dir, progress=False)
+    probing = SparseProbingData(cfg, progress=False)
+    for name in ("topk", "contrastive"):
+        evaluate_variant(cfg, name, store, cfg.run_dir, progress=False)
+        evaluate_sparse_probing(cfg, name, cfg.run_dir, probing, progress=False)
+    evaluate_unlearning_run(cfg, names=["topk", "contrastive"], progress=False)
     assert output_problems("evaluate", cfg) == []
     retrained = load_config(write_params(cfg.run_dir.parent.parent), {"train.steps": 45})
     train_variant(retrained, "topk", store, cfg.run_dir, progress=False)
     problems = output_problems("evaluate", cfg)
-    assert problems == [f"{cfg.run_dir / 'eval' / 'topk.json'} describes an SAE that is no longer in {cfg.run_dir / 'saes' / 'topk'}"]
+    assert problems == [f"{cfg.run_dir / 'eval' / sub / 'topk.json'} describes an SAE that is no longer in {cfg.run_dir / 'saes' / 'topk'}"
+                        for sub in ("", "sparse_probing", "unlearning")]
     (cfg.run_dir / "eval" / "contrastive.json").write_text("null")
-    assert len(output_problems("evaluate", cfg)) == 2
+    assert len(output_problems("evaluate", cfg)) == 4
 
 
 def test_evaluation_is_kept_until_its_sae_changes(run):
