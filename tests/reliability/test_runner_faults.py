@@ -16,7 +16,7 @@ import yaml
 
 from tests.reliability.conftest import TINY, kernel_folders_of, tsae_process, write_params
 from tsae_core.config import load_config
-from tsae_core.runner import EXIT_FAILED, EXIT_UNHEALTHY, main
+from tsae_core.runner import EXIT_FAILED, EXIT_UNHEALTHY, STAGE_NAMES, main
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +47,7 @@ def test_tiny_run_is_healthy_and_every_stage_is_skipped_on_rerun(copy, capsys):
     params, cfg = copy
     assert _tsae(capsys, params)[0] == 0  # the copy's figures folder differs: its plot stage runs again
     code, out, _ = _tsae(capsys, params)
-    assert code == 0 and out.count("unchanged, skipped") == 5
+    assert code == 0 and out.count("unchanged, skipped") == len(STAGE_NAMES)
     assert "[tsae] health of each SAE:" in out
     for inst in cfg.instances():
         assert f"{inst.name:28s} healthy" in out
@@ -120,7 +120,7 @@ def test_collapsed_sae_is_recorded_the_others_go_on_and_the_exit_status_says_so(
     assert f"{'relu':28s} UNHEALTHY: training failed: variant 'relu': every latent is silent" in out
     assert "unhealthy SAEs: relu" in err and "--allow-unhealthy" in err
     code, out, _ = _tsae(capsys, params, "--allow-unhealthy")
-    assert code == 0 and out.count("unchanged, skipped") == 5, "a recorded failure is not retrained"
+    assert code == 0 and out.count("unchanged, skipped") == len(STAGE_NAMES), "a recorded failure is not retrained"
 
 
 def test_unhealthy_eval_verdict_gives_a_nonzero_status(copy, capsys):
