@@ -22,6 +22,7 @@ def evaluated(harvested, tmp_path_factory):
                      "orthogonal": {"architecture": "orthogonal", "activation": "topk", "d_sae": 64, "k": 4,
                                     "options": {"group_size": 16, "regroup_every": 10}}},
         "sweep": {}, "train.steps": 30, "train.checkpoint_every": 0,
+        "probing.enabled": False, "unlearning.enabled": False,  # the core eval alone (their files: their own tests)
     })
     results = {}
     for name in cfg.variants:
