@@ -111,15 +111,16 @@ def test_unknown_model_name_is_a_value_error():
         load_pretrained("not-a-model-xyz")
 
 
-def test_hf_source_on_local_text_with_a_stand_in_model(tmp_path, monkeypatch, local_tokenizer):
-    """The hub path end to end, with a local random model in place of the hub download."""
+def _stand_in(tmp_path, monkeypatch, local_tokenizer, n_layers):
+    """A local random transformer-lens model in place of the hub download, and a JSONL file of texts."""
     import warnings
 
     from transformer_lens import HookedTransformer, HookedTransformerConfig
 
     from tsae_core.sources import hf
 
-    cfg = HookedTransformerConfig(n_layers=2, d_model=16, n_heads=2, d_head=8, d_mlp=32, n_ctx=8, d_vocab=32, act_fn="gelu")
+    cfg = HookedTransformerConfig(n_layers=n_layers, d_model=16, n_heads=2, d_head=8, d_mlp=32, n_ctx=8, d_vocab=32,
+                                  act_fn="gelu")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         model = HookedTransformer(cfg)
@@ -127,6 +128,12 @@ def test_hf_source_on_local_text_with_a_stand_in_model(tmp_path, monkeypatch, lo
     monkeypatch.setattr(hf, "load_pretrained", lambda name, device, dtype: model)
     path = tmp_path / "docs.jsonl"
     path.write_text("".join(json.dumps({"text": f"{t} {i}"}) + "\n" for i, t in enumerate(TEXTS * 20)))
+    return hf, model, path
+
+
+def test_hf_source_on_local_text_with_a_stand_in_model(tmp_path, monkeypatch, local_tokenizer):
+    """The hub path end to end, with a local random model in place of the hub download."""
+    hf, model, path = _stand_in(tmp_path, monkeypatch, local_tokenizer, n_layers=2)
 
     source = hf.hf_source("stand-in", "blocks.0.hook_resid_post", 8, text_files=[str(path)], eval_fraction=0.3)
     assert source.kind == "hf" and source.d_model == 16
@@ -139,21 +146,9 @@ def test_hf_source_on_local_text_with_a_stand_in_model(tmp_path, monkeypatch, lo
 
 def test_hf_source_at_random_init_reinitialises_the_model_and_keeps_the_tokenizer(tmp_path, monkeypatch, local_tokenizer):
     """`source.random_init` on the hub path: transformer-lens's initialisation of the same config, seeded, tokenizer kept."""
-    import warnings
-
     import torch
-    from transformer_lens import HookedTransformer, HookedTransformerConfig
 
-    from tsae_core.sources import hf
-
-    cfg = HookedTransformerConfig(n_layers=1, d_model=16, n_heads=2, d_head=8, d_mlp=32, n_ctx=8, d_vocab=32, act_fn="gelu")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        model = HookedTransformer(cfg)
-    model.tokenizer = local_tokenizer
-    monkeypatch.setattr(hf, "load_pretrained", lambda name, device, dtype: model)
-    path = tmp_path / "docs.jsonl"
-    path.write_text("".join(json.dumps({"text": f"{t} {i}"}) + "\n" for i, t in enumerate(TEXTS * 20)))
+    hf, model, path = _stand_in(tmp_path, monkeypatch, local_tokenizer, n_layers=1)
     kw = {"text_files": [str(path)], "eval_fraction": 0.3}
     plain = hf.hf_source("stand-in", "blocks.0.hook_resid_post", 8, **kw)
     a, b = (hf.hf_source("stand-in", "blocks.0.hook_resid_post", 8, random_init=True, **kw) for _ in range(2))
