@@ -12,7 +12,7 @@ NEEDS_MODELS := $(shell grep -qs '^ *kind: *gguf' $(PARAMS) && echo yes)
 # Overrides (JSON) for the notebooks run by nbmake, e.g. NB_OVERRIDES='{"train.steps": 200}'.
 NB_OVERRIDES ?= {}
 
-.PHONY: run test lint setup clean-runs notebooks nbmake models lab
+.PHONY: run test lint setup clean-runs notebooks nbmake models lab browser
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -37,13 +37,22 @@ models: $(MODELS_STAMP)
 run: $(STAMP) $(if $(NEEDS_MODELS),$(MODELS_STAMP))
 	$(BIN)/tsae run $(PARAMS)
 
-## Run the test suite (unit tests, then the notebooks through nbmake on tiny params); no network needed.
-test: $(STAMP)
-	$(BIN)/python -m pytest
+## Run the test suite (unit tests, then the notebooks through nbmake on tiny params); no network needed
+## beyond the package registries (Chromium for the dashboard's browser tests comes from Debian's).
+test: $(STAMP) browser
+	TSAE_REQUIRE_BROWSER=$$(test -x $(CHROMIUM) && echo 1 || echo 0) $(BIN)/python -m pytest
 	rm -rf runs/nbmake-ci
 	$(MAKE) --no-print-directory nbmake PARAMS=params/ci.yaml 'NB_OVERRIDES={"run.name": "nbmake-ci"}'
 
-## Execute the notebooks 01..06 in order with nbmake on PARAMS, sharing its run directory runs/<run.name>/.
+## Headless Chromium for the dashboard's browser tests: Debian's package, installed as root with apt
+## when missing (elsewhere: install `chromium` with your system's package manager, or set CHROMIUM).
+CHROMIUM ?= /usr/bin/chromium
+browser:
+	@test -x $(CHROMIUM) || { if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null; \
+	  else echo "make browser: no $(CHROMIUM) and no root apt-get: install chromium; the browser tests will be skipped"; fi; }
+
+## Execute the notebooks 01..07 in order with nbmake on PARAMS, sharing its run directory runs/<run.name>/.
 nbmake: notebooks $(if $(NEEDS_MODELS),$(MODELS_STAMP))
 	TSAE_PARAMS=$(PARAMS) TSAE_OVERRIDES='$(NB_OVERRIDES)' $(BIN)/python -m pytest --nbmake --nbmake-timeout=7200 -p no:cacheprovider notebooks/0*.ipynb
 

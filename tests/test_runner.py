@@ -8,7 +8,7 @@ import json
 import pytest
 
 from tsae_core.io import read_json
-from tsae_core.runner import main
+from tsae_core.runner import STAGE_NAMES, main
 
 pytestmark = pytest.mark.slow
 
@@ -38,7 +38,7 @@ def test_full_run_leaves_every_artifact(ci_run):
         assert ev["eval_result_metrics"]["sparsity"]["l0"] > 0
         assert ev["health"]["healthy"], ev["health"]
         assert (run / "analysis" / f"clusters_{variant}.json").is_file()
-    for nb in ("01_harvest", "02_train", "03_evaluate", "04_autointerp", "05_cluster_features", "06_plot"):
+    for nb in ("01_harvest", "02_train", "03_evaluate", "04_autointerp", "05_cluster_features", "06_plot", "07_dashboard"):
         executed = json.loads((run / "notebooks" / f"{nb}.ipynb").read_text())
         assert executed["metadata"]["papermill"]["parameters"]["params"].endswith("ci.yaml")
         assert not any(o.get("output_type") == "error" for c in executed["cells"] for o in c.get("outputs", []))
@@ -53,7 +53,7 @@ def test_rerun_skips_unchanged_stages(ci_run, capsys):
     capsys.readouterr()
     assert main(["run", "params/ci.yaml", *sets]) == 0
     printed = capsys.readouterr().out
-    assert printed.count("unchanged, skipped") == 6
+    assert printed.count("unchanged, skipped") == len(STAGE_NAMES)
 
 
 def test_changed_parameter_reruns_only_downstream_stages(ci_run, capsys):
@@ -63,7 +63,7 @@ def test_changed_parameter_reruns_only_downstream_stages(ci_run, capsys):
     printed = capsys.readouterr().out
     for stage in ("harvest", "train", "evaluate"):
         assert f"{stage:9s} unchanged, skipped" in printed
-    for stage in ("cluster", "plot"):
+    for stage in ("cluster", "plot", "dashboard"):
         assert f"{stage:9s} done" in printed
     assert "autointerp unchanged, skipped" in printed  # it reads no clustering
 

@@ -269,6 +269,52 @@ class ClusterConfig:
         return [self.n_clusters] if isinstance(self.n_clusters, int) else list(self.n_clusters)
 
 
+@dataclass(frozen=True)
+class DashboardConfig:
+    """The static HTML feature browser (`runs/<run>/dashboard/`) and its blind-rating page
+    (`tsae_core.dashboard`)."""
+
+    enabled: bool = True
+    """Write the dashboard (the stage only says how to turn it on when off)."""
+    n_features: int = 24
+    """Feature pages per SAE: a seeded random sample of its alive latents (unbiased, so the pages and
+    the blind rating show what a variant's features are like, not its best ones)."""
+    n_concepts: int = 8
+    """Concepts on the side-by-side page: the first sampled features of the baseline, each beside the
+    feature of every other variant whose decoder direction is closest to it."""
+    rating_pairs: int = 6
+    """Blind-rating pairs per compared variant: a sampled feature of the variant beside one of its
+    baseline, in random order and on random sides, names hidden."""
+    baseline: str = ""
+    """The SAE the concept page and the rating compare against; empty: the token-wise baseline most
+    variants are compared with (`tsae_core.comparison.find_baselines`)."""
+    max_sequences: int = 256
+    """Eval sequences read for the pages (contexts, histograms, temporal profiles)."""
+    top_contexts: int = 8
+    """Top-activating contexts per feature (at most one per sequence)."""
+    quantile_bins: int = 4
+    """Bins of the feature's non-zero activations (by quantile) from which samples are drawn."""
+    samples_per_bin: int = 3
+    """Contexts drawn at random from each quantile bin."""
+    context_before: int = 24
+    """Tokens shown before the marked token (within its document)."""
+    context_after: int = 8
+    """Tokens shown after the marked token (within its document)."""
+    max_lag: int = 16
+    """Lags of the autocorrelation profile."""
+
+    def __post_init__(self) -> None:
+        for name in ("n_features", "max_sequences", "top_contexts", "quantile_bins", "max_lag"):
+            _check(getattr(self, name) >= 1, f"dashboard.{name}", "must be >= 1")
+        for name in ("n_concepts", "rating_pairs", "samples_per_bin", "context_before", "context_after"):
+            _check(getattr(self, name) >= 0, f"dashboard.{name}", "must be >= 0")
+        _check(self.rating_pairs <= self.n_features, "dashboard.rating_pairs",
+               f"rating pairs are drawn from the {self.n_features} sampled features (dashboard.n_features); "
+               f"ask for at most that many")
+        _check(self.n_concepts <= self.n_features, "dashboard.n_concepts",
+               f"concepts are the baseline's first sampled features; ask for at most dashboard.n_features ({self.n_features})")
+
+
 INTERNET_PACKAGES = (
     "base64", "cgi", "cgitb", "email", "ftplib", "html", "http", "imaplib", "ipaddress", "json", "mimetypes",
     "nntplib", "poplib", "quopri", "smtpd", "smtplib", "socketserver", "telnetlib", "urllib", "uuid", "webbrowser",
@@ -603,6 +649,8 @@ class ExperimentConfig:
     """Sparse probing of every SAE on labelled text (or the synthetic source's slow features)."""
     autointerp: AutointerpConfig = field(default_factory=AutointerpConfig)
     """Automated interpretability (SAEBench's protocol with an LLM judge, or the synthetic oracle)."""
+    dashboard: DashboardConfig = field(default_factory=DashboardConfig)
+    """The static HTML feature browser and its blind-rating page."""
     sweep: dict[str, SweepConfig] = field(default_factory=dict)
     """Named grids over variants' knobs; each point becomes a variant `<variant>-<knob><value>...`."""
 

@@ -1,5 +1,6 @@
 """`tsae run PARAMS [--set key=value ...] [--only STAGES] [--force] [--allow-unhealthy]`: one experiment, end to end.
-(`tsae export RUN_OR_SAE_DIR --format saelens OUT` writes SAEs for SAELens: `tsae_core.interop`.)
+(`tsae export RUN_OR_SAE_DIR --format saelens OUT` writes SAEs for SAELens: `tsae_core.interop`;
+`tsae ratings RUN FILE...` scores blind ratings made on the dashboard: `tsae_core.dashboard.rating`.)
 
 The params file is validated completely first. The run directory is locked for the whole run (a
 second run of it fails at once, naming the holder). Each stage is a numbered notebook executed with
@@ -53,6 +54,7 @@ STAGES = (
                                              "cluster")),
     Stage("plot", "06_plot", ("source", "harvest", "variants", "train", "eval", "probing", "unlearning", "autointerp", "cluster",
                               "plot")),
+    Stage("dashboard", "07_dashboard", ("source", "harvest", "variants", "train", "eval", "cluster", "dashboard")),
 )
 STAGE_NAMES = tuple(s.name for s in STAGES)
 
@@ -222,7 +224,7 @@ def _run_stages(cfg: ExperimentConfig, params: str, params_file: Path, overrides
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tsae", description="Temporal sparse autoencoders: run an experiment.")
     sub = parser.add_subparsers(dest="command", required=True)
-    p_run = sub.add_parser("run", help="run an experiment's notebooks 01-06 with papermill")
+    p_run = sub.add_parser("run", help="run an experiment's notebooks 01-07 with papermill")
     p_val = sub.add_parser("validate", help="only load and validate a params file")
     for p in (p_run, p_val):
         p.add_argument("params", help="params YAML, e.g. params/default.yaml")
@@ -237,7 +239,14 @@ def main(argv: list[str] | None = None) -> int:
     p_exp.add_argument("out", metavar="OUT", help="the folder to write")
     p_exp.add_argument("--format", required=True, choices=["saelens"], help="saelens: a SAELens 6.x folder (SAE.load_from_disk)")
     p_exp.add_argument("--force", action="store_true", help="replace folders that already exist")
+    p_rate = sub.add_parser("ratings", help="unblind and score ratings downloaded from a run's dashboard (rate.html)")
+    p_rate.add_argument("run_dir", metavar="RUN", help="the run directory, e.g. runs/default")
+    p_rate.add_argument("files", metavar="FILE", nargs="+", help="ratings JSON files (several raters pool)")
     args = parser.parse_args(argv)
+    if args.command == "ratings":
+        from tsae_core.dashboard.rating import ratings_command
+
+        return ratings_command(args.run_dir, args.files)
     if args.command == "export":
         from tsae_core.interop import export_command
 

@@ -26,14 +26,15 @@ from tsae_core.store import ActivationStore, StoreError, verify_file
 from tsae_core.train import trained_instances, trained_state, variant_train_hash
 
 NEEDS = {"harvest": (), "train": ("harvest",), "evaluate": ("harvest", "train"), "cluster": ("harvest", "train"),
-         "plot": ("train", "evaluate", "autointerp", "cluster"), "autointerp": ("harvest", "train")}
+         "plot": ("train", "evaluate", "autointerp", "cluster"), "autointerp": ("harvest", "train"),
+         "dashboard": ("harvest", "train", "evaluate", "cluster")}
 """The stages whose outputs each stage reads."""
 
 
 def output_problems(stage: str, cfg: ExperimentConfig) -> list[str]:
     """What is missing, damaged or made for other parameters among a stage's outputs (empty: all good)."""
     return {"harvest": _harvest, "train": _train, "evaluate": _evaluate, "cluster": _cluster, "plot": _plot,
-            "autointerp": _autointerp}[stage](cfg)
+            "autointerp": _autointerp, "dashboard": _dashboard}[stage](cfg)
 
 
 def _harvest(cfg: ExperimentConfig) -> list[str]:
@@ -121,19 +122,47 @@ def _autointerp(cfg: ExperimentConfig) -> list[str]:
             if (p := _describes_current_sae(cfg, inst.name, analysis_files(cfg, inst.name, with_autointerp=True)[-1]))]
 
 
+def _dashboard(cfg: ExperimentConfig) -> list[str]:
+    """Nothing is expected with `dashboard.enabled: false`; else the pages of every compared SAE, made
+    from the weights now on disk, and the blind-rating key of the same pages."""
+    if not cfg.dashboard.enabled:
+        return []
+    directory = cfg.run_dir / "dashboard"
+    try:
+        manifest = read_json(directory / "manifest.json")
+        key = read_json(cfg.run_dir / "analysis" / "blind_rating_key.json")
+    except FileNotFoundError as e:
+        return [f"{e.filename} is missing"]
+    except (OSError, ValueError) as e:
+        return [f"the dashboard's manifest or rating key is unreadable ({type(e).__name__})"]
+    if key.get("set") != manifest.get("rating_set"):
+        return [f"{cfg.run_dir / 'analysis' / 'blind_rating_key.json'} belongs to another dashboard"]
+    problems = []
+    for inst in trained_instances(cfg, cfg.run_dir, cfg.compared_instances()):
+        entry = manifest.get("saes", {}).get(inst.name)
+        if entry is None or entry.get("sae_weights_sha256") != _weights_sha(cfg, inst.name):
+            problems.append(f"{directory} does not show the SAE now in {cfg.run_dir / 'saes' / inst.name}")
+        elif missing := [p for p in ("index.html", *(f"{i}.html" for i in entry.get("pages", []))) if not (directory / inst.name / p).is_file()]:
+            problems.append(f"{directory / inst.name / missing[0]} is missing")
+    if not (directory / "index.html").is_file():
+        problems.append(f"{directory / 'index.html'} is missing")
+    return problems
+
+
 def inputs_fingerprint(stage: str, cfg: ExperimentConfig) -> str:
     """A hash of the files `stage` reads (empty for harvest, which reads only the source); the plot
-    stage's includes the random-transformer control run's autointerp files (`autointerp.control_run`)."""
+    stage's includes the random-transformer control run's autointerp files (`autointerp.control_run`); the
+    dashboard's, the evals, per-latent arrays and clusterings it shows."""
     h = hashlib.sha256()
     run = cfg.run_dir
-    if stage in ("train", "evaluate", "cluster", "autointerp"):
+    if stage in ("train", "evaluate", "cluster", "autointerp", "dashboard"):
         try:
             manifest = read_json(run / "activations" / "manifest.json")
             manifest = {k: v for k, v in manifest.items() if k != "tsae"} if isinstance(manifest, dict) else manifest
         except (OSError, ValueError):
             manifest = None
         h.update(json.dumps(manifest, sort_keys=True, default=str).encode())
-    if stage in ("evaluate", "cluster", "autointerp"):
+    if stage in ("evaluate", "cluster", "autointerp", "dashboard"):
         for inst in cfg.instances():
             failure = recorded_failure(TrainPaths.of(run, inst.name), _train_hash(cfg, inst.name))
             h.update(f"{inst.name}:{_weights_sha(cfg, inst.name)}:{failure}\n".encode())
@@ -143,6 +172,10 @@ def inputs_fingerprint(stage: str, cfg: ExperimentConfig) -> str:
             for path in (run / "eval" / f"{inst.name}.json", run / "train" / f"{inst.name}.jsonl",
                          run / "analysis" / f"clusters_{inst.name}.json", *analysis_files(cfg, inst.name, with_autointerp=True),
                          *([run.parent / control / "eval" / "autointerp" / f"{inst.name}.json"] if control else [])):
+                h.update(path.name.encode() + (path.read_bytes() if path.is_file() else b"-"))
+    if stage == "dashboard":
+        for inst in cfg.instances():
+            for path in (run / "eval" / f"{inst.name}.json", latents_path(run, inst.name), run / "analysis" / f"clusters_{inst.name}.json"):
                 h.update(path.name.encode() + (path.read_bytes() if path.is_file() else b"-"))
     return h.hexdigest()[:16]
 

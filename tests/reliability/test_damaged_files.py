@@ -186,7 +186,6 @@ def test_sae_files_are_byte_identical_across_processes(pristine, tmp_path):
 def test_stale_eval_and_clustering_are_detected(run):
     cfg, _ = run
     from tsae_core.evaluate import evaluate_variant
-
     from tsae_core.sparse_probing import SparseProbingData, evaluate_sparse_probing
     from tsae_core.unlearning import evaluate_unlearning_run
 
