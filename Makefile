@@ -33,7 +33,7 @@ $(MODELS_STAMP): requirements-models.txt $(STAMP)
 
 models: $(MODELS_STAMP)
 
-## Run the default experiment end to end (harvest, train, evaluate, cluster, plot).
+## Run the default experiment end to end (harvest, train, evaluate, autointerp, cluster, plot, dashboard).
 run: $(STAMP) $(if $(NEEDS_MODELS),$(MODELS_STAMP))
 	$(BIN)/tsae run $(PARAMS)
 
