@@ -76,6 +76,15 @@ def test_sample_is_seeded_and_only_alive():
     assert ob.sample_alive(alive, 10, 8) != a
 
 
+def test_closest_feature_of_another_sae_is_an_alive_one():
+    mine = ob.unit_rows(torch.tensor([[1.0, 0.0, 0.0]]))
+    other = ob.unit_rows(torch.tensor([[1.0, 0.1, 0.0], [0.8, 0.6, 0.0], [0.0, 0.0, 1.0]]))
+    assert ob.closest(mine, other, 0)[0] == 0
+    g, cos = ob.closest(mine, other, 0, torch.tensor([False, True, True]))
+    assert g == 1 and cos == pytest.approx(0.8)
+    assert [i for i, _ in ob.nearest(other, 0, 2)] == [1, 2]
+
+
 # -- blind rating ------------------------------------------------------------------------------------
 
 
@@ -214,7 +223,7 @@ def test_a_feature_page_shows_its_contexts_and_profiles(lm_dashboard):
     html = _text(cfg.run_dir / "dashboard" / name / f"{latent}.html")
     for panel in ("activation histogram", "activation along the top contexts", "autocorrelation by lag", "run lengths",
                   "position profile", "Top-activating contexts", "Samples by activation quantile", "Decoder neighbours",
-                  "closest in every other SAE", "Logit effects", "lag-1 autocorrelation", "cluster:"):
+                  "closest alive feature in every other SAE", "Logit effects", "lag-1 autocorrelation", "cluster:"):
         assert panel in html, panel
     assert html.count("<svg") >= 5 and "http://" not in html.replace('xmlns="http://www.w3.org/2000/svg"', "")
     sae = load_sae(cfg.run_dir / "saes" / name)

@@ -59,13 +59,13 @@ def _finite(v: Any) -> float | None:
 class _Run:
     """What the pages read of a run: SAEs, their per-latent arrays, evals and clusterings."""
 
-    def __init__(self, cfg: Any, progress: bool) -> None:
+    def __init__(self, cfg: Any) -> None:
         from tsae_core.evaluate import latents_path
         from tsae_core.sae import load_sae, recorded_weights_sha256
         from tsae_core.store import ActivationStore
         from tsae_core.train import resolve_device, trained_instances
 
-        self.cfg, self.progress = cfg, progress
+        self.cfg = cfg
         run = cfg.run_dir
         self.names = [i.name for i in trained_instances(cfg, run, cfg.compared_instances())]
         if not self.names:
@@ -94,10 +94,10 @@ def build_dashboard(cfg: Any, progress: bool = True) -> dict[str, Any]:
     from tsae_core.sources.factory import load_model, load_tokenizer
 
     dc, seed = cfg.dashboard, cfg.run.seed
-    r = _Run(cfg, progress)
+    r = _Run(cfg)
     baseline = choose_baseline(r.evals, dc.baseline)
     samples = {n: ob.sample_alive(r.latents[n]["alive"].numpy(), dc.n_features, derive_seed(seed, "dashboard", n)) for n in r.names}
-    concepts = [{"latent": c, "matches": {n: (c, 1.0) if n == baseline else ob.closest(r.dirs[baseline], r.dirs[n], c)
+    concepts = [{"latent": c, "matches": {n: (c, 1.0) if n == baseline else ob.closest(r.dirs[baseline], r.dirs[n], c, r.latents[n]["alive"])
                                           for n in r.names}} for c in samples[baseline][: dc.n_concepts]]
     page_latents = {n: list(dict.fromkeys(samples[n] + [c["matches"][n][0] for c in concepts])) for n in r.names}
     tokenizer = load_tokenizer(cfg)
@@ -179,7 +179,7 @@ def _feature(r: _Run, n: str, obs: ob.Observed, j: int, latent: int, tokenizer: 
         "runs": ob.run_length_profile(ob.run_lengths(acts_BT, obs.mask_BT, obs.doc_start_BT), float(obs.index["frequency"][latent])),
         "position": obs.position_SP[j].tolist(),
         "neighbours": ob.nearest(r.dirs[n], latent, NEIGHBOURS),
-        "others": {o: ob.closest(r.dirs[n], r.dirs[o], latent) for o in r.names if o != n},
+        "others": {o: ob.closest(r.dirs[n], r.dirs[o], latent, r.latents[o]["alive"]) for o in r.names if o != n},
         "logits": ob.logit_effects(r.saes[n].decoder_directions()[latent].detach().cpu(), W_U.cpu(), 10, tokenizer)
         if W_U is not None and W_U.shape[0] == r.dirs[n].shape[1] and tokenizer is not None else None,
         "truth": truth_info,

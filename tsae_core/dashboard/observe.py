@@ -23,7 +23,7 @@ true feature the latent matches.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -52,7 +52,6 @@ class Window:
 class Observed:
     """One SAE's observations: per-latent statistics (F) and the kept activations of the page latents."""
 
-    name: str
     n_latents: int
     index: dict[str, np.ndarray]
     """Per-latent arrays (F,) for the index: frequency, lag1, lag1_control, run_ratio, run_ratio_control."""
@@ -67,7 +66,6 @@ class Observed:
     mask_BT: torch.Tensor
     doc_BT: torch.Tensor
     doc_start_BT: torch.Tensor
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 @torch.no_grad()
@@ -102,7 +100,6 @@ def observe_sae(sae: Any, batches: Any, pages: list[int], max_lag: int, seed: in
     mask_BT, doc_start_BT = torch.cat(kept["mask"]), torch.cat(kept["doc_start"])
     lag1 = np.asarray(per["autocorr_lag_FK"], dtype=np.float64)
     return Observed(
-        name=getattr(sae.cfg, "name", ""),
         n_latents=F,
         index={
             "frequency": np.asarray(per["frequency_F"], dtype=np.float64),
@@ -233,9 +230,12 @@ def nearest(dirs_FD: torch.Tensor, latent: int, n: int) -> list[tuple[int, float
     return [(int(i), float(v)) for i, v in zip(idx, values)]
 
 
-def closest(dirs_FD: torch.Tensor, other_GD: torch.Tensor, latent: int) -> tuple[int, float]:
-    """The latent of another SAE (rows of `other_GD`) closest in decoder direction, and the cosine."""
+def closest(dirs_FD: torch.Tensor, other_GD: torch.Tensor, latent: int, alive_G: torch.Tensor | None = None) -> tuple[int, float]:
+    """The latent of another SAE (rows of `other_GD`; among its alive ones, given `alive_G`) closest
+    in decoder direction, and the cosine."""
     cos_G = other_GD @ dirs_FD[latent]
+    if alive_G is not None and bool(alive_G.any()):
+        cos_G = cos_G.masked_fill(~alive_G.bool(), -torch.inf)
     g = int(cos_G.argmax())
     return g, float(cos_G[g])
 

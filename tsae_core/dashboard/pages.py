@@ -144,7 +144,7 @@ def feature_page(sae: str, f: dict[str, Any], pages: dict[str, set[int]], run: s
             f"{contexts_html(f['top'], scale, 'this latent did not fire on the evaluated tokens')}"
             f"<h2>Samples by activation quantile</h2>{quantiles or '<p class=muted>none</p>'}"
             f"<h2>Decoder neighbours</h2><div class=cols><table><tr><th class=l>in {escape(sae)}</th><th>cosine</th></tr>{neighbours}</table>"
-            f"<table><tr><th class=l>closest in every other SAE</th><th>cosine</th></tr>{others}</table></div>{logits}")
+            f"<table><tr><th class=l>closest alive feature in every other SAE</th><th>cosine</th></tr>{others}</table></div>{logits}")
     return page(f"{sae} #{f['latent']} · {run}", body, nav)
 
 
@@ -189,7 +189,7 @@ def run_index(run: str, source: str, saes: list[dict[str, Any]], baseline: str, 
             f"<h2>Pages</h2><ul><li>Each SAE's name opens its sortable index of every alive latent; the latents with a page "
             f"are a seeded random sample of its alive latents, plus the ones matched on the concept page.</li>"
             f"<li><a href=\"concepts.html\">Concepts side by side</a>: sampled features of the baseline ({escape(baseline)}) "
-            f"beside the closest feature (decoder cosine) of every other SAE.</li>"
+            f"beside the closest alive feature (decoder cosine) of every other SAE.</li>"
             f"<li><a href=\"rate.html\">Blind rating</a>: {n_pairs} pairs of features, names hidden; rate, download the "
             f"JSON, then <code>tsae ratings runs/{escape(run)} FILE</code>.</li></ul>"
             f"<h2>Reading a feature page</h2><p class=small>Mean lag-1 over alive latents; its control shuffles the "
@@ -215,7 +215,7 @@ def concepts_page(run: str, baseline: str, order: list[str], concepts: list[dict
                          f"{fmt(f['lag1'])} · rate {fmt(f['frequency'], 4)}</span>{contexts_html(f['top'][:2], scale)}</td>")
         rows.append(f"<tr>{''.join(cells)}</tr>")
     body = (f"<h1>Concepts side by side</h1><p class=small>Each row starts from a randomly sampled feature of the baseline "
-            f"<b>{escape(baseline)}</b>; every other column shows the feature of that SAE whose decoder direction is closest "
+            f"<b>{escape(baseline)}</b>; every other column shows the alive feature of that SAE whose decoder direction is closest "
             f"(cosine given). A high cosine with different contexts means the SAEs split the concept differently.</p>"
             f"<div style='overflow-x:auto'><table class=concepts><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table></div>")
     return page(f"concepts · {run}", body, f'<nav><a href="index.html">{escape(run)}</a></nav>')
