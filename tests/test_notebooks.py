@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from tsae_core.config import project_root
+from tsae_core.runner import STAGES
 
 NOTEBOOKS = sorted((project_root() / "notebooks").glob("0*.py"))
 KERNELSPEC = {"name": "python3", "display_name": "Python 3", "language": "python"}
@@ -25,7 +26,7 @@ def _generate(script: Path, out_dir: Path) -> Path:
 
 
 def test_every_generated_notebook_carries_its_kernelspec(tmp_path):
-    assert len(NOTEBOOKS) == 6
+    assert [p.stem for p in NOTEBOOKS] == [s.notebook for s in STAGES], "one notebook per stage, in order"
     for script in NOTEBOOKS:
         meta = json.loads(_generate(script, tmp_path).read_text())["metadata"]
         assert meta.get("kernelspec") == KERNELSPEC, script.name
