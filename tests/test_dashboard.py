@@ -221,7 +221,7 @@ def test_a_feature_page_shows_its_contexts_and_profiles(lm_dashboard):
     cfg, manifest, store = lm_dashboard
     name, latent = "consistency", manifest["saes"]["consistency"]["pages"][0]
     html = _text(cfg.run_dir / "dashboard" / name / f"{latent}.html")
-    for panel in ("activation histogram", "activation along the top contexts", "autocorrelation by lag", "run lengths",
+    for panel in ("activation histogram", "activation along the top 5 contexts", "autocorrelation by lag", "run lengths",
                   "position profile", "Top-activating contexts", "Samples by activation quantile", "Decoder neighbours",
                   "closest alive feature in every other SAE", "Logit effects", "lag-1 autocorrelation", "cluster:"):
         assert panel in html, panel

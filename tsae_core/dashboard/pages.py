@@ -118,9 +118,9 @@ def feature_page(sae: str, f: dict[str, Any], pages: dict[str, set[int]], run: s
         for i, c in enumerate(f["top"][:5]):
             pad = offsets.index(-c["marked"])
             values = [None] * pad + c["activations"] + [None] * (len(offsets) - pad - len(c["activations"]))
-            series.append(Series(f"context {i + 1}", values[: len(offsets)], "line",
+            series.append(Series(f"#{i + 1}", values[: len(offsets)], "line",
                                  ["#1f6fb2", "#d9822b", "#2f9e44", "#8e44ad", "#c0392b"][i]))
-        charts.insert(1, chart(offsets, series, "activation along the top contexts", "tokens from the marked one", "activation"))
+        charts.insert(1, chart(offsets, series, "activation along the top 5 contexts", "tokens from the marked one", "activation"))
 
     quantiles = "".join(
         f'<div class="qbin">activations {fmt(q["lo"])} – {fmt(q["hi"])}</div>{contexts_html(q["contexts"], scale)}'
