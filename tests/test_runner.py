@@ -42,6 +42,9 @@ def test_full_run_leaves_every_artifact(ci_run):
         executed = json.loads((run / "notebooks" / f"{nb}.ipynb").read_text())
         assert executed["metadata"]["papermill"]["parameters"]["params"].endswith("ci.yaml")
         assert not any(o.get("output_type") == "error" for c in executed["cells"] for o in c.get("outputs", []))
+    dashboard = read_json(run / "dashboard" / "manifest.json")
+    page = (run / "dashboard" / "topk" / f"{dashboard['saes']['topk']['pages'][0]}.html").read_text()
+    assert "true feature:" in page and "true feature (scaled)" in page, "a synthetic feature page names its true feature"
     for fig in FIGURES:
         png = out / "figures" / "ci" / f"{fig}.png"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000

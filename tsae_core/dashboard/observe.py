@@ -18,7 +18,7 @@ For each latent that gets a page, its activation on every evaluated token is kep
 A context is the window of `before` tokens before and `after` after the marked token, cut at the
 edges of its document, with the token strings (`token_strings`) and the latent's activation on each;
 on a synthetic source, with no tokens, the window carries the positions and the activation of the
-true feature the latent matches.
+true feature the latent matches, scaled to the latent's peak in the window (its shape is what counts).
 """
 
 from __future__ import annotations
@@ -173,7 +173,9 @@ def context(obs: Observed, column: int, w: Window, tokenizer: Any = None, truth_
     else:
         out["positions"] = list(range(w.lo, w.hi))
     if truth_g is not None and obs.true_codes_BTG is not None:
-        out["truth"] = [round(float(a), 4) for a in obs.true_codes_BTG[w.b, w.lo:w.hi, truth_g]]
+        true = obs.true_codes_BTG[w.b, w.lo:w.hi, truth_g]
+        scale = float(acts.max()) / float(true.abs().max()) if float(true.abs().max()) > 0 and float(acts.max()) > 0 else 1.0
+        out["truth"] = [round(float(a) * scale, 4) for a in true]  # scaled to the latent's peak in the window
     return out
 
 

@@ -48,9 +48,9 @@ def context_html(ctx: dict[str, Any], scale: float) -> str:
     if "tokens" not in ctx:
         series = [Series("latent", acts, "line", COLOURS["data"])]
         if "truth" in ctx:
-            series.append(Series("true feature", ctx["truth"], "dashed", COLOURS["truth"]))
+            series.append(Series("true feature (scaled)", ctx["truth"], "dashed", COLOURS["truth"]))
         x = ctx["positions"]
-        return (f'<div class="ctx"><span class="v">{fmt(ctx["activation"])}</span> at position {x[ctx["marked"]]}'
+        return (f'<div class="ctx"><span class="v">{fmt(ctx["activation"])}</span> at position {x[ctx["marked"]]} of the context'
                 f'<br>{chart(x, series, "", "position", "activation", width=420, height=110)}</div>')
     spans = []
     for i, (tok, a) in enumerate(zip(ctx["tokens"], acts)):
