@@ -210,18 +210,19 @@ def _metrics(r: _Run, n: str) -> dict[str, Any]:
 
 
 def _overview(r: _Run, n: str, obs: ob.Observed) -> dict[str, Any]:
-    alive = r.latents[n]["alive"].numpy()
-    lag1, control = obs.index["lag1"][alive], obs.index["lag1_control"][alive]
-    return {"name": n, **_metrics(r, n), "alive": int(alive.sum()), "pages": len(obs.pages),
-            "lag1": _finite(np.nanmean(lag1)) if alive.any() else None,
-            "lag1_control": _finite(np.nanmean(control)) if alive.any() else None}
+    """The run index's row: the eval's own numbers (the whole eval split, as in the figures)."""
+    temporal = r.evals[n].get("temporal", {})
+    return {"name": n, **_metrics(r, n), "alive": int(r.latents[n]["alive"].sum()), "pages": len(obs.pages),
+            "lag1": temporal.get("autocorr_lag1_mean"), "lag1_control": temporal.get("autocorr_lag1_doc_shuffled_mean")}
 
 
 def _summary(r: _Run, n: str) -> str:
     m, alive = _metrics(r, n), int(r.latents[n]["alive"].sum())
     F = r.saes[n].cfg.d_sae
     return (f"{alive} of {F} latents alive on the eval split (dead ones are not listed); explained variance "
-            f"{pg.fmt(m['ev'])}, L0 {pg.fmt(m['l0'], 1)}; {'healthy' if m['healthy'] else 'UNHEALTHY'}.")
+            f"{pg.fmt(m['ev'])}, L0 {pg.fmt(m['l0'], 1)}; {'healthy' if m['healthy'] else 'UNHEALTHY'}. Firing rate, lag-1 "
+            f"and run length below are measured on the first {r.cfg.dashboard.max_sequences} eval sequences "
+            f"(dashboard.max_sequences); position η² and redundancy come from the evaluation.")
 
 
 def _source(cfg: Any) -> str:
