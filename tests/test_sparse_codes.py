@@ -1,8 +1,12 @@
-"""The sparse training path of the TopK family equals the dense one: outputs, losses and gradients."""
+"""The sparse training path of the TopK family equals the dense one: outputs, losses and gradients.
+
+The equality tests run on the CPU; `TSAE_TEST_DEVICE=cuda` runs them on a GPU instead (the GPU check
+in the README), where the CSR product and the embedding bag take CUDA's kernels."""
 
 from __future__ import annotations
 
 import copy
+import os
 
 import pytest
 import torch
@@ -12,12 +16,13 @@ from tsae_core.sae import LossContext, SAEConfig, build_sae
 from tsae_core.sparse_codes import MIN_SPARSE_LATENTS, SparseCodes, decode, regular_offsets, use_sparse_path
 
 D, F, K = 24, 96, 4
+DEVICE = torch.device(os.environ.get("TSAE_TEST_DEVICE", "cpu"))
 
 
 def _pair(activation: str, architecture: str = "standard", options: dict | None = None, dtype=torch.float64, aux_k: int = 8):
     cfg = SAEConfig(architecture=architecture, activation=activation, d_in=D, d_sae=F, k=K, aux_k_coefficient=1 / 32, aux_k=aux_k,
                     activation_scaling_factor=0.7, options=options or {})
-    dense = build_sae(cfg).to(dtype)
+    dense = build_sae(cfg).to(DEVICE, dtype)
     dense.reset_parameters(torch.Generator().manual_seed(1), b_dec=0.1 * torch.randn(D, generator=torch.Generator().manual_seed(2)))
     with torch.no_grad():
         dense.b_enc.copy_(0.05 * torch.randn(F, generator=torch.Generator().manual_seed(3)))
@@ -36,11 +41,11 @@ def _batch(dtype=torch.float64):
     doc_start = torch.zeros(3, 10, dtype=torch.bool)
     doc_start[:, 0] = True
     doc_start[1, 6] = True
-    return x, mask, doc_start
+    return x.to(DEVICE), mask.to(DEVICE), doc_start.to(DEVICE)
 
 
 def _step(sae, x, mask, doc_start):
-    dead = torch.zeros(F, dtype=torch.bool)
+    dead = torch.zeros(F, dtype=torch.bool, device=DEVICE)
     dead[: F // 3] = True  # AuxK at work on a third of the latents
     out = sae(x, mask, doc_start)
     terms = sae.loss_terms(out, LossContext(mask, doc_start, 1.0, dead, step=0, seed=0))
@@ -98,10 +103,10 @@ def test_batchtopk_sparse_keeps_masked_tokens_out():
 
 
 def test_sparse_decode_is_a_sum_of_decoder_rows():
-    W = torch.randn(F, D, dtype=torch.float64)
-    cols = torch.tensor([3, 7, 7, 50, 0, 95], dtype=torch.long)
-    values = torch.tensor([1.0, 2.0, -1.0, 0.5, 3.0, 0.25], dtype=torch.float64)
-    codes = SparseCodes(values, cols, regular_offsets(3, 2, torch.device("cpu")), F)
+    W = torch.randn(F, D, dtype=torch.float64, device=DEVICE)
+    cols = torch.tensor([3, 7, 7, 50, 0, 95], dtype=torch.long, device=DEVICE)
+    values = torch.tensor([1.0, 2.0, -1.0, 0.5, 3.0, 0.25], dtype=torch.float64, device=DEVICE)
+    codes = SparseCodes(values, cols, regular_offsets(3, 2, DEVICE), F)
     expected = torch.stack([W[3] + 2 * W[7], -W[7] + 0.5 * W[50], 3 * W[0] + 0.25 * W[95]])
     torch.testing.assert_close(decode(codes, W), expected)
     torch.testing.assert_close(codes.dense() @ W, expected)
@@ -143,7 +148,7 @@ def test_training_statistics_from_the_kept_codes_equal_the_dense_ones(activation
         fired_s, active_s = firing(out_s, mask)
     assert out_s.codes is not None
     assert torch.equal(fired_s, fired_d) and fired_d.any() and not fired_d.all()
-    assert active_s == active_d == int((out_s.features[mask] > 0).sum())
+    assert int(active_s) == int(active_d) == int((out_s.features[mask] > 0).sum())
 
 
 @pytest.mark.parametrize("activation", ["topk", "batchtopk"])
@@ -154,9 +159,9 @@ def test_sparse_path_under_bf16_autocast(activation):
     x, mask, doc_start = _batch(torch.float32)
     grads = {}
     for sae in (dense, sparse):
-        dead = torch.zeros(F, dtype=torch.bool)
+        dead = torch.zeros(F, dtype=torch.bool, device=DEVICE)
         dead[: F // 3] = True
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autocast(DEVICE.type, dtype=torch.bfloat16):
             out = sae(x, mask, doc_start)
             terms = sae.loss_terms(out, LossContext(mask, doc_start, 1.0, dead, step=0, seed=0))
         sae.zero_grad(set_to_none=True)

@@ -41,6 +41,7 @@ from tsae_core.config import ExperimentConfig, Instance
 from tsae_core.imported import import_variant, source_digest, source_folder
 from tsae_core.interrupts import Interrupted, StepInterrupt
 from tsae_core.io import DiskFull, is_disk_full
+from tsae_core.prefetch import Prefetched
 from tsae_core.sae import (
     PENALISED,
     SAE,
@@ -57,6 +58,7 @@ from tsae_core.sparse_codes import use_sparse_path
 from tsae_core.target_l0 import DEFAULT_RATE, SparsityController
 
 CALIBRATION_BATCHES = 16
+PREFETCH_BATCHES = 2  # batches read ahead on a GPU (none on the CPU, where the thread would share its cores)
 """Batches used after training to fix inference statistics (batchtopk's threshold)."""
 
 
@@ -116,24 +118,26 @@ class DeadLatentTracker:
 
     def update_fired(self, fired_F: torch.Tensor, n_tokens: int) -> None:
         self.tokens_since_fired_F += n_tokens
-        self.tokens_since_fired_F[fired_F] = 0
+        self.tokens_since_fired_F.masked_fill_(fired_F, 0)  # no host sync on a GPU, unlike a boolean index
 
     @property
     def dead_F(self) -> torch.Tensor:
         return self.tokens_since_fired_F >= self.threshold
 
 
-def firing(out: Any, mask_BT: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """(F,) which latents fired on the batch's counted tokens, and how many codes were active there.
+def firing(out: Any, mask_BT: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(F,) which latents fired on the batch's counted tokens, and how many codes were active there
+    (a 0-d tensor on the codes' device: reading it is left to whoever needs the number, so a GPU
+    step does not wait on it).
 
     On the sparse path they come from the kept codes alone, without reading the (N, F) code tensor."""
     codes = out.codes
-    if codes is None:
-        on_NF = out.features.detach()[mask_BT] > 0
-        return on_NF.any(0), int(on_NF.sum())
+    if codes is None:  # float passes: about 3x faster than a boolean gather of the counted tokens
+        kept_NF = (torch.relu(out.features.detach()) * mask_BT.unsqueeze(-1)).flatten(0, -2)
+        return kept_NF.amax(0) > 0, torch.count_nonzero(kept_NF)
     on_E = (codes.values.detach() > 0) & mask_BT.reshape(-1)[codes.rows()]
     fired_F = torch.zeros(codes.n_latents, dtype=torch.bool, device=on_E.device).index_fill_(0, codes.cols[on_E], True)
-    return fired_F, int(on_E.sum())
+    return fired_F, on_E.sum()
 
 
 def variant_train_hash(cfg: ExperimentConfig, name: str, data_hash: str) -> str:
@@ -277,11 +281,12 @@ def train_variant(cfg: ExperimentConfig, name: str, store: Any, run_dir: Path, p
     main = distributed.is_main()
     if main:
         truncate_curves(paths.curves, start if start else -1)
+    batches = Prefetched(loader, device, ahead=PREFETCH_BATCHES if device.type == "cuda" else 0)
 
     def checkpoint(step: int) -> None:
         if main:
             save_checkpoint(paths, step, {
-                "train_hash": train_hash, "sae": sae.state_dict(), "optimizer": opt.state_dict(), "loader": loader.state_dict(),
+                "train_hash": train_hash, "sae": sae.state_dict(), "optimizer": opt.state_dict(), "loader": batches.state_dict(),
                 "tokens_since_fired": tracker.tokens_since_fired_F.cpu(), "variant_state": sae.training_state(),
                 "controller": controller.state_dict() if controller else None})
 
@@ -291,42 +296,43 @@ def train_variant(cfg: ExperimentConfig, name: str, store: Any, run_dir: Path, p
     last_record: dict[str, Any] = {}
     t0, tokens_since_log = time.perf_counter(), 0
     curves = paths.curves.open("a") if main else contextlib.nullcontext()
-    with curves as curves_file, StepInterrupt() as interrupt, tf32_matmuls(device):
-        for step in range(start, tc.steps):
-            batch = next(loader).to(device)
-            lr_now = lr * lr_multiplier(step, tc.steps, tc.warmup_steps, tc.decay_fraction)
-            for group in opt.param_groups:
-                group["lr"] = lr_now * group.get("lr_multiplier", 1.0)
-            ctx = LossContext(batch.mask_BT, batch.doc_start_BT, sparsity_scale(step, tc.steps, tc.sparsity_warmup_fraction),
-                              tracker.dead_F, step=step, seed=inst.seed,
-                              penalty_coefficient=controller.coefficient if controller else None)
-            out, terms = training_step(sae, opt, batch, ctx, tc.grad_clip, autocast,
-                                       on_nonfinite=lambda terms, g, step=step: _diverged(name, step, terms, g, paths))
+    with batches:  # the read-ahead thread, if any, ends with the training, however it ends
+        with curves as curves_file, StepInterrupt() as interrupt, tf32_matmuls(device):
+            for step in range(start, tc.steps):
+                batch = next(batches)
+                lr_now = lr * lr_multiplier(step, tc.steps, tc.warmup_steps, tc.decay_fraction)
+                for group in opt.param_groups:
+                    group["lr"] = lr_now * group.get("lr_multiplier", 1.0)
+                ctx = LossContext(batch.mask_BT, batch.doc_start_BT, sparsity_scale(step, tc.steps, tc.sparsity_warmup_fraction),
+                                  tracker.dead_F, step=step, seed=inst.seed,
+                                  penalty_coefficient=controller.coefficient if controller else None)
+                out, terms = training_step(sae, opt, batch, ctx, tc.grad_clip, autocast,
+                                           on_nonfinite=lambda terms, g, step=step: _diverged(name, step, terms, g, paths))
 
-            fired_F, active_codes = firing(out, batch.mask_BT)
-            counts = distributed.BatchCounts.of(fired_F, active_codes, int(batch.mask_BT.sum()), interrupt.requested)
-            tracker.update_fired(counts.fired_F, counts.n_tokens)
-            if controller:
-                controller.update(step, counts.l0())
-            tokens_since_log += counts.n_tokens
-            done = step + 1
-            if done % tc.log_every == 0 or done == tc.steps:
-                elapsed = max(time.perf_counter() - t0, 1e-9)
-                last_record = _record(done, terms, out, batch, counts, tracker, lr_now, ctx, tokens_since_log / elapsed, tc)
-                if main:
-                    _append_line(curves_file, paths.curves, json.dumps(last_record))
-                bar.set_postfix(loss=f"{last_record['loss']:.3g}", l0=f"{last_record['l0']:.1f}", dead=f"{last_record['dead_fraction']:.2f}")
-                t0, tokens_since_log = time.perf_counter(), 0
-            if (tc.checkpoint_every and done % tc.checkpoint_every == 0 and done < tc.steps) or (counts.stop and done < tc.steps):
-                checkpoint(done)
-            bar.update(1)
-            if counts.stop and done < tc.steps:
-                bar.close()
-                distributed.barrier()  # rank 0's checkpoint is on disk before any process exits
-                raise Interrupted(f"training of {name} interrupted at step {done} of {tc.steps}; a checkpoint was saved "
-                                  f"there, rerun to resume from step {done}")
-    bar.close()
-    sae.calibrate([next(loader).to(device) for _ in range(CALIBRATION_BATCHES)])
+                fired_F, active_codes = firing(out, batch.mask_BT)
+                counts = distributed.BatchCounts.of(fired_F, active_codes, batches.counted_tokens, interrupt.requested)
+                tracker.update_fired(counts.fired_F, counts.n_tokens)
+                if controller:
+                    controller.update(step, counts.l0())
+                tokens_since_log += counts.n_tokens
+                done = step + 1
+                if done % tc.log_every == 0 or done == tc.steps:
+                    elapsed = max(time.perf_counter() - t0, 1e-9)
+                    last_record = _record(done, terms, out, batch, counts, tracker, lr_now, ctx, tokens_since_log / elapsed, tc)
+                    if main:
+                        _append_line(curves_file, paths.curves, json.dumps(last_record))
+                    bar.set_postfix(loss=f"{last_record['loss']:.3g}", l0=f"{last_record['l0']:.1f}", dead=f"{last_record['dead_fraction']:.2f}")
+                    t0, tokens_since_log = time.perf_counter(), 0
+                if (tc.checkpoint_every and done % tc.checkpoint_every == 0 and done < tc.steps) or (counts.stop and done < tc.steps):
+                    checkpoint(done)
+                bar.update(1)
+                if counts.stop and done < tc.steps:
+                    bar.close()
+                    distributed.barrier()  # rank 0's checkpoint is on disk before any process exits
+                    raise Interrupted(f"training of {name} interrupted at step {done} of {tc.steps}; a checkpoint was saved "
+                                      f"there, rerun to resume from step {done}")
+        bar.close()
+        sae.calibrate([next(batches) for _ in range(CALIBRATION_BATCHES)])
     distributed.sync_buffers(sae)  # BatchTopK: the mean of the ranks' calibrated thresholds
 
     training = {

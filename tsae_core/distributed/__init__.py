@@ -273,27 +273,28 @@ def sync_buffers(module: torch.nn.Module) -> None:
 @dataclass
 class BatchCounts:
     """A step's counts over the whole batch (every rank's share): the latents that fired, the counted
-    tokens, the active codes, and whether any rank was asked to stop (Ctrl-C)."""
+    tokens, the active codes (a 0-d tensor, read only when a number is asked for), and whether any
+    rank was asked to stop (Ctrl-C)."""
 
     fired_F: torch.Tensor
     n_tokens: int
     stop: bool
-    active_codes: int
+    active_codes: torch.Tensor
 
     @classmethod
-    def of(cls, fired_F: torch.Tensor, active_codes: int, n_tokens: int, stop: bool) -> BatchCounts:
+    def of(cls, fired_F: torch.Tensor, active_codes: torch.Tensor, n_tokens: int, stop: bool) -> BatchCounts:
         """From this rank's firing latents and active codes over its counted tokens."""
         if not active():
             return cls(fired_F, n_tokens, stop, active_codes)
         device = fired_F.device
-        counts = torch.cat([fired_F.long(), torch.as_tensor([active_codes, n_tokens, int(stop)], device=device)])
+        counts = torch.cat([fired_F.long(), active_codes.reshape(1).long(), torch.as_tensor([n_tokens, int(stop)], device=device)])
         all_reduce(counts)
-        active_codes, total, stops = counts[-3:].tolist()
-        return cls(counts[:-3] > 0, int(total), stops > 0, int(active_codes))
+        total, stops = counts[-2:].tolist()
+        return cls(counts[:-3] > 0, int(total), stops > 0, counts[-3])
 
     def l0(self) -> float:
         """Mean active codes per counted token (0 without tokens)."""
-        return self.active_codes / self.n_tokens if self.n_tokens else 0.0
+        return float(self.active_codes) / self.n_tokens if self.n_tokens else 0.0
 
 
 def fraction_unexplained(x_ND: torch.Tensor, recon_ND: torch.Tensor, mask_N: torch.Tensor) -> float:
