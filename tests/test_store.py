@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 from pathlib import Path
 
 import pytest
@@ -161,6 +162,46 @@ def test_resumed_loader_matches_uninterrupted(tmp_path: Path) -> None:
     resumed = split.loader(5, seed=4, shards_in_memory=2)
     resumed.load_state_dict(state)
     assert [_ids(next(resumed)) for _ in range(13)] == expected[7:]
+
+
+@pytest.mark.parametrize("ahead", [0, 2])
+def test_prefetched_batches_and_state_follow_the_loader(tmp_path: Path, ahead: int) -> None:
+    """Read ahead in a thread (ahead 2, as on a GPU) or not, the batches are the loader's, in its order,
+    and the state names the batch after the last one taken, not the last one read ahead, so a
+    checkpoint taken mid-way resumes where training was."""
+    from tsae_core.prefetch import Prefetched
+
+    split = _indexed_store(tmp_path, [10, 10, 10, 10, 7]).split("train")
+    reference = split.loader(5, seed=4, shards_in_memory=2)
+    expected = [_ids(next(reference)) for _ in range(20)]
+    with Prefetched(split.loader(5, seed=4, shards_in_memory=2), torch.device("cpu"), ahead=ahead) as batches:
+        taken = [_ids(next(batches)) for _ in range(7)]
+        state = batches.state_dict()
+        if ahead:  # the thread has read on past what was taken
+            deadline = time.monotonic() + 5
+            while not batches._queue.full() and time.monotonic() < deadline:
+                time.sleep(0.01)
+            # batches 8 and 9 queued, the next epoch's first in the thread's hand
+            assert batches.loader.state_dict() == {"epoch": 1, "batch_in_epoch": 1}
+    assert taken == expected[:7] and state == {"epoch": 0, "batch_in_epoch": 7}
+    resumed = split.loader(5, seed=4, shards_in_memory=2)
+    resumed.load_state_dict(state)
+    assert [_ids(next(resumed)) for _ in range(13)] == expected[7:]
+
+
+def test_prefetch_thread_raises_the_loaders_error_in_the_training_thread(tmp_path: Path, monkeypatch) -> None:
+    from tsae_core.prefetch import Prefetched
+
+    split = _indexed_store(tmp_path, [10, 10, 10, 10, 7]).split("train")
+
+    def corrupt(self, i):
+        raise StoreError(f"shard {i} is corrupt; delete the store and harvest again")
+
+    monkeypatch.setattr(store_mod.StoreSplit, "read_shard", corrupt)
+    with Prefetched(split.loader(5, seed=4), torch.device("cpu"), ahead=2) as batches:
+        with pytest.raises(StoreError, match="corrupt; delete the store"):
+            next(batches)
+    assert not batches._thread.is_alive()
 
 
 def test_loader_parts_cut_each_batch_into_disjoint_shares(tmp_path: Path) -> None:

@@ -38,7 +38,7 @@ class SequenceBatch:
         def move(t: torch.Tensor | None, cast: bool = False) -> torch.Tensor | None:
             if t is None:
                 return None
-            if pinned and t.device.type == "cpu":
+            if pinned and t.device.type == "cpu" and not t.is_pinned():
                 t = t.pin_memory()
             return t.to(device=device, dtype=dtype if cast and dtype is not None else t.dtype, non_blocking=pinned)
 
@@ -51,6 +51,10 @@ class SequenceBatch:
             tokens_BT=move(self.tokens_BT),
             true_codes_BTG=move(self.true_codes_BTG, cast=True),
         )
+
+    def pinned(self) -> SequenceBatch:
+        """The batch in page-locked host memory, ready for an asynchronous copy to a GPU."""
+        return SequenceBatch(**{f.name: _apply(getattr(self, f.name), torch.Tensor.pin_memory) for f in fields(self)})
 
     def slice(self, lo: int, hi: int) -> SequenceBatch:
         """Sequences lo..hi-1 of the batch."""
