@@ -65,3 +65,15 @@ def test_data_path_reports_harvest_and_loader_against_their_bounds(tmp_path):
                           ("loader", "read"), ("loader", "loader")}
     assert lines[("harvest", "bare")][-1] == "1.00" and lines[("loader", "read")][-1] == "1.00"
     assert all(float(v[-2]) > 0 for v in lines.values())
+
+
+def test_train_loop_reports_loader_bare_step_and_loop(tmp_path):
+    """The whole training loop, the bare step and the loader, each a positive rate, against the bare step."""
+    out = tmp_path / "loop.json"
+    cmd = [sys.executable, "benchmarks/train_loop.py", "--d-in", "16", "--d-sae", "64", "--batch-sequences", "4",
+           "--steps", "20", "--log-every", "5", "--json", str(out)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": "."})
+    assert done.returncode == 0, done.stderr[-2000:]
+    rates = json.loads(out.read_text())["tokens_per_s"]
+    assert set(rates) == {"loader", "bare step", "train loop"} and all(v > 0 for v in rates.values())
+    assert "x bare step" in done.stdout and "train loop" in done.stdout
