@@ -55,9 +55,17 @@ class RunConfig:
     """Directory holding runs, relative to the project root unless absolute."""
     device: str = "auto"
     """`auto` (CUDA when available, else CPU), `cpu`, `cuda` or `cuda:N`."""
+    expected_unhealthy: dict[str, str] = field(default_factory=dict)
+    """Variants this run expects the health verdict to flag, each with the reason (a known failure kept
+    in the comparison on purpose, e.g. the L1 SAE at a low L0 on a model whose token norms vary
+    widely, or a control built to smooth). They are still evaluated, flagged and printed as unhealthy,
+    with the reason; only they do not make the exit status 3. One that turns out healthy is said so."""
 
     def __post_init__(self) -> None:
         check_plain_name(self.name, "run.name")
+        for name, why in self.expected_unhealthy.items():
+            _check(isinstance(why, str) and why.strip() != "", f"run.expected_unhealthy.{name}",
+                   "give the reason this SAE is expected to be unhealthy (a sentence), not an empty value")
         _check(len(set(self.seeds)) == len(self.seeds), "run.seeds", f"must not repeat a seed, got {self.seeds}")
         _check(
             self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
@@ -660,6 +668,9 @@ class ExperimentConfig:
             check_plain_name(name, f"variants.{name}")
         for name in self.sweep:
             check_plain_name(name, f"sweep.{name}")
+        for name in self.run.expected_unhealthy:
+            _check(name in self.variants, f"run.expected_unhealthy.{name}",
+                   f"names no variant of this run; variants: {', '.join(self.variants)}")
         _check(self.autointerp.control_run != self.run.name, "autointerp.control_run",
                f"names this run ({self.run.name!r}); name the run trained on the randomly initialised model")
         for what, base, key in (("run", self.run.out_dir, "run.out_dir"), ("figures", self.plot.figures_dir, "plot.figures_dir")):

@@ -8,7 +8,8 @@ papermill (kernel `python3`); the executed copy is kept in `runs/<run>/notebooks
 notebook, package code, parameters and input files are unchanged since its last success, and whose
 outputs are all there and intact, is skipped; a stage whose inputs are stale or damaged is refused
 with the command that repairs them. The summary gives each SAE's health verdict; an unhealthy or
-failed SAE makes the exit status 3 unless `--allow-unhealthy`.
+failed SAE makes the exit status 3 unless `--allow-unhealthy`, or unless the params file expects it
+(`run.expected_unhealthy`, with the reason, which the summary prints beside the verdict).
 
 Exit status: 0 done, 1 a stage failed (or the directory is locked, or the disk is full), 2 invalid
 parameters, 3 an SAE is unhealthy, 130 interrupted (Ctrl-C).
@@ -141,6 +142,8 @@ def _check_inputs(stage: Stage, cfg: ExperimentConfig, params: str, out_nb: Path
 
 
 def _print_health(cfg: ExperimentConfig) -> list[str]:
+    """Print each SAE's verdict; returns the unhealthy ones that count against the run, i.e. all but
+    those `run.expected_unhealthy` names with a reason."""
     from tsae_core.stage_outputs import sae_health
 
     verdicts = sae_health(cfg)
@@ -148,10 +151,19 @@ def _print_health(cfg: ExperimentConfig) -> list[str]:
         print("[tsae] health: no SAE evaluated yet (the evaluate stage gives each one a verdict)")
         return []
     print("[tsae] health of each SAE:")
+    counted = []
     for v in verdicts:
+        expected = cfg.run.expected_unhealthy.get(cfg.instance(v.name).variant)
         word = {True: "healthy", False: "UNHEALTHY", None: "-"}[v.healthy]
-        print(f"[tsae]   {v.name:28s} {word}" + ("" if v.healthy or v.healthy is None and v.detail == word else f": {v.detail}"))
-    return [v.name for v in verdicts if v.healthy is False]
+        line = f"[tsae]   {v.name:28s} {word}" + ("" if v.healthy or v.healthy is None and v.detail == word else f": {v.detail}")
+        if expected and v.healthy is False:
+            line += f" (expected, run.expected_unhealthy: {expected})"
+        elif expected and v.healthy:
+            line += " (listed in run.expected_unhealthy, but healthy: the entry can go)"
+        elif v.healthy is False:
+            counted.append(v.name)
+        print(line)
+    return counted
 
 
 def run(params: str, overrides: dict[str, Any], only: list[str], force: bool = False) -> RunOutcome:

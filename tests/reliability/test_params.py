@@ -86,6 +86,16 @@ def test_variant_names_must_be_plain(tmp_path):
         load_config(path)
 
 
+@pytest.mark.parametrize("entry,message", [
+    ({"relu": "L1 at a low L0"}, r"run\.expected_unhealthy\.relu: .*names no variant of this run; variants: topk, contrastive"),
+    ({"topk": ""}, r"run\.expected_unhealthy\.topk: .*give the reason"),
+])
+def test_expected_unhealthy_names_a_variant_with_a_reason(tmp_path, entry, message):
+    path = write_params(tmp_path, run={**TINY["run"], "expected_unhealthy": entry})
+    with pytest.raises(ConfigError, match=message):
+        load_config(path)
+
+
 def test_an_override_may_not_create_a_variant(tmp_path):
     path = write_params(tmp_path)
     with pytest.raises(ConfigError) as e:

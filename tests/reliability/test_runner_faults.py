@@ -134,6 +134,27 @@ def test_unhealthy_eval_verdict_gives_a_nonzero_status(copy, capsys):
     assert _tsae(capsys, params, "--only", "plot", "--allow-unhealthy")[0] == 0
 
 
+def test_expected_unhealthy_sae_is_reported_with_its_reason_and_not_counted(copy, capsys):
+    """`run.expected_unhealthy` keeps a known failure in the comparison: still flagged, with the reason
+    beside the verdict, but only the other unhealthy SAEs set the exit status."""
+    params, cfg = copy
+    healthy_topk = (cfg.run_dir / "eval" / "topk.json").read_text()
+    for name in ("topk", "contrastive"):
+        eval_file = cfg.run_dir / "eval" / f"{name}.json"
+        result = json.loads(eval_file.read_text())
+        result["health"] = {"healthy": False, "problems": ["CE score 0.61 < 0.8"]}
+        eval_file.write_text(json.dumps(result))
+    reason = "run.expected_unhealthy={topk: L1 at L0 32 leaves most tokens silent}"
+    code, out, err = _tsae(capsys, params, "--only", "plot", "--set", reason)
+    assert code == EXIT_UNHEALTHY and "unhealthy SAEs: contrastive (" in err
+    assert f"{'topk':28s} UNHEALTHY: CE score 0.61 < 0.8 (expected, run.expected_unhealthy: L1 at L0 32" in out
+    (cfg.run_dir / "eval" / "topk.json").write_text(healthy_topk)
+    both = "run.expected_unhealthy={topk: known, contrastive: a smoothing control}"
+    code, out, _ = _tsae(capsys, params, "--only", "plot", "--set", both)
+    assert code == 0 and f"{'topk':28s} healthy (listed in run.expected_unhealthy, but healthy: the entry can go)" in out
+    assert "(expected, run.expected_unhealthy: a smoothing control)" in out
+
+
 def test_full_disk_is_one_line_and_truncates_nothing(copy, capsys, monkeypatch):
     params, cfg = copy
     notebook = cfg.run_dir / "notebooks" / "06_plot.ipynb"
