@@ -1,11 +1,12 @@
 """Training batches read ahead in a background thread while the device works on the current one.
 
 On a GPU the loader's host work (gathering sequences across shards, converting, pinning) and the
-copy to the device would otherwise sit between two steps with the device idle; here the copy runs on
-a CUDA stream of its own, and the step waits for it on an event. `Prefetched` yields the loader's batches, in
-the loader's order, moved to the device, and names the loader's state *as of the last batch taken*,
-so a checkpoint resumes exactly where training was, not where the read-ahead was. With `ahead=0`
-it reads synchronously (the CPU path: a thread would compete with training for the same cores).
+copy to the device would otherwise sit between two steps with the device idle; here the copy runs
+on a CUDA stream of its own, and the step waits for it on an event. `Prefetched` yields the loader's
+batches, in the loader's order, moved to the device, and names the loader's state *as of the last
+batch taken*, so a checkpoint resumes exactly where training was, not where the read-ahead was.
+With `ahead=0` it reads synchronously (the CPU path: a thread would compete with training for the
+same cores).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ class Prefetched:
     the loader (a corrupt shard, say) is raised from `next` with its own message."""
 
     def __init__(self, loader: Any, device: torch.device, ahead: int) -> None:
-        self.loader, self.device, self.ahead = loader, device, ahead
+        self.loader, self.device = loader, device
         self._state = loader.state_dict()
         self.counted_tokens = 0  # the counted (non-special) tokens of the last batch taken, read on the host
         self._stop = threading.Event()

@@ -58,8 +58,9 @@ from tsae_core.sparse_codes import use_sparse_path
 from tsae_core.target_l0 import DEFAULT_RATE, SparsityController
 
 CALIBRATION_BATCHES = 16
-PREFETCH_BATCHES = 2  # batches read ahead on a GPU (none on the CPU, where the thread would share its cores)
 """Batches used after training to fix inference statistics (batchtopk's threshold)."""
+PREFETCH_BATCHES = 2
+"""Batches read ahead on a GPU (none on the CPU, where the reading thread would share the training's cores)."""
 
 
 class TrainingDiverged(RuntimeError):
