@@ -19,9 +19,13 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from train_step import _sync, _time_steps  # noqa: E402
 
 
 def _config(args: argparse.Namespace, out_dir: str):
@@ -40,13 +44,6 @@ def _config(args: argparse.Namespace, out_dir: str):
     data["train"] = {**data["train"], "steps": args.steps, "batch_sequences": args.batch_sequences,
                      "log_every": args.log_every, "checkpoint_every": 0}
     return config_from_dict(data, origin=f"{args.params} (benchmark)")
-
-
-def _sync(device) -> None:
-    import torch
-
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def _loader_rate(cfg, store, device, batches: int) -> float:
@@ -80,17 +77,13 @@ def _bare_step_rate(cfg, name, store, device, steps: int) -> float:
     def fail(terms, grad_norm):
         raise RuntimeError("non-finite step in the benchmark")
 
+    def step(i: int) -> None:
+        ctx = LossContext(batch.mask_BT, batch.doc_start_BT, 1.0, dead, step=i, seed=0)
+        training_step(sae, opt, batch, ctx, cfg.train.grad_clip, autocast, on_nonfinite=fail)
+
     with tf32_matmuls(device):
-        for i in range(steps // 10 + 3):
-            training_step(sae, opt, batch, LossContext(batch.mask_BT, batch.doc_start_BT, 1.0, dead, step=i, seed=0),
-                          cfg.train.grad_clip, autocast, on_nonfinite=fail)
-        _sync(device)
-        t0 = time.perf_counter()
-        for i in range(steps):
-            training_step(sae, opt, batch, LossContext(batch.mask_BT, batch.doc_start_BT, 1.0, dead, step=i, seed=0),
-                          cfg.train.grad_clip, autocast, on_nonfinite=fail)
-        _sync(device)
-    return steps * batch.mask_BT.numel() / (time.perf_counter() - t0)
+        seconds, _ = _time_steps(step, steps, steps // 10 + 3, device)
+    return batch.mask_BT.numel() / seconds
 
 
 def _loop_rate(cfg, name, store) -> float:
