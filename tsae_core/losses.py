@@ -77,11 +77,12 @@ def aux_k(
             local_NK = pre_NF[:, dead_cols].topk(k, dim=-1, sorted=False).indices
         cols = dead_cols[local_NK].flatten()
         offsets = sparse_codes.regular_offsets(pre_NF.shape[0], k, pre_NF.device)
-        values = torch.relu(pick(cols, offsets))
-        if n_dead > AUX_BLOCK_RATIO * k:  # many dead latents: the sparse decoder
+        block = n_dead <= AUX_BLOCK_RATIO * k  # k_aux fill enough of the dead latents that matmuls are faster
+        values = torch.relu(pick(cols, offsets, within=dead_cols if block else None))
+        if not block:  # many dead latents: the sparse decoder
             codes = sparse_codes.SparseCodes(values, cols, offsets, pre_NF.shape[1])
             e_hat_ND = sparse_codes.decode(codes, W_dec_FD)
-        else:  # a dense block over the dead latents: k_aux of them fill enough of it that a matmul is faster
+        else:  # a dense block over the dead latents, for the decoder and the encoder's gradient
             codes_N_dead = torch.zeros(local_NK.shape[0], n_dead, dtype=values.dtype, device=values.device)
             e_hat_ND = codes_N_dead.scatter(-1, local_NK, values.view_as(local_NK)) @ W_dec_FD[dead_cols]
         return scale * reconstruction(residual_ND.detach(), e_hat_ND, mask_N)

@@ -90,7 +90,7 @@ class SAEConfig:
 class SAEOutput:
     """Named forward output. Normalised-space tensors are what the losses use."""
 
-    features: torch.Tensor  # (B, T, F) sparse codes
+    _features: torch.Tensor | None  # (B, T, F) sparse codes, read as `features`; None: made from `codes` when read
     recon: torch.Tensor  # (B, T, D) reconstruction in raw units
     pre_acts: torch.Tensor  # (B, T, F) pre-activations
     x_normalized: torch.Tensor  # (B, T, D) s * x
@@ -100,6 +100,15 @@ class SAEOutput:
     """The sparse path's kept codes in compressed rows (`features` holds them densely); None on the dense path."""
     pick: Pick | None = None
     """The sparse path's differentiable pre-activations at chosen entries (what AuxK reads); None on the dense path."""
+
+    @property
+    def features(self) -> torch.Tensor:
+        """(B, T, F) the codes. The sparse path makes this dense tensor from `codes` only when it is
+        read (a variant's loss on the codes): the base SAE's step never needs it, and its zeros alone
+        cost ~40 ms a step at 4096 tokens x 16384 latents."""
+        if self._features is None:
+            self._features = self.codes.dense().view(*self.pre_acts.shape[:-1], self.codes.n_latents)
+        return self._features
 
 
 @dataclass
@@ -245,13 +254,12 @@ class SAE(nn.Module):
         else:
             pre_NF = self.encode_pre_masked(x_n_BTD, mask_BT, doc_start_BT, position_BT).reshape(B * T, -1)
 
-            def pick(cols: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
-                return pre_NF[sparse_codes.rows_of(offsets), cols]
+            def pick(cols: torch.Tensor, offsets: torch.Tensor, within: torch.Tensor | None = None) -> torch.Tensor:
+                return pre_NF[sparse_codes.rows_of(offsets), cols]  # autograd through the encoder's graph
         codes: SparseCodes = self.activation.sparse(pre_NF, mask_N, pick)
         recon_n = (sparse_codes.decode(codes, self.W_dec) + self.b_dec).view(B, T, D)
         s = self.cfg.activation_scaling_factor
-        return SAEOutput(codes.dense().view(B, T, -1), recon_n / s, pre_NF.view(B, T, -1), x_n_BTD, recon_n,
-                         codes=codes, pick=pick)
+        return SAEOutput(None, recon_n / s, pre_NF.view(B, T, -1), x_n_BTD, recon_n, codes=codes, pick=pick)
 
     # -- losses --------------------------------------------------------------------------------
     def loss_terms(self, out: SAEOutput, ctx: LossContext) -> dict[str, torch.Tensor]:

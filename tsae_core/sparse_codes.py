@@ -22,14 +22,15 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F_nn
 
 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
 
-Pick = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-"""(cols, offsets) -> the differentiable pre-activations at those entries (`linear_picks`)."""
+Pick = Callable[..., torch.Tensor]
+"""(cols, offsets, within=None) -> the differentiable pre-activations at those entries (`linear_picks`)."""
 
 MIN_SPARSE_LATENTS = 2048
 """`auto` takes the sparse path from this many latents on, on CPU. Measured (benchmarks/train_step.py
@@ -76,14 +77,25 @@ def offsets_from_rows(sorted_rows: torch.Tensor, n_rows: int) -> torch.Tensor:
     return torch.cat([counts.new_zeros(1), counts.cumsum(0)])
 
 
+class _Part(NamedTuple):
+    """One pick's entries and their gradient, left for `_EncoderGradient` by `_Pick.backward`."""
+
+    cols: torch.Tensor  # (E,)
+    offsets: torch.Tensor  # (N + 1,)
+    g: torch.Tensor  # (E,)
+    within: torch.Tensor | None  # (C,) the columns every entry lies in, for a dense product over them; or None
+
+
 class _EncoderGradient(torch.autograd.Function):
-    """The linear encoder's gradient from every entry picked from its pre-activations, in one product.
+    """The linear encoder's gradient from every entry picked from its pre-activations.
 
     Its output is a token (a zero scalar) that every `_Pick` takes as input, so autograd runs this
-    backward after all of theirs; each pick leaves (cols, offsets, g) in `parts`. With G the sparse
-    (N, F) matrix of all the picked gradients g (entries picked twice add up):
-    dW_enc = (x_n - b_dec)^T G, a dense-times-sparse product; db_enc = column sums of G;
-    db_dec = -W_enc db_enc, since every row's input is shifted by -b_dec."""
+    backward after all of theirs; each pick leaves a `_Part` in `parts`. With G the (N, F) matrix of
+    all the picked gradients (entries picked twice add up): dW_enc = (x_n - b_dec)^T G,
+    db_enc = column sums of G, db_dec = -W_enc db_enc, since every row's input is shifted by -b_dec.
+    The product is one dense-times-sparse product over the picks' compressed rows, plus, for a pick
+    confined to a few columns (`within`: AuxK's dead latents, of which k_aux fill a good share), a
+    dense product over just those columns: at AuxK's density the dense block is several times faster."""
 
     @staticmethod
     def forward(ctx, parts, x_n_ND, W_enc_DF, b_enc_F, b_dec_D):
@@ -94,51 +106,76 @@ class _EncoderGradient(torch.autograd.Function):
     @staticmethod
     def backward(ctx, _token_grad):
         x_n_ND, W_enc_DF, b_dec_D = ctx.saved_tensors
-        N, F = x_n_ND.shape[0], W_enc_DF.shape[1]
         parts, ctx.parts[:] = list(ctx.parts), []
         if not parts:
             return None, None, None, None, None
-        rows = torch.cat([rows_of(offsets) for _, offsets, _ in parts])
-        order = torch.argsort(rows, stable=True)  # one set of compressed rows from all the picks
-        cols_E = torch.cat([cols for cols, _, _ in parts])[order]
-        g_E = torch.cat([g for _, _, g in parts])[order].to(W_enc_DF.dtype)
         grad_W = grad_b_enc = grad_b_dec = None
         if ctx.needs_input_grad[2]:
-            G = torch.sparse_csr_tensor(offsets_from_rows(rows[order], N), cols_E, g_E, (N, F), check_invariants=False)
-            grad_W = (x_n_ND.to(W_enc_DF.dtype) - b_dec_D).t() @ G
+            x_DN = (x_n_ND.to(W_enc_DF.dtype) - b_dec_D).t()
+            grad_W = _compressed_product(x_DN, [p for p in parts if p.within is None], W_enc_DF.shape[1])
+            for p in parts:
+                if p.within is not None:
+                    grad_W.index_add_(1, p.within, x_DN @ _dense_block(p, x_DN.shape[1], W_enc_DF.shape[1]).to(x_DN.dtype))
         if ctx.needs_input_grad[3] or ctx.needs_input_grad[4]:
-            grad_b_enc = torch.zeros(F, dtype=g_E.dtype, device=g_E.device).index_add_(0, cols_E, g_E)
+            cols_E, g_E = torch.cat([p.cols for p in parts]), torch.cat([p.g for p in parts]).to(W_enc_DF.dtype)
+            grad_b_enc = torch.zeros(W_enc_DF.shape[1], dtype=g_E.dtype, device=g_E.device).index_add_(0, cols_E, g_E)
             if ctx.needs_input_grad[4]:
                 grad_b_dec = -(W_enc_DF @ grad_b_enc)
         return None, None, grad_W, grad_b_enc, grad_b_dec
+
+
+def _compressed_product(x_DN: torch.Tensor, parts: list[_Part], F: int) -> torch.Tensor:
+    """(D, F) x_DN @ G, G the sparse (N, F) matrix of these parts' entries (zeros without any)."""
+    D, N = x_DN.shape
+    if not parts:
+        return x_DN.new_zeros(D, F)
+    if len(parts) == 1:  # already compressed rows
+        offsets, cols_E, g_E = parts[0].offsets, parts[0].cols, parts[0].g
+    else:  # one set of compressed rows from all the parts
+        rows = torch.cat([rows_of(p.offsets) for p in parts])
+        order = torch.argsort(rows, stable=True)
+        offsets = offsets_from_rows(rows[order], N)
+        cols_E, g_E = torch.cat([p.cols for p in parts])[order], torch.cat([p.g for p in parts])[order]
+    G = torch.sparse_csr_tensor(offsets, cols_E, g_E.to(x_DN.dtype), (N, F), check_invariants=False)
+    return x_DN @ G
+
+
+def _dense_block(part: _Part, N: int, F: int) -> torch.Tensor:
+    """(N, C) the part's gradients placed at their rows and their columns' positions in `within`."""
+    position_F = torch.full((F,), -1, dtype=torch.long, device=part.cols.device)
+    position_F[part.within] = torch.arange(part.within.numel(), device=part.cols.device)
+    block = part.g.new_zeros(N, part.within.numel())
+    return block.index_put_((rows_of(part.offsets), position_F[part.cols]), part.g, accumulate=True)
 
 
 class _Pick(torch.autograd.Function):
     """values_e = pre[row_e, col_e], given pre (no graph); the gradient goes to `_EncoderGradient`."""
 
     @staticmethod
-    def forward(ctx, token, parts, pre_NF, cols_E, offsets):
-        ctx.parts = parts
+    def forward(ctx, token, parts, pre_NF, cols_E, offsets, within):
+        ctx.parts, ctx.within = parts, within
         ctx.save_for_backward(cols_E, offsets)
         return pre_NF[rows_of(offsets), cols_E]
 
     @staticmethod
     def backward(ctx, g_E):
         cols_E, offsets = ctx.saved_tensors
-        ctx.parts.append((cols_E, offsets, g_E))
-        return g_E.new_zeros(()), None, None, None, None
+        ctx.parts.append(_Part(cols_E, offsets, g_E, ctx.within))
+        return g_E.new_zeros(()), None, None, None, None, None
 
 
 def linear_picks(pre_NF: torch.Tensor, x_n_ND: torch.Tensor, W_enc_DF: torch.Tensor, b_enc_F: torch.Tensor,
                  b_dec_D: torch.Tensor) -> Pick:
-    """pick(cols, offsets) -> (E,) the pre-activations pre = (x_n - b_dec) W_enc + b_enc at those
-    entries, differentiable; the encoder's gradient from all picks of one batch is one sparse product."""
+    """pick(cols, offsets, within=None) -> (E,) the pre-activations pre = (x_n - b_dec) W_enc + b_enc
+    at those entries, differentiable; the encoder's gradient from all picks of one batch is computed
+    once (`_EncoderGradient`). `within`, the few columns (C,) every entry lies in, makes that pick's
+    share of it a dense product over them."""
     parts: list = []
     token = _EncoderGradient.apply(parts, x_n_ND.detach(), W_enc_DF, b_enc_F, b_dec_D)
     pre_NF = pre_NF.detach()
 
-    def pick(cols_E: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
-        return _Pick.apply(token, parts, pre_NF, cols_E, offsets)
+    def pick(cols_E: torch.Tensor, offsets: torch.Tensor, within: torch.Tensor | None = None) -> torch.Tensor:
+        return _Pick.apply(token, parts, pre_NF, cols_E, offsets, within)
 
     return pick
 
