@@ -61,3 +61,19 @@ def test_batchtopk_training_forward_keeps_k_per_counted_token():
     out = act(pre, mask)
     assert int((out != 0).sum()) == 4 * 40 and bool((out[:10] == 0).all())
     assert torch.equal(out, _flat(torch.relu(pre) * mask[:, None], 4 * 40))
+
+
+@pytest.mark.parametrize("case", ["random", "few_positive", "skewed_row"])
+def test_activation_on_the_shortlist_keeps_what_it_keeps_on_every_entry(case):
+    """ReLU and the token mask applied to each row's shortlist only (what BatchTopK does) keep the
+    entries the flat top-(k N) of relu(pre) x mask keeps."""
+    g = torch.Generator().manual_seed(1)
+    pre = torch.randn(128, 512, generator=g) - (3.0 if case == "few_positive" else 0.0)
+    if case == "skewed_row":
+        pre[5] += 10.0
+    mask = torch.rand(128, generator=g) > 0.2
+    activate = lambda v: torch.relu(v) * mask.unsqueeze(-1)  # noqa: E731
+    n_keep = 8 * int(mask.sum())
+    values, idx = batch_top(pre, n_keep, activate)
+    got = torch.zeros_like(pre).flatten().scatter(0, idx, values).view_as(pre)
+    torch.testing.assert_close(got, _flat(activate(pre), n_keep), rtol=0, atol=0)

@@ -11,6 +11,7 @@ jumprelu   f_i = pre_i * H(pre_i - theta_i) with a learned threshold per latent;
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -44,22 +45,27 @@ CANDIDATES_PER_ROW = 4
 """batch_top's shortlist: each row's CANDIDATES_PER_ROW * (n_keep / rows) largest values."""
 
 
-def batch_top(acts_NF: torch.Tensor, n_keep: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The n_keep largest entries of acts_NF over the whole batch: (values, flat indices), unsorted.
+def batch_top(scores_NF: torch.Tensor, n_keep: int,
+              activate: Callable[[torch.Tensor], torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The n_keep largest entries of acts = activate(scores_NF) over the whole batch: (values, flat
+    indices), unsorted. `activate` maps (N, x) rows to rows and never reverses an order within a row
+    (ReLU, a mask per row; default: none), so it is applied to the shortlist alone, not to all N x F.
 
     Exactly the flat top-n_keep, found faster: each row's top c = CANDIDATES_PER_ROW x (n_keep / N)
     entries form a shortlist, and the batch's top n_keep is taken from it. That is the flat top-n_keep
     unless some row has more than c entries in it, i.e. unless a row's c-th candidate is still kept;
     then (rarely) the flat top-k of the whole batch is taken instead."""
-    N, F = acts_NF.shape
+    activate = activate or (lambda v: v)
+    N, F = scores_NF.shape
     c = min(F, CANDIDATES_PER_ROW * -(-n_keep // max(N, 1)))
     if c >= F or n_keep >= N * c:
-        return acts_NF.flatten().topk(n_keep, sorted=False)
-    cand_values, cand_cols = acts_NF.topk(c, dim=-1, sorted=True)
+        return activate(scores_NF).flatten().topk(n_keep, sorted=False)
+    cand_scores, cand_cols = scores_NF.topk(c, dim=-1, sorted=True)
+    cand_values = activate(cand_scores)
     values, pick = cand_values.flatten().topk(n_keep, sorted=False)
     last, smallest_kept = cand_values[:, -1], values.min()
     if bool(((last > smallest_kept) | ((last == smallest_kept) & (smallest_kept > 0))).any()):
-        return acts_NF.flatten().topk(n_keep, sorted=False)  # a row may hold more than c of the top
+        return activate(scores_NF).flatten().topk(n_keep, sorted=False)  # a row may hold more than c of the top
     rows = torch.div(pick, c, rounding_mode="floor")
     return values, rows * F + cand_cols.flatten()[pick]
 
@@ -83,9 +89,8 @@ class BatchTopK(nn.Module):
         several tokens (a crosscoder's window) passes k times the tokens it holds."""
         if not self.training:
             return pre_NF * (pre_NF > self.threshold).to(pre_NF.dtype)
-        acts_NF = self._masked_acts(pre_NF, mask_N)
-        values, idx = batch_top(acts_NF, self._n_keep(acts_NF, mask_N, budget))
-        out = torch.zeros_like(acts_NF).flatten().scatter(0, idx, values).view_as(acts_NF)
+        values, idx = batch_top(pre_NF, self._n_keep(pre_NF, mask_N, budget), lambda v: self._masked_acts(v, mask_N))
+        out = torch.zeros_like(pre_NF).flatten().scatter(0, idx, values).view_as(pre_NF)
         self._update_threshold(values)
         return out
 
@@ -93,8 +98,7 @@ class BatchTopK(nn.Module):
         """The training-time codes of `forward` in compressed rows, their values from `pick`."""
         N, F = pre_NF.shape
         with torch.no_grad():
-            acts_NF = self._masked_acts(pre_NF, mask_N)
-            values, idx = batch_top(acts_NF, self._n_keep(acts_NF, mask_N, budget))
+            values, idx = batch_top(pre_NF, self._n_keep(pre_NF, mask_N, budget), lambda v: self._masked_acts(v, mask_N))
             self._update_threshold(values)
             idx = idx.sort().values  # compressed rows: entries in row order
             rows, cols = torch.div(idx, F, rounding_mode="floor"), idx % F
@@ -105,17 +109,18 @@ class BatchTopK(nn.Module):
         return SparseCodes(kept, cols, offsets, F)
 
     @staticmethod
-    def _masked_acts(pre_NF: torch.Tensor, mask_N: torch.Tensor | None) -> torch.Tensor:
-        acts_NF = torch.relu(pre_NF)
+    def _masked_acts(pre_NX: torch.Tensor, mask_N: torch.Tensor | None) -> torch.Tensor:
+        """ReLU, and zero on excluded rows: over all N x F pre-activations or a shortlist of each row's."""
+        acts_NX = torch.relu(pre_NX)
         if mask_N is not None:  # excluded tokens take no share of the batch budget
-            m = mask_N.unsqueeze(-1).to(acts_NF.dtype)
-            acts_NF = acts_NF * m if acts_NF.requires_grad else acts_NF.mul_(m)
-        return acts_NF
+            m = mask_N.unsqueeze(-1).to(acts_NX.dtype)
+            acts_NX = acts_NX * m if acts_NX.requires_grad else acts_NX.mul_(m)
+        return acts_NX
 
-    def _n_keep(self, acts_NF: torch.Tensor, mask_N: torch.Tensor | None, budget: int | None) -> int:
-        n_tokens = int(mask_N.sum()) if mask_N is not None else acts_NF.shape[0]
+    def _n_keep(self, pre_NF: torch.Tensor, mask_N: torch.Tensor | None, budget: int | None) -> int:
+        n_tokens = int(mask_N.sum()) if mask_N is not None else pre_NF.shape[0]
         n_keep = self.k * max(n_tokens, 1) if budget is None else max(int(budget), 1)
-        return min(n_keep, acts_NF.numel())
+        return min(n_keep, pre_NF.numel())
 
     def export_tensors(self) -> dict[str, torch.Tensor]:
         return {"threshold": self.threshold}
@@ -133,8 +138,8 @@ class BatchTopK(nn.Module):
         calibrating on final-weight batches makes inference L0 match k."""
         smallest = []
         for pre_NF, mask_N, *budget in pre_batches:
-            acts_NF = self._masked_acts(pre_NF, mask_N)
-            kept = acts_NF.flatten().topk(self._n_keep(acts_NF, mask_N, budget[0] if budget else None), sorted=False).values
+            n_keep = self._n_keep(pre_NF, mask_N, budget[0] if budget else None)
+            kept = batch_top(pre_NF, n_keep, lambda v: self._masked_acts(v, mask_N))[0]
             if (kept > 0).any():
                 smallest.append(kept[kept > 0].min().float())
         if smallest:
