@@ -378,8 +378,8 @@ class SAE(nn.Module):
     def remove_parallel_decoder_grad(self) -> None:
         """Project out the gradient component along each (unit) decoder row before the step."""
         if self.cfg.unit_norm_decoder and self.W_dec.grad is not None:
-            W = self.W_dec
-            self.W_dec.grad -= (self.W_dec.grad * W).sum(-1, keepdim=True) * W
+            W, grad = self.W_dec, self.W_dec.grad  # grad -= (grad . W) W, row-wise, without a full-size temporary
+            grad.addcmul_(torch.linalg.vecdot(grad, W).unsqueeze(-1), W, value=-1)
 
     @torch.no_grad()
     def normalize_decoder(self) -> None:

@@ -215,8 +215,9 @@ class CrosscoderSAE(SAE):
     # -- decoder norms, calibration, directions, reports -----------------------------------------
     @torch.no_grad()
     def remove_parallel_decoder_grad(self) -> None:
-        if self.W_dec.grad is not None:
-            self.W_dec.grad -= (self.W_dec.grad * self.W_dec).sum((1, 2), keepdim=True) * self.W_dec
+        if self.W_dec.grad is not None:  # grad -= (grad . W) W per latent, over its (T, D) block
+            W, grad = self.W_dec, self.W_dec.grad
+            grad.addcmul_(torch.linalg.vecdot(grad.flatten(1), W.flatten(1))[:, None, None], W, value=-1)
 
     @torch.no_grad()
     def normalize_decoder(self) -> None:
