@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from variant_step import _current_rss  # noqa: E402  (imports tsae_core before torch, as training does)
+from variant_step import _current_rss  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 ACTIVATIONS = ("relu", "topk", "batchtopk")

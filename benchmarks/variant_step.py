@@ -26,8 +26,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-import tsae_core  # noqa: E402,F401  before torch, so that steps are timed with the memory setting training has
 
 
 def _d_in(cfg) -> int:

@@ -14,15 +14,6 @@ Public API::
 
 __version__ = "0.1.0"
 
-import os  # noqa: E402
-
-# PyTorch backs CPU tensors of 2 MB and more with transparent huge pages when this is set before its
-# first allocation (pytorch/pytorch#115990). A training step allocates its large (tokens x latents)
-# tensors afresh; with 4 kB pages their page faults were ~15% of a sparse step at 768 x 16384 on CPU.
-# It takes effect where tsae_core is imported before torch (the `tsae` command, the notebooks' kernels,
-# which inherit it); THP_MEM_ALLOC_ENABLE=0 in the environment keeps 4 kB pages.
-os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
-
 from tsae_core.config import ConfigError, ExperimentConfig, load_config  # noqa: E402
 
 __all__ = ["__version__", "ConfigError", "ExperimentConfig", "load_config", "load_sae", "ActivationStore"]
