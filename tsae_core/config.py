@@ -199,7 +199,7 @@ class TrainConfig:
     sparse_codes: Literal["auto", "always", "never"] = "auto"
     """TopK / BatchTopK training through the sparse path (decoder and gradients touch only the kept
     codes; the same result as the dense path to float precision): auto takes it where it is faster
-    (CPU, from 2048 latents on; benchmarks/train_step.py --both-paths)."""
+    (CPU, from 1024 latents on; benchmarks/train_step.py --both-paths)."""
 
     def __post_init__(self) -> None:
         _check(self.steps > 0, "train.steps", "must be > 0")

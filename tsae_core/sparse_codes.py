@@ -7,8 +7,8 @@ forward product has to be dense (every pre-activation competes for the top k). T
     pre     = (x_n - b_dec) W_enc + b_enc            dense, without autograd (2 N d F)
     kept    = the activation's selection              (row pointers, column indices), no gradient
     values  = pre[kept], differentiable               `linear_picks`: the backward touches only the
-                                                      kept columns of W_enc (one sparse product for
-                                                      the codes and AuxK's picks together) and b_enc
+                                                      kept columns of W_enc (a sparse product for the
+                                                      codes, a dense one over AuxK's dead latents) and b_enc
     x_n^    = sum_e values_e W_dec[col_e] + b_dec     `decode`: an embedding bag; its backward
                                                       writes only the kept rows of W_dec
 
@@ -32,10 +32,10 @@ warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta 
 Pick = Callable[..., torch.Tensor]
 """(cols, offsets, within=None) -> the differentiable pre-activations at those entries (`linear_picks`)."""
 
-MIN_SPARSE_LATENTS = 2048
+MIN_SPARSE_LATENTS = 1024
 """`auto` takes the sparse path from this many latents on, on CPU. Measured (benchmarks/train_step.py
---both-paths, 2 cores, k 32, tokens/s sparse / dense): TopK 0.66 at 128 x 512, 0.96 at 128 x 1024,
-1.55 at 128 x 2048, 2.4 at 128 x 4096, 2.6 at 768 x 16384; BatchTopK 0.76, 1.02, 1.47, 1.8, 2.6."""
+--both-paths, 2 cores, k 32, 1024 tokens, tokens/s sparse / dense): TopK 0.96 at 128 x 512, 1.30 at
+128 x 1024, 1.92 at 128 x 2048, 3.3 at 768 x 16384; BatchTopK 0.90, 1.25, 1.65, 3.1."""
 
 
 @dataclass
