@@ -89,7 +89,7 @@ class BatchTopK(nn.Module):
         several tokens (a crosscoder's window) passes k times the tokens it holds."""
         if not self.training:
             return pre_NF * (pre_NF > self.threshold).to(pre_NF.dtype)
-        values, idx = batch_top(pre_NF, self._n_keep(pre_NF, mask_N, budget), lambda v: self._masked_acts(v, mask_N))
+        values, idx = self._select(pre_NF, mask_N, budget)
         out = torch.zeros_like(pre_NF).flatten().scatter(0, idx, values).view_as(pre_NF)
         self._update_threshold(values)
         return out
@@ -98,7 +98,7 @@ class BatchTopK(nn.Module):
         """The training-time codes of `forward` in compressed rows, their values from `pick`."""
         N, F = pre_NF.shape
         with torch.no_grad():
-            values, idx = batch_top(pre_NF, self._n_keep(pre_NF, mask_N, budget), lambda v: self._masked_acts(v, mask_N))
+            values, idx = self._select(pre_NF, mask_N, budget)
             self._update_threshold(values)
             idx = idx.sort().values  # compressed rows: entries in row order
             rows, cols = torch.div(idx, F, rounding_mode="floor"), idx % F
@@ -107,6 +107,10 @@ class BatchTopK(nn.Module):
         if mask_N is not None:
             kept = kept * mask_N[rows].to(kept.dtype)
         return SparseCodes(kept, cols, offsets, F)
+
+    def _select(self, pre_NF: torch.Tensor, mask_N: torch.Tensor | None, budget: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The training-time selection: (values, flat indices) of the batch's top activations."""
+        return batch_top(pre_NF, self._n_keep(pre_NF, mask_N, budget), lambda v: self._masked_acts(v, mask_N))
 
     @staticmethod
     def _masked_acts(pre_NX: torch.Tensor, mask_N: torch.Tensor | None) -> torch.Tensor:
@@ -138,8 +142,7 @@ class BatchTopK(nn.Module):
         calibrating on final-weight batches makes inference L0 match k."""
         smallest = []
         for pre_NF, mask_N, *budget in pre_batches:
-            n_keep = self._n_keep(pre_NF, mask_N, budget[0] if budget else None)
-            kept = batch_top(pre_NF, n_keep, lambda v: self._masked_acts(v, mask_N))[0]
+            kept = self._select(pre_NF, mask_N, budget[0] if budget else None)[0]
             if (kept > 0).any():
                 smallest.append(kept[kept > 0].min().float())
         if smallest:
