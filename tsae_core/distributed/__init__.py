@@ -29,7 +29,9 @@ unused-parameter search; the token weights and the loss terms ride in the same c
 
 from __future__ import annotations
 
+import atexit
 import datetime
+import gc
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -93,12 +95,31 @@ def init(device: str = "auto") -> torch.device:
             dist.init_process_group("cpu:gloo,cuda:nccl", timeout=TIMEOUT, device_id=chosen)
         else:
             dist.init_process_group("gloo", timeout=TIMEOUT)
+        atexit.register(shutdown)  # however the process ends, the group is gone before the interpreter is
     return chosen
 
 
+def finish() -> None:
+    """The last collective of a run that succeeded on every rank: wait for the others, so that no rank
+    tears its connections down (`shutdown`) while another still sends on them. Not for a failing
+    rank: the others may be inside another collective, and a barrier would not match it."""
+    barrier()
+
+
 def shutdown() -> None:
+    """Leave the process group: destroy it, then collect it now, while the interpreter is whole.
+
+    A finished 2-process training once died at exit under load (rank 1: `terminate called without an
+    active exception`, SIGABRT, after its last step). The process group's C++ side owns the gloo
+    worker threads and the transport's event loop; when it is freed only by the interpreter's
+    finalization or by static destructors at exit, those threads can be torn down with tensors and
+    Python references still held, which aborts the process (the failure mode described in
+    pytorch/pytorch#179291). Here the group is destroyed and garbage-collected on the main thread
+    before Python begins to finalize; `init` registers this with `atexit` so that an exception or
+    `sys.exit` on the way out takes the same path. Idempotent."""
     if _initialised():
         dist.destroy_process_group()
+    gc.collect()
 
 
 def barrier() -> None:

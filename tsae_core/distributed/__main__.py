@@ -22,6 +22,7 @@ from tsae_core.distributed import (
     barrier,
     check_batch_divisible,
     check_device,
+    finish,
     init,
     is_main,
     rank,
@@ -170,6 +171,7 @@ def _main_harvest(argv: list[str]) -> int:
         manifest = harvest_all(cfg)
         n = sum(len(s["shards"]) for s in manifest["splits"].values())
         _say(f"[tsae] activation store complete: {n} shards, scaling factor {manifest['scaling_factor']:.4f}, in {out_dir}")
+        finish()
         return 0
     except (StoreError, DiskFull, ValueError) as e:
         print(f"tsae: harvest failed: {e}", file=sys.stderr, flush=True)
@@ -224,6 +226,7 @@ def _main_train(argv: list[str]) -> int:
                      f"FVU {final.get('fvu', float('nan')):.4f}  L0 {final.get('l0', float('nan')):.2f}")
         _say(f"[tsae] SAEs in {cfg.run_dir / 'saes'}; `tsae run {args.params}"
              + "".join(f" --set {s}" for s in args.sets) + "` evaluates, clusters and plots them (their training is skipped)")
+        finish()
     except ConfigError as e:
         _say(f"tsae: invalid parameters: {e}", error=True)
         return EXIT_INVALID
