@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import math
+import shutil
 import time
 from pathlib import Path
 
@@ -104,7 +106,8 @@ def _indexed_store(directory: Path, sizes: list[int]) -> ActivationStore:
         acts = torch.randn(n, 4, 3)
         acts[:, 0, 0] = torch.arange(start, start + n, dtype=torch.float32)
         flags = torch.zeros(n, 4, dtype=torch.bool)
-        batch = SequenceBatch(acts, flags, torch.zeros(n, 4, dtype=torch.long), flags)
+        doc_id = torch.arange(start, start + n)[:, None].expand(n, 4)  # one document per sequence
+        batch = SequenceBatch(acts, flags, torch.zeros(n, 4, dtype=torch.long), flags, doc_id_BT=doc_id)
         records.append(write_shard(directory, "train", idx, batch, "float32", "test"))
         start += n
     write_manifest(
@@ -248,10 +251,11 @@ def test_non_finite_activations_are_refused(tmp_path: Path) -> None:
     acts = torch.randn(2, 4, 3)
     acts[1, 2, 0] = float("nan")
     flags = torch.zeros(2, 4, dtype=torch.bool)
-    batch = SequenceBatch(acts, flags, torch.zeros(2, 4, dtype=torch.long), flags)
+    doc_id = torch.zeros(2, 4, dtype=torch.long)
+    batch = SequenceBatch(acts, flags, torch.zeros(2, 4, dtype=torch.long), flags, doc_id_BT=doc_id)
     with pytest.raises(ValueError, match=r"NaN or Inf in activations of split 'train', shard 3 .*train_00003.*synthetic"):
         write_shard(tmp_path, "train", 3, batch, "float32", "synthetic")
-    big = SequenceBatch(torch.full((2, 4, 3), 1e6), flags, torch.zeros(2, 4, dtype=torch.long), flags)
+    big = SequenceBatch(torch.full((2, 4, 3), 1e6), flags, torch.zeros(2, 4, dtype=torch.long), flags, doc_id_BT=doc_id)
     with pytest.raises(ValueError, match="after casting to float16"):
         write_shard(tmp_path, "train", 0, big, "float16", "synthetic")
     # a stored shard with NaN (and a matching checksum) is caught on load, naming the shard
@@ -335,3 +339,20 @@ def test_rerunning_harvest_repairs_a_corrupted_shard(store_dir: Path, tmp_path: 
     written.clear()
     harvest(make_cfg(), out, progress=True, force=True)
     assert len(written) == 7  # force: everything again
+
+
+def test_every_stored_token_names_its_document_and_old_stores_are_refused(store_dir: Path, tmp_path: Path) -> None:
+    store = ActivationStore.open(store_dir)
+    batch = next(store.split("train").batches(8))
+    assert batch.doc_id_BT is not None and batch.doc_id_BT.dtype == torch.int64
+    shard = store.split("train").read_shard(0)
+    assert torch.equal(shard["doc_id"][:8], batch.doc_id_BT)
+    old = tmp_path / "activations"
+    shutil.copytree(store_dir, old)
+    manifest = json.loads((old / "manifest.json").read_text())
+    (old / "manifest.json").write_text(json.dumps({**manifest, "format": "tsae.activations.v1"}))
+    with pytest.raises(StoreError, match=r"older tsae, before every token recorded the id of its document.*re-run the harvest"):
+        ActivationStore.open(old)
+    no_ids = SequenceBatch(batch.acts_BTD, batch.doc_start_BT, batch.position_BT, batch.special_BT)
+    with pytest.raises(ValueError, match="has no document ids"):
+        write_shard(tmp_path, "train", 0, no_ids, "float32", "test")

@@ -159,3 +159,21 @@ def test_hierarchy_raises_children_rates_while_parent_is_on() -> None:
         assert on_NG[parent_on, c].float().mean() == pytest.approx(0.2, rel=0.15)  # 0.05 * (1 + 3)
         assert on_NG[~parent_on, c].float().mean() == pytest.approx(0.05, rel=0.15)
         assert on_NG[:, c].float().mean() == pytest.approx(float(gt.rates_G[c]), rel=0.1)
+
+
+def test_a_document_keeps_one_id_across_contexts_and_ids_never_repeat(source: SyntheticSource, data) -> None:
+    """Streams are cut into consecutive contexts, so most contexts begin inside a document: the store's
+    document id follows the document into the next context, and no two documents share one (train and
+    eval included), whatever range of sequences is asked for."""
+    ids, starts = data.doc_id_BT, data.doc_start_BT
+    continues = ~starts[:, 0]
+    continues[::CONTEXTS_PER_STREAM] = False  # the first context of a stream has no predecessor here
+    assert continues.float().mean() > 0.5, "most contexts begin inside a document"
+    prev_last = torch.roll(ids[:, -1], 1)
+    assert torch.equal(ids[continues, 0], prev_last[continues]), "a document keeps its id across the context boundary"
+    new_doc = starts | (torch.arange(T) == 0)[None, :]
+    n_docs = sum(int(new_doc[b].sum()) - int(continues[b]) for b in range(ids.shape[0]))
+    assert ids.unique().numel() == n_docs, "every document has an id of its own"
+    assert torch.equal(source.sequences("train", 100, 300).doc_id_BT, ids[100:300]), "ids do not depend on the range asked"
+    eval_ids = source.sequences("eval", 0, 64).doc_id_BT
+    assert not set(eval_ids.unique().tolist()) & set(ids.unique().tolist()), "train and eval never share an id"

@@ -43,7 +43,7 @@ from tsae_core.store import (
 
 PROGRESS = ".progress.json"
 PART_PROGRESS = ".progress.part-{index}-of-{parts}.json"
-HARVEST_VERSION = 1
+HARVEST_VERSION = 2
 """Bump when the generated data changes for the same config, so old stores are rebuilt."""
 _SHARD_RE = re.compile(r"^(train|eval)_\d{5}\.safetensors$")
 

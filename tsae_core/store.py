@@ -5,7 +5,11 @@ Layout of a store directory (`runs/<run>/activations/`)::
     manifest.json                 d_in, context_size, dtype, scaling_factor, source, splits + checksums
     ground_truth.safetensors      synthetic sources only (see `GroundTruth`)
     <split>_<idx:05d>.safetensors acts (B,T,D) storage dtype, doc_start (B,T) bool, position (B,T) int32,
-                                  special (B,T) bool, [tokens (B,T) int32], [true_codes (B,T,G) float16]
+                                  special (B,T) bool, doc_id (B,T) int64, [tokens (B,T) int32],
+                                  [true_codes (B,T,G) float16]
+
+`doc_id` names the document of every token, unique across the store: documents run across contexts
+(most contexts begin inside one), so "the same document" is this id, never a count within a row.
 
 Batches come out as float32 on CPU in raw units: the scaling factor s (E||s x|| = sqrt(d_in) over
 non-special tokens) is applied by the SAE, not here. Training shuffles sequences, never tokens.
@@ -30,7 +34,8 @@ from tsae_core.sources.ground_truth import GroundTruth
 
 MANIFEST = "manifest.json"
 GROUND_TRUTH = "ground_truth.safetensors"
-FORMAT = "tsae.activations.v1"
+FORMAT = "tsae.activations.v2"
+"""v2: per-token document ids (`doc_id`); v1 stores lack them and must be harvested again."""
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 _FIX = "re-run the harvest: `tsae run params/<name>.yaml --force --only harvest`"
 _VERIFIED: set[tuple[str, str, int, int]] = set()  # (path, sha256, size, mtime): checked in this process
@@ -59,6 +64,9 @@ def write_shard(
     overflows to inf above 65504).
     """
     name = shard_name(split, idx)
+    if batch.doc_id_BT is None:
+        raise ValueError(f"shard {idx} of split {split!r} from source {source} has no document ids (doc_id_BT): every "
+                         "stored token records its document, so that temporal terms never mistake two documents for one")
     acts = batch.acts_BTD.to(DTYPES[dtype])
     for t, when in ((batch.acts_BTD, "from"), (acts, f"after casting to {dtype} for")):
         if not torch.isfinite(t).all():
@@ -72,6 +80,7 @@ def write_shard(
         "doc_start": batch.doc_start_BT.to(torch.bool, copy=True),
         "position": batch.position_BT.to(torch.int32),
         "special": batch.special_BT.to(torch.bool, copy=True),
+        "doc_id": batch.doc_id_BT.to(torch.int64, copy=True),
     }
     if batch.tokens_BT is not None:
         tensors["tokens"] = batch.tokens_BT.to(torch.int32)
@@ -109,6 +118,7 @@ def write_manifest(
             "doc_start": "(B, T) bool",
             "position": "(B, T) int32",
             "special": "(B, T) bool",
+            "doc_id": "(B, T) int64, the token's document, unique across the store (-1: outside any document)",
             "tokens": "(B, T) int32, language-model sources only",
             "true_codes": "(B, T, G) float16, eval split of sources with a ground truth only",
         },
@@ -208,6 +218,9 @@ class ActivationStore:
 def _check_manifest(m: Any) -> None:
     if not isinstance(m, dict):
         raise ValueError(f"expected a JSON object, found {type(m).__name__} ({json.dumps(m)[:40]})")
+    if m.get("format") == "tsae.activations.v1":
+        raise ValueError("it was harvested by an older tsae, before every token recorded the id of its document "
+                         "(which the temporal terms need, since documents run across contexts)")
     if m.get("format") != FORMAT:
         raise ValueError(f"format {m.get('format')!r}, expected {FORMAT!r}")
     if m["dtype"] not in DTYPES or int(m["d_in"]) <= 0 or int(m["context_size"]) <= 0:
@@ -359,6 +372,7 @@ def _to_batch(t: dict[str, torch.Tensor], rows: torch.Tensor) -> SequenceBatch:
         special_BT=t["special"][rows].bool(),
         tokens_BT=t["tokens"][rows].long() if "tokens" in t else None,
         true_codes_BTG=t["true_codes"][rows].float() if "true_codes" in t else None,
+        doc_id_BT=t["doc_id"][rows].long(),
     )
 
 

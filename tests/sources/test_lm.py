@@ -147,3 +147,18 @@ def test_source_errors(tiny_model):
         _source(tiny_model, hook="blocks.5.hook_resid_post")
     with pytest.raises(ValueError, match="kind"):
         LanguageModelSource(tiny_model, "blocks.0.hook_resid_post", {}, 2, "cpu", {"kind": "synthetic"})
+
+
+def test_a_document_keeps_its_index_across_contexts_and_the_store_ids_carry_the_split(tiny_model):
+    docs = [[5, 6, 7, 8, 9, 10, 11], [], [12, 13], [14, 15, 16, 17, 18, 19]]
+    packed = pack_contexts(docs, context_size=5, bos_id=1, pad_id=0)
+    index = packed["doc_index_NT"]
+    # stream: B 5 6 7 8 9 10 11 B 12 13 B 14 ... cut in chunks of 4, each behind a context BOS (-1)
+    assert index[:, 0].tolist() == [-1] * index.shape[0]
+    assert index[0, 1:].tolist() == [0, 0, 0, 0] and index[1, 1:].tolist() == [0, 0, 0, 0], "document 0 runs into context 1"
+    assert index[2, 1:].tolist() == [2, 2, 2, 3], "the empty document 1 is skipped; indices are the list's"
+    assert (index[packed["tokens_NT"] == 0] == -1).all() and (index >= -1).all()
+    source = LanguageModelSource(tiny_model, "blocks.0.hook_resid_post", {"train": packed, "eval": packed}, 4, "cpu", {"kind": "tinylm"})
+    train, evaluation = source.sequences("train", 0, 3), source.sequences("eval", 0, 3)
+    assert torch.equal(train.doc_id_BT[0, 1:], train.doc_id_BT[1, 1:]), "one id across the two contexts"
+    assert not set(train.doc_id_BT[train.doc_id_BT >= 0].tolist()) & set(evaluation.doc_id_BT[evaluation.doc_id_BT >= 0].tolist())

@@ -17,6 +17,10 @@ class SequenceBatch:
     special_BT     True at special tokens (BOS/EOS/pad) that losses and metrics exclude
     tokens_BT      token ids, for language-model sources (None for synthetic data)
     true_codes_BTG ground-truth feature activations (synthetic eval split only, else None)
+    doc_id_BT      int64 id of the document each token belongs to, unique across the whole store
+                   (a document continues across contexts, shards and batches under one id; -1 at
+                   tokens outside any document, e.g. a context's leading BOS). None for a batch made
+                   by hand: `document_ids_BT` then falls back to one id per document of each sequence.
     """
 
     acts_BTD: torch.Tensor
@@ -25,11 +29,20 @@ class SequenceBatch:
     special_BT: torch.Tensor
     tokens_BT: torch.Tensor | None = None
     true_codes_BTG: torch.Tensor | None = None
+    doc_id_BT: torch.Tensor | None = None
 
     @property
     def mask_BT(self) -> torch.Tensor:
         """True at the tokens that count (not special)."""
         return ~self.special_BT
+
+    @property
+    def document_ids_BT(self) -> torch.Tensor:
+        """(B, T) int64 document ids: `doc_id_BT`, or for a batch without them one id per document of
+        each sequence (documents that run across sequences then get several ids)."""
+        if self.doc_id_BT is not None:
+            return self.doc_id_BT
+        return sequence_document_ids(self.doc_start_BT)
 
     def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> SequenceBatch:
         # to a GPU through pinned memory, asynchronously: the copy overlaps the work already queued
@@ -50,6 +63,7 @@ class SequenceBatch:
             special_BT=move(self.special_BT),
             tokens_BT=move(self.tokens_BT),
             true_codes_BTG=move(self.true_codes_BTG, cast=True),
+            doc_id_BT=move(self.doc_id_BT),
         )
 
     def pinned(self) -> SequenceBatch:
@@ -73,6 +87,24 @@ class SequenceBatch:
     @property
     def n_sequences(self) -> int:
         return self.acts_BTD.shape[0]
+
+
+def sequence_document_ids(doc_start_BT: torch.Tensor) -> torch.Tensor:
+    """(B, T) int64: a distinct id per document of each sequence of the batch (rows never share one)."""
+    B, T = doc_start_BT.shape
+    row_B1 = torch.arange(B, device=doc_start_BT.device)[:, None] * (T + 1)
+    return doc_start_BT.long().cumsum(1) + row_B1
+
+
+SPLIT_CODES = {"train": 0, "eval": 1}
+"""Document ids carry their split in their high bits (`split_document_ids`), so train and eval never share one."""
+DOC_ID_SPLIT_SHIFT = 40
+
+
+def split_document_ids(split: str, index: torch.Tensor) -> torch.Tensor:
+    """Store-wide document ids from a source's per-split document index (-1 stays -1: outside any document)."""
+    code = SPLIT_CODES.get(split, len(SPLIT_CODES))
+    return torch.where(index >= 0, index + (code << DOC_ID_SPLIT_SHIFT), torch.full_like(index, -1))
 
 
 def _apply(t: torch.Tensor | None, fn) -> torch.Tensor | None:

@@ -17,6 +17,8 @@ Per token, for a context of T tokens:
     doc_start  True at the first real token of a document
     position   tokens since the start of its document (continuing across contexts); 0 at specials
     special    True at BOS and at any id in `special_ids` (EOS, pad) and at padding
+    doc_index  the document's index in the packed list (its own BOS included; -1 at a context's
+               leading BOS and at padding), from which the store's document ids are made
 """
 
 from __future__ import annotations
@@ -27,9 +29,9 @@ from typing import Any
 
 import torch
 
-from tsae_core.sources.base import SequenceBatch
+from tsae_core.sources.base import SequenceBatch, split_document_ids
 
-PACKED_KEYS = ("tokens_NT", "doc_start_NT", "position_NT", "special_NT")
+PACKED_KEYS = ("tokens_NT", "doc_start_NT", "position_NT", "special_NT", "doc_index_NT")
 """The tensors of a packed set of N contexts of T tokens."""
 LANGUAGE_MODEL_KINDS = ("tinylm", "hf", "gguf")
 """Source kinds backed by a language model (tokens recorded, model-preservation metrics possible)."""
@@ -55,13 +57,14 @@ def pack_contexts(
         raise ValueError(f"context_size must be at least 2 (BOS + one token), got {context_size}")
     chunk = context_size - 1
     limit = None if max_contexts is None else max_contexts * chunk  # stream tokens needed at most
-    pieces, lengths, total = [], [], 0
-    for doc in docs_tokens:
+    pieces, lengths, indices, total = [], [], [], 0
+    for index, doc in enumerate(docs_tokens):
         doc_L = torch.as_tensor(doc, dtype=torch.int64).reshape(-1)
         if doc_L.numel() == 0:
             continue
         pieces.append(doc_L)
         lengths.append(doc_L.numel())
+        indices.append(index)
         total += doc_L.numel() + 1
         if limit is not None and total >= limit:
             break
@@ -78,6 +81,7 @@ def pack_contexts(
     is_bos_S = offset_S == 0  # by layout, not by id: a document may contain the BOS id itself
     position_S = (offset_S - 1).clamp(min=0)
     doc_start_S = offset_S == 1
+    doc_index_S = torch.repeat_interleave(torch.tensor(indices, dtype=torch.int64), seg_len_M)
     special_S = is_bos_S | _isin(tokens_S, special_ids)
 
     n_full = tokens_S.numel() // chunk
@@ -92,6 +96,7 @@ def pack_contexts(
         position_S = torch.cat([position_S, torch.zeros(pad, dtype=torch.int64)])
         doc_start_S = torch.cat([doc_start_S, torch.zeros(pad, dtype=torch.bool)])
         special_S = torch.cat([special_S, torch.ones(pad, dtype=torch.bool)])
+        doc_index_S = torch.cat([doc_index_S, torch.full((pad,), -1, dtype=torch.int64)])
 
     def cut(stream_S: torch.Tensor, first: int | bool) -> torch.Tensor:
         body_NC = stream_S[: n * chunk].reshape(n, chunk)
@@ -102,6 +107,7 @@ def pack_contexts(
         "doc_start_NT": cut(doc_start_S, False),
         "position_NT": cut(position_S, 0),
         "special_NT": cut(special_S, True),
+        "doc_index_NT": cut(doc_index_S, -1),
     }
 
 
@@ -118,6 +124,7 @@ def _empty(context_size: int) -> dict[str, torch.Tensor]:
         "doc_start_NT": torch.zeros(0, context_size, dtype=torch.bool),
         "position_NT": torch.zeros(0, context_size, dtype=torch.int64),
         "special_NT": torch.zeros(0, context_size, dtype=torch.bool),
+        "doc_index_NT": torch.zeros(0, context_size, dtype=torch.int64),
     }
 
 
@@ -210,6 +217,7 @@ class LanguageModelSource:
             position_BT=packed["position_NT"][start:stop].clone(),
             special_BT=packed["special_NT"][start:stop].clone(),
             tokens_BT=tokens_BT.clone(),
+            doc_id_BT=split_document_ids(split, packed["doc_index_NT"][start:stop]),
         )
 
     def activations(self, tokens_BT: torch.Tensor) -> torch.Tensor:

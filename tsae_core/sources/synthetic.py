@@ -20,6 +20,9 @@ context_size tokens (a document continues into the next context of its stream). 
 at an equilibrium point of the renewal process (inside a document, at a length-biased age), so every
 token is a stationary draw and the theoretical rates in `GroundTruth.rates_G` hold at every position.
 
+Every token records the id of its document (unique across the store: split, stream, ordinal in the
+stream), so a document that runs across contexts keeps one id.
+
 Determinism: sequences come in blocks of SEQUENCES_PER_BLOCK, each drawn from its own generator
 seeded by (seed, split, block index). Any range of sequences is therefore reproducible on its own,
 independently of batch or shard sizes — which is what makes a harvest resumable shard by shard.
@@ -37,7 +40,7 @@ import torch
 
 from tsae_core.seeds import derive_seed
 from tsae_core.source_config import SyntheticConfig
-from tsae_core.sources.base import SequenceBatch
+from tsae_core.sources.base import SequenceBatch, split_document_ids
 from tsae_core.sources.ground_truth import GroundTruth
 
 KINDS = ("fast", "slow", "positional")
@@ -47,6 +50,7 @@ CONTEXTS_PER_STREAM = 4
 """Consecutive contexts cut from one stream of packed documents."""
 _BLOCKS_PER_CHUNK = 8  # blocks rendered together: bounds memory, amortises the Markov time loop
 _SLOW_JITTER = 0.1  # log-std of the per-token jitter on a slow feature's per-run magnitude
+_DOC_BITS = 20  # a document id is (stream << _DOC_BITS) + its ordinal in the stream
 
 
 @dataclass(frozen=True)
@@ -233,6 +237,8 @@ class SyntheticSource:
         acts_SLD = codes_SLG @ self.ground_truth.directions_GD + cfg.noise_std * noise_SLD
 
         B, T = S * CONTEXTS_PER_STREAM, self.context_size  # streams cut into consecutive contexts
+        stream_S1 = torch.cat([b * Sb + torch.arange(Sb) for b in blocks])[:, None]
+        doc_index_SL = (stream_S1 << _DOC_BITS) + doc_start_SL.long().cumsum(1)  # a document's ordinal in its stream
         return SequenceBatch(
             acts_BTD=acts_SLD.reshape(B, T, -1),
             doc_start_BT=doc_start_SL.reshape(B, T),
@@ -240,6 +246,7 @@ class SyntheticSource:
             special_BT=torch.zeros(B, T, dtype=torch.bool),
             tokens_BT=None,
             true_codes_BTG=codes_SLG.reshape(B, T, -1) if with_true_codes else None,
+            doc_id_BT=split_document_ids(split, doc_index_SL.reshape(B, T)),
         )
 
     def _documents(self, u_age: torch.Tensor, u_len: torch.Tensor, L: int) -> tuple[torch.Tensor, torch.Tensor]:
