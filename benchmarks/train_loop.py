@@ -63,12 +63,11 @@ def _bare_step_rate(cfg, name, store, device, steps: int) -> float:
     import torch
 
     from tsae_core.sae import LossContext
-    from tsae_core.sparse_codes import use_sparse_path
-    from tsae_core.train import _init_sae, make_optimizer, tf32_matmuls, training_step
+    from tsae_core.train import _init_sae, make_optimizer, sparse_path_for, tf32_matmuls, training_step
 
     v = cfg.variants[name]
     sae = _init_sae(cfg, name, store, device)
-    sae.sparse_path = use_sparse_path(cfg.train.sparse_codes, v.activation, v.d_sae, device)
+    sae.sparse_path = sparse_path_for(sae, cfg.train.sparse_codes, device)
     opt = make_optimizer(sae, v.lr or v.default_lr * cfg.train.lr_scale, cfg.train.adam_betas)
     batch = next(store.split("train").loader(cfg.train.batch_sequences, seed=0)).to(device)
     dead = torch.zeros(v.d_sae, dtype=torch.bool, device=device)
@@ -78,7 +77,7 @@ def _bare_step_rate(cfg, name, store, device, steps: int) -> float:
         raise RuntimeError("non-finite step in the benchmark")
 
     def step(i: int) -> None:
-        ctx = LossContext(batch.mask_BT, batch.doc_start_BT, 1.0, dead, step=i, seed=0)
+        ctx = LossContext(batch.mask_BT, batch.doc_start_BT, 1.0, dead, step=i, seed=0, doc_id_BT=batch.doc_id_BT)
         training_step(sae, opt, batch, ctx, cfg.train.grad_clip, autocast, on_nonfinite=fail)
 
     with tf32_matmuls(device):

@@ -72,8 +72,7 @@ def measure(params: str, variant: str, steps: int, warmup: int, device_name: str
 
     from tsae_core.config import load_config
     from tsae_core.sae import LossContext, SAEConfig, build_sae
-    from tsae_core.sparse_codes import use_sparse_path
-    from tsae_core.train import make_optimizer, training_step
+    from tsae_core.train import make_optimizer, sparse_path_for, training_step
 
     cfg = load_config(params)
     base = variant.endswith("@baseline")
@@ -86,7 +85,7 @@ def measure(params: str, variant: str, steps: int, warmup: int, device_name: str
     D = d_in or _d_in(cfg)
     device = torch.device(device_name)
     sae = build_sae(SAEConfig.from_variant(v, D, 1.0, {})).to(device)
-    sae.sparse_path = use_sparse_path(cfg.train.sparse_codes, v.activation, v.d_sae, device)  # as training chooses
+    sae.sparse_path = sparse_path_for(sae, cfg.train.sparse_codes, device)  # as training chooses
     opt = make_optimizer(sae, 1e-4, cfg.train.adam_betas)
     B, T = batch_sequences or cfg.train.batch_sequences, cfg.harvest.context_size
     gen = torch.Generator().manual_seed(0)

@@ -84,3 +84,14 @@ def test_geometric_median_resists_outliers():
     pts[:20] += 100.0
     med = geometric_median(pts)
     assert med.norm() < 1.0 < pts.mean(0).norm()
+
+
+def test_jumprelu_bandwidth_follows_the_paper_in_tsae_units():
+    """The paper's 0.001 is for inputs of unit mean squared norm; tsae scales them to E||x|| = sqrt(d_in),
+    so its pre-activations are sqrt(d_in) times larger and so is the window. An explicit value is kept."""
+    for d_in in (24, 128, 640):
+        cfg = SAEConfig.from_variant(VariantConfig(activation="jumprelu", d_sae=64), d_in, 1.0, {})
+        assert cfg.bandwidth == pytest.approx(0.001 * d_in**0.5)
+        assert build_sae(cfg).activation.bandwidth == pytest.approx(0.001 * d_in**0.5)
+    earlier = SAEConfig.from_variant(VariantConfig(activation="jumprelu", d_sae=64, bandwidth=2.0), 128, 1.0, {})
+    assert earlier.bandwidth == 2.0

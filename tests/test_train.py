@@ -54,6 +54,31 @@ def test_trained_variant_is_skipped_when_unchanged(harvested):
     assert again["skipped"] is True
 
 
+CONTROLS = {
+    "pooled-window1": {"architecture": "pooled", "options": {"window": 1}},
+    "conv-buffer1": {"architecture": "conv", "options": {"buffer": 1, "coefficient": 0.0}},
+    "relational-off": {"architecture": "relational", "options": {"attention": False, "positions": False}},
+}
+
+
+def test_controls_that_reduce_to_topk_reproduce_it_with_the_same_seed(harvested, tmp_path):
+    """Common random numbers: at one run seed every variant reads the same batches and starts from the
+    same values of the parameters it shares with TopK, so the controls that reduce to TopK train to
+    TopK's weights (to float rounding), and any difference between a variant and its baseline is the
+    variant's, not its initial values' or data order's."""
+    _, store = harvested
+    spec = {"activation": "topk", "d_sae": 64, "k": 4}
+    cfg = ci_config(tmp_path, **{"train.steps": 60, "train.checkpoint_every": 0, "sweep": {},
+                                 "variants": {"topk": spec, **{n: {**spec, **c} for n, c in CONTROLS.items()}}})
+    names = ["topk", *CONTROLS]
+    for name in names:
+        train_variant(cfg, name, store, cfg.run_dir, progress=False)
+    weights = {n: load_file(str(cfg.run_dir / "saes" / n / "sae.safetensors")) for n in names}
+    for name in CONTROLS:
+        for key in ("W_enc", "W_dec", "b_enc", "b_dec"):
+            assert torch.allclose(weights[name][key], weights["topk"][key], atol=1e-5), f"{name}.{key} differs from topk's"
+
+
 KILL_SCRIPT = textwrap.dedent(
     """
     import os, signal, sys

@@ -120,9 +120,10 @@ class VariantConfig:
     """Gain of the target-L0 controller (`tsae_core.target_l0`): its log penalty coefficient moves by
     up to this per step. 0: the activation's default, 0.01 for relu (whose L0 answers the penalty
     strongly and late) and 0.02 for jumprelu."""
-    bandwidth: float = 2.0
-    """jumprelu only: width of the straight-through estimator's window around each threshold, in normalised
-    units (E||x|| = sqrt(d_in), where an active latent's pre-activation is a few units)."""
+    bandwidth: float = 0.0
+    """jumprelu only: width of the straight-through estimator's window around each threshold, in tsae's
+    normalised units (E||x|| = sqrt(d_in)). 0: the paper's 0.001 (Rajamanoharan et al. 2024, with
+    inputs scaled to unit mean squared norm), i.e. 0.001 sqrt(d_in) here; earlier runs used 2.0."""
     threshold_lr_multiplier: float = 10.0
     """jumprelu only: the thresholds' learning rate as a multiple of the SAE's (they must move far in few steps)."""
     pre_act_coefficient: float = 1.0
@@ -156,7 +157,7 @@ class VariantConfig:
         _check(self.l0_coefficient >= 0, "l0_coefficient", "must be >= 0")
         _check(0 <= self.target_l0 <= self.d_sae, "target_l0", f"must be in [0, d_sae ({self.d_sae})]")
         _check(self.target_l0_rate >= 0, "target_l0_rate", "must be >= 0 (0: the activation's default)")
-        _check(self.bandwidth > 0, "bandwidth", "must be > 0")
+        _check(self.bandwidth >= 0, "bandwidth", "must be >= 0 (0: the paper's 0.001 in unit-mean-square units)")
         _check(self.threshold_lr_multiplier > 0, "threshold_lr_multiplier", "must be > 0")
         _check(self.pre_act_coefficient >= 0, "pre_act_coefficient", "must be >= 0")
         _check(self.aux_k >= 0, "aux_k", "must be >= 0")

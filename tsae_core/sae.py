@@ -15,6 +15,7 @@ decoder and add loss terms in `loss_terms`; they are registered in `variants/reg
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ from tsae_core.activations import make_activation
 from tsae_core.config import VariantConfig
 from tsae_core.io import provenance, read_json, save_tensors, sha256_file, write_json
 from tsae_core.linear import centered_linear
+from tsae_core.sources.base import sequence_document_ids
 from tsae_core.sparse_codes import Pick, SparseCodes
 from tsae_core.typed import ConfigError, build
 
@@ -38,6 +40,17 @@ PENALISED = tuple(PENALTY_KEY)
 
 SAE_WEIGHTS = "sae.safetensors"
 SAE_CFG = "cfg.json"
+
+
+PAPER_BANDWIDTH = 0.001
+"""JumpReLU's straight-through bandwidth in the paper's units, inputs scaled to E||x||^2 = 1
+(Rajamanoharan et al. 2024, "Jumping Ahead"; Gemma Scope uses the same)."""
+
+
+def paper_bandwidth(d_in: int) -> float:
+    """The paper's bandwidth in tsae's units: pre-activations scale with the input, and tsae scales
+    inputs to E||x|| = sqrt(d_in) (E||x||^2 ~ d_in), so 0.001 there is 0.001 sqrt(d_in) here."""
+    return PAPER_BANDWIDTH * math.sqrt(d_in)
 
 
 @dataclass
@@ -76,7 +89,7 @@ class SAEConfig:
             l1_coefficient=v.l1_coefficient if v.activation == "relu" else 0.0,
             l0_coefficient=v.l0_coefficient if v.activation == "jumprelu" else 0.0,
             target_l0=v.target_l0 if v.activation in PENALISED else 0.0,
-            bandwidth=v.bandwidth if v.activation == "jumprelu" else 0.0,
+            bandwidth=(v.bandwidth or paper_bandwidth(d_in)) if v.activation == "jumprelu" else 0.0,
             threshold_lr_multiplier=v.threshold_lr_multiplier,
             pre_act_coefficient=v.pre_act_coefficient if v.activation == "jumprelu" else 0.0,
             aux_k_coefficient=0.0 if v.activation == "relu" else v.aux_k_coefficient,
@@ -125,6 +138,13 @@ class LossContext:
     """The SAE's training seed."""
     penalty_coefficient: float | None = None
     """The sparsity penalty's coefficient this step when a target-L0 controller sets it; None: the cfg's."""
+    doc_id_BT: torch.Tensor | None = None
+    """The store's per-token document ids (unique across the store); None: one id per document of each row."""
+
+    @property
+    def document_ids(self) -> torch.Tensor:
+        """(B, T) int64: the id of each token's document (`doc_id_BT`, or the per-row fallback)."""
+        return self.doc_id_BT if self.doc_id_BT is not None else sequence_document_ids(self.doc_start_BT)
 
 
 class OutputStatistics:
@@ -150,7 +170,7 @@ class SAE(nn.Module):
         self.b_dec = nn.Parameter(torch.zeros(d_in))
         # jumprelu's thresholds start where latents fire `target_l0` times per token when it has one
         k = max(1, round(cfg.target_l0)) if cfg.activation == "jumprelu" and cfg.target_l0 > 0 else cfg.k or 1
-        self.activation = make_activation(cfg.activation, k, d_sae, bandwidth=cfg.bandwidth or 2.0)
+        self.activation = make_activation(cfg.activation, k, d_sae, bandwidth=cfg.bandwidth or paper_bandwidth(d_in))
         self.options = self.parse_options(cfg.options)
         self.sparse_path = False
         """Train through `tsae_core.sparse_codes` (the TopK family; set from `train.sparse_codes`)."""
@@ -186,6 +206,22 @@ class SAE(nn.Module):
         self.W_enc.copy_(W.T)
         self.b_enc.zero_()
         self.b_dec.copy_(b_dec if b_dec is not None else torch.zeros(self.cfg.d_in))
+
+    # -- declared capabilities -------------------------------------------------------------------
+    @property
+    def linear_encoder(self) -> bool:
+        """True when the pre-activations are the base linear map (x_n - b_dec) W_enc + b_enc alone, so
+        that the sparse training path can take the encoder's gradient at the kept codes only. A variant
+        whose encoder adds anything (other tokens, positions) says False; a control whose knobs reduce
+        it to the token-wise SAE (`pooled` with `window: 1`) says True and then runs the base's code."""
+        return type(self).encode_pre is SAE.encode_pre and type(self).encode_pre_masked is SAE.encode_pre_masked
+
+    @property
+    def uses_codes_in_loss(self) -> bool:
+        """True when a loss term of the variant reads the dense codes or pre-activations of every latent
+        (a temporal term on codes): then training stays on the dense path, where every pre-activation
+        carries its gradient."""
+        return False
 
     # -- forward -------------------------------------------------------------------------------
     def encode_pre(
@@ -247,7 +283,7 @@ class SAE(nn.Module):
         B, T, D = x_n_BTD.shape
         mask_N = None if mask_BT is None else mask_BT.reshape(-1)
         x_n_ND = x_n_BTD.reshape(B * T, D)
-        if type(self).encode_pre is SAE.encode_pre and type(self).encode_pre_masked is SAE.encode_pre_masked:
+        if self.linear_encoder:
             with torch.no_grad():
                 pre_NF = self.encode_pre(x_n_ND)
             pick = sparse_codes.linear_picks(pre_NF, x_n_ND, self.W_enc, self.b_enc, self.b_dec)
@@ -335,6 +371,11 @@ class SAE(nn.Module):
     def load_training_state(self, state: dict[str, torch.Tensor]) -> None:
         if state:
             raise ValueError(f"unexpected training state {sorted(state)} for architecture {self.cfg.architecture!r}")
+
+    def curve_values(self) -> dict[str, float]:
+        """Variant-specific numbers of the last training step, logged with each curve record (e.g. how
+        many same-document negatives the contrastive term masked); read only at logging steps."""
+        return {}
 
     def extra_metrics(self) -> dict[str, Any]:
         """Variant-specific numbers for `eval/<variant>.json` (e.g. orthogonal groups' condition numbers)."""

@@ -193,7 +193,8 @@ def _init_sae(cfg: ExperimentConfig, name: str, store: Any, device: torch.device
     inst = cfg.instance(name)
     source = dict(store.manifest.get("source", {}), context_size=store.context_size)
     sae = build_sae(SAEConfig.from_variant(cfg.variants[inst.variant], store.d_in, store.scaling_factor, source))
-    gen = torch.Generator().manual_seed(derive_seed(inst.seed, "init", inst.variant))
+    # common random numbers: every variant of one seed draws its shared parameters from the same stream
+    gen = torch.Generator().manual_seed(derive_seed(inst.seed, "init"))
     sample_ND = _token_sample(store, n_tokens=8192) * store.scaling_factor
     b_dec = None
     if cfg.train.b_dec_init != "zeros":
@@ -211,6 +212,12 @@ def _token_sample(store: Any, n_tokens: int) -> torch.Tensor:
         if total >= n_tokens:
             break
     return torch.cat(chunks)[:n_tokens].float()
+
+
+def sparse_path_for(sae: SAE, setting: str, device: torch.device) -> bool:
+    """Whether `sae` trains through the sparse path (`train.sparse_codes`), unless a loss of its own
+    reads every latent's code or pre-activation (`SAE.uses_codes_in_loss`)."""
+    return use_sparse_path(setting, sae.cfg.activation, sae.cfg.d_sae, device) and not sae.uses_codes_in_loss
 
 
 def make_optimizer(sae: SAE, lr: float, betas: tuple[float, float]) -> torch.optim.Optimizer:
@@ -270,10 +277,10 @@ def train_variant(cfg: ExperimentConfig, name: str, store: Any, run_dir: Path, p
 
     device = resolve_device(cfg.run.device)
     sae = _init_sae(cfg, name, store, device)
-    sae.sparse_path = use_sparse_path(tc.sparse_codes, v.activation, v.d_sae, device)
+    sae.sparse_path = sparse_path_for(sae, tc.sparse_codes, device)
     lr = v.lr or v.default_lr * tc.lr_scale  # an explicit lr is taken as it is
     opt = make_optimizer(sae, lr, tc.adam_betas)
-    loader = store.split("train").loader(tc.batch_sequences, seed=derive_seed(inst.seed, "data", inst.variant),
+    loader = store.split("train").loader(tc.batch_sequences, seed=derive_seed(inst.seed, "data"),
                                          part=distributed.batch_share(tc.batch_sequences))
     tracker = DeadLatentTracker(v.d_sae, tc.dead_after_tokens, device)
     controller = _controller(cfg, v, sae, lr)
@@ -306,7 +313,7 @@ def train_variant(cfg: ExperimentConfig, name: str, store: Any, run_dir: Path, p
                     group["lr"] = lr_now * group.get("lr_multiplier", 1.0)
                 ctx = LossContext(batch.mask_BT, batch.doc_start_BT, sparsity_scale(step, tc.steps, tc.sparsity_warmup_fraction),
                                   tracker.dead_F, step=step, seed=inst.seed,
-                                  penalty_coefficient=controller.coefficient if controller else None)
+                                  penalty_coefficient=controller.coefficient if controller else None, doc_id_BT=batch.doc_id_BT)
                 out, terms = training_step(sae, opt, batch, ctx, tc.grad_clip, autocast,
                                            on_nonfinite=lambda terms, g, step=step: _diverged(name, step, terms, g, paths))
 
@@ -320,6 +327,7 @@ def train_variant(cfg: ExperimentConfig, name: str, store: Any, run_dir: Path, p
                 if done % tc.log_every == 0 or done == tc.steps:
                     elapsed = max(time.perf_counter() - t0, 1e-9)
                     last_record = _record(done, terms, out, batch, counts, tracker, lr_now, ctx, tokens_since_log / elapsed, tc)
+                    last_record.update(sae.curve_values())
                     if main:
                         _append_line(curves_file, paths.curves, json.dumps(last_record))
                     bar.set_postfix(loss=f"{last_record['loss']:.3g}", l0=f"{last_record['l0']:.1f}", dead=f"{last_record['dead_fraction']:.2f}")

@@ -9,6 +9,7 @@ import torch
 from tests.variants.causality import assert_reads_only_its_documents_past, token_influence
 from tsae_core.sae import SAE, LossContext, SAEConfig, build_sae, load_sae, save_sae
 from tsae_core.sequence import causal_window_mask
+from tsae_core.metrics.position import position_bins
 from tsae_core.variants.relational import local_linear_attention
 
 
@@ -19,8 +20,10 @@ def _sae(activation="topk", **options) -> SAE:
     gen = torch.Generator().manual_seed(1)
     sae.reset_parameters(gen)
     with torch.no_grad():  # a trained-looking SAE: every temporal path switched on
-        sae.context_gain.copy_(torch.rand(32, generator=gen) + 0.5)
-        sae.position_table.copy_(torch.randn(sae.position_table.shape, generator=gen))
+        if sae.options.attention:
+            sae.context_gain.copy_(torch.rand(32, generator=gen) + 0.5)
+        if sae.options.positions:
+            sae.position_table.copy_(torch.randn(sae.position_table.shape, generator=gen))
     return sae
 
 
@@ -99,7 +102,7 @@ def test_a_fresh_sae_is_the_token_wise_sae():
     assert torch.equal(sae(x, None, d).pre_acts, base(x, None, d).pre_acts)
 
 
-def test_position_rows_come_from_the_document_position_clipped_and_are_l1_penalised():
+def test_position_rows_come_from_the_document_position_binned_and_are_l1_penalised():
     sae = _sae(max_position=4)
     with torch.no_grad():
         sae.context_gain.zero_()
@@ -113,7 +116,8 @@ def test_position_rows_come_from_the_document_position_clipped_and_are_l1_penali
     position = torch.tensor([[7, 8, 9, 0, 1, 2, 3, 4]])  # the sequence begins inside a document
     delta = sae(x, None, d, position).pre_acts - no_table(x, None, d, position).pre_acts
     assert torch.allclose(delta[0, 3], sae.position_table[0]) and torch.allclose(delta[0, 5], sae.position_table[2])
-    assert torch.allclose(delta[0, 0], sae.position_table[4]) and torch.allclose(delta[0, 7], sae.position_table[4]), "clipped"
+    assert sae.position_table.shape[0] == 4, "positions 0..3 have a bin each, the last open-ended"
+    assert torch.allclose(delta[0, 0], sae.position_table[3]) and torch.allclose(delta[0, 7], sae.position_table[3]), "last bin"
     out = sae(x, None, d, position)
     ctx = LossContext(torch.ones(1, 8, dtype=torch.bool), d)
     want = 0.01 * sae.position_table.abs().sum(-1).mean()
@@ -157,3 +161,22 @@ def test_trains_loads_and_evaluates_on_sequences(harvested):
     out = sae(b.acts_BTD, b.mask_BT, b.doc_start_BT, b.position_BT)
     assert out.features.shape[:2] == b.acts_BTD.shape[:2] and torch.isfinite(out.recon).all()
     assert float((out.features[b.mask_BT] > 0).sum(-1).float().mean()) > 1.0
+
+
+def test_positions_far_into_a_document_get_rows_of_their_own():
+    """Language-model documents run for thousands of tokens: log-spaced bins tell position 300 from 3000
+    (a table clipped at 128 gave both, and nearly every token, its last row)."""
+    sae = _sae(max_position=4096)
+    edges = sae.position_edges
+    bins = position_bins(torch.tensor([[0, 15, 16, 128, 300, 3000]]), edges)[0].tolist()
+    assert bins[:2] == [0, 15] and len(set(bins)) == 6, bins
+    assert sae.position_table.shape[0] == len(edges) and edges[-1] < 4096
+
+
+def test_attention_and_positions_off_is_the_token_wise_sae():
+    sae = _sae(attention=False, positions=False)
+    assert sae.linear_encoder and not hasattr(sae, "context_gain") and not hasattr(sae, "position_table")
+    base = build_sae(SAEConfig(architecture="standard", activation="topk", d_in=8, d_sae=32, k=3))
+    base.load_state_dict({k: v for k, v in sae.state_dict().items() if k in base.state_dict()})
+    x = torch.randn(2, 8, 8)
+    assert torch.equal(sae(x).features, base(x).features)

@@ -40,10 +40,16 @@ class PooledOptions:
 class PooledSAE(SAE):
     Options = PooledOptions
 
+    @property
+    def linear_encoder(self) -> bool:
+        return self.options.window == 1
+
     def encode_pre(self, x_n_BTD, doc_start_BT=None, position_BT=None):
         return self.encode_pre_masked(x_n_BTD, None, doc_start_BT, position_BT)
 
     def encode_pre_masked(self, x_n_BTD, mask_BT, doc_start_BT, position_BT):
+        if self.linear_encoder:  # window 1: the token-wise SAE, computed exactly as the base computes it
+            return SAE.encode_pre(self, x_n_BTD, doc_start_BT, position_BT)
         pooled_BTD = window_mean(x_n_BTD - self.b_dec, self.options.window, mask_BT, doc_start_BT)
         return pooled_BTD @ self.W_enc + self.b_enc
 

@@ -4,7 +4,7 @@ attention over the previous tokens' codes feed the encoder; a curriculum grows t
 With x~_t = s x_t - b_dec, u_t = x~_t W_enc + b_enc (the token-wise pre-activation) and c_t its
 token-wise code, heads h = 1..H each owning a slice F_h of F / H latents:
 
-    pre_t[F_h] = u_t[F_h] + P[min(pos_t, max_position), F_h] + g[F_h] * sum_{s in N_w(t)} a^h_{t,s} c_s[F_h]
+    pre_t[F_h] = u_t[F_h] + P[bin(pos_t), F_h] + g[F_h] * sum_{s in N_w(t)} a^h_{t,s} c_s[F_h]
 
     a^h_{t,s} = phi(q^h_t) . phi(k^h_s) / sum_{s' in N_w(t)} phi(q^h_t) . phi(k^h_s'),   phi = elu + 1
     q^h_t = x~_t W_query[:, h],  k^h_s = x~_s W_key[:, h]      (head_dim each)
@@ -27,8 +27,13 @@ token-wise code, heads h = 1..H each owning a slice F_h of F / H latents:
   (per latent, starts at 0) decides how much of that persistence enters the pre-activation. No F x F
   mixing (it would cost F^2 per token); with g = 0 and P = 0 at initialisation the SAE starts as the
   token-wise one.
-- Position embeddings: a table P over positions in the document (clipped at `max_position`), starting
-  at 0. Its contribution is kept sparse by an L1 penalty on the table rather than by a TopK over it:
+- Position embeddings: a table P over bins of the position in the document, one row per bin, starting
+  at 0. Positions 0..15 have a bin each, then bins grow by a factor sqrt(2) (16, 23, 32, 45, ...) up
+  to `max_position`, beyond which the last bin is open-ended (`metrics.position.position_bin_edges`,
+  the bins the position-dependence metric uses). Documents of a language-model corpus run for
+  thousands of tokens, so a table clipped at one row per position up to 128 would give nearly every
+  token its last row (a second encoder bias); log-spaced bins keep the early positions exact and
+  still tell a token at 300 from one at 3000. Its contribution is kept sparse by an L1 penalty on the table rather than by a TopK over it:
   every entry keeps its gradient (a TopK over a zero-initialised table would pick arbitrary entries
   and starve the rest), and an entry that no firing latent asks for receives no reconstruction
   gradient and stays exactly 0. The share of non-zero entries is reported in `extra_metrics`.
@@ -47,6 +52,7 @@ import torch.nn.functional as nnf
 from torch import nn
 
 from tsae_core.activations import TopK
+from tsae_core.metrics.position import position_bin_edges, position_bins
 from tsae_core.sae import SAE, LossContext, SAEConfig, SAEOutput
 from tsae_core.sequence import default_doc_start, document_ids, positions_in_document
 from tsae_core.typed import check
@@ -62,8 +68,12 @@ class RelationalOptions:
     """Width of each head's queries and keys."""
     curriculum_steps: int = 500
     """Optimizer steps over which the window grows linearly from 1 to `window` (0: full window at once)."""
-    max_position: int = 128
-    """Positions in the document at or beyond this share the last row of the position table."""
+    max_position: int = 4096
+    """Where the last position bin begins: positions in the document at or beyond it share one row."""
+    attention: bool = True
+    """Read the previous tokens' codes (false: the context gain stays 0 and is not trained)."""
+    positions: bool = True
+    """Add the position table (false: no position prior). With both off the SAE is the token-wise one."""
     position_l1: float = 0.01
     """Weight of the L1 penalty on the position table (mean over positions of a row's L1 norm)."""
 
@@ -72,7 +82,7 @@ class RelationalOptions:
         check(self.heads >= 1, "options.heads", "must be >= 1")
         check(self.head_dim >= 1, "options.head_dim", "must be >= 1")
         check(self.curriculum_steps >= 0, "options.curriculum_steps", "must be >= 0")
-        check(self.max_position >= 0, "options.max_position", "must be >= 0")
+        check(self.max_position >= 1, "options.max_position", "must be >= 1")
         check(self.position_l1 >= 0, "options.position_l1", "must be >= 0")
 
 
@@ -83,10 +93,13 @@ class RelationalSAE(SAE):
         super().__init__(cfg)
         o = self.options
         check(cfg.d_sae % o.heads == 0, "options.heads", f"must divide d_sae ({cfg.d_sae})")
-        self.W_query = nn.Parameter(torch.empty(cfg.d_in, o.heads * o.head_dim))
-        self.W_key = nn.Parameter(torch.empty(cfg.d_in, o.heads * o.head_dim))
-        self.context_gain = nn.Parameter(torch.zeros(cfg.d_sae))
-        self.position_table = nn.Parameter(torch.zeros(o.max_position + 1, cfg.d_sae))
+        self.position_edges = position_bin_edges(o.max_position)
+        if o.attention:
+            self.W_query = nn.Parameter(torch.empty(cfg.d_in, o.heads * o.head_dim))
+            self.W_key = nn.Parameter(torch.empty(cfg.d_in, o.heads * o.head_dim))
+            self.context_gain = nn.Parameter(torch.zeros(cfg.d_sae))
+        if o.positions:
+            self.position_table = nn.Parameter(torch.zeros(len(self.position_edges), cfg.d_sae))
         self.register_buffer("steps_done", torch.zeros((), dtype=torch.long))
         # batchtopk picks codes over the whole batch (later tokens included): read its per-token form
         self._per_token_topk = TopK(cfg.k) if cfg.activation == "batchtopk" else None
@@ -100,12 +113,14 @@ class RelationalSAE(SAE):
     @torch.no_grad()
     def reset_parameters(self, generator: torch.Generator, b_dec: torch.Tensor | None = None) -> None:
         super().reset_parameters(generator, b_dec)
-        if not hasattr(self, "W_query"):  # the base constructor runs before the attention exists
+        if not hasattr(self, "steps_done"):  # the base constructor runs before the attention exists
             return
-        for W in (self.W_query, self.W_key):
-            W.copy_(torch.randn(W.shape, generator=generator) / self.cfg.d_in**0.5)
-        self.context_gain.zero_()
-        self.position_table.zero_()
+        if self.options.attention:
+            for W in (self.W_query, self.W_key):
+                W.copy_(torch.randn(W.shape, generator=generator) / self.cfg.d_in**0.5)
+            self.context_gain.zero_()
+        if self.options.positions:
+            self.position_table.zero_()
         self.steps_done.zero_()
 
     # -- curriculum ----------------------------------------------------------------------------
@@ -125,19 +140,28 @@ class RelationalSAE(SAE):
         self.steps_done.fill_(ctx.step + 1)
 
     # -- encoder -------------------------------------------------------------------------------
+    @property
+    def linear_encoder(self) -> bool:
+        return not (self.options.attention or self.options.positions)
+
     def encode_pre(self, x_n_BTD, doc_start_BT=None, position_BT=None):
         return self.encode_pre_masked(x_n_BTD, None, doc_start_BT, position_BT)
 
     def encode_pre_masked(self, x_n_BTD, mask_BT, doc_start_BT, position_BT):
+        if self.linear_encoder:  # attention and positions off: the token-wise SAE, as the base computes it
+            return SAE.encode_pre(self, x_n_BTD, doc_start_BT, position_BT)
         B, T, _ = x_n_BTD.shape
         if doc_start_BT is None:
             doc_start_BT = default_doc_start(B, T, x_n_BTD.device)
-        if position_BT is None:
-            position_BT = positions_in_document(doc_start_BT)
         x_BTD = x_n_BTD - self.b_dec
-        u_BTF = x_BTD @ self.W_enc + self.b_enc
-        position_BTF = nnf.embedding(position_BT.clamp(0, self.options.max_position), self.position_table)
-        return u_BTF + position_BTF + self.context_gain * self.context(x_BTD, u_BTF, mask_BT, doc_start_BT)
+        pre_BTF = u_BTF = x_BTD @ self.W_enc + self.b_enc
+        if self.options.positions:
+            if position_BT is None:
+                position_BT = positions_in_document(doc_start_BT)
+            pre_BTF = pre_BTF + nnf.embedding(position_bins(position_BT, self.position_edges), self.position_table)
+        if self.options.attention:
+            pre_BTF = pre_BTF + self.context_gain * self.context(x_BTD, u_BTF, mask_BT, doc_start_BT)
+        return pre_BTF
 
     def context(self, x_BTD: torch.Tensor, u_BTF: torch.Tensor, mask_BT: torch.Tensor | None,
                 doc_start_BT: torch.Tensor) -> torch.Tensor:
@@ -172,22 +196,22 @@ class RelationalSAE(SAE):
     # -- losses and report ---------------------------------------------------------------------
     def loss_terms(self, out: SAEOutput, ctx: LossContext) -> dict[str, torch.Tensor]:
         terms = super().loss_terms(out, ctx)
-        if self.options.position_l1 > 0:
+        if self.options.positions and self.options.position_l1 > 0:
             terms["position_l1"] = self.options.position_l1 * self.position_table.abs().sum(-1).mean()
         return terms
 
     def extra_metrics(self) -> dict[str, Any]:
         """How much of the position table and of the context path the SAE uses, and the curriculum's state."""
-        P = self.position_table.detach().float().abs()
-        g = self.context_gain.detach().float().abs()
-        return {
-            "position_table_nonzero_fraction": float((P > 1e-2).float().mean()),
-            "position_row_l1_mean": float(P.sum(-1).mean()),
-            "context_gain_mean_abs": float(g.mean()),
-            "latents_reading_context": float((g > 0.1).float().mean()),
-            "curriculum_window_reached": self.window_at(int(self.steps_done)),
-            "inference_window": self.options.window,
-        }
+        out: dict[str, Any] = {}
+        if self.options.positions:
+            P = self.position_table.detach().float().abs()
+            out.update({"position_table_nonzero_fraction": float((P > 1e-2).float().mean()),
+                        "position_row_l1_mean": float(P.sum(-1).mean()), "position_bins": len(self.position_edges)})
+        if self.options.attention:
+            g = self.context_gain.detach().float().abs()
+            out.update({"context_gain_mean_abs": float(g.mean()), "latents_reading_context": float((g > 0.1).float().mean()),
+                        "curriculum_window_reached": self.window_at(int(self.steps_done)), "inference_window": self.options.window})
+        return out
 
 
 MIN_BLOCK = 16
