@@ -106,6 +106,22 @@ def threshold_gap(pre_NF: torch.Tensor, threshold_F: torch.Tensor, mask_N: torch
 # ---------------------------------------------------------------- temporal and geometric terms
 
 
+def straight_through_codes(features_BTF: torch.Tensor, pre_acts_BTF: torch.Tensor) -> torch.Tensor:
+    """The codes, with a gradient that also reaches the latents the activation left at zero.
+
+        g = f + (pre - stopgrad(pre)) * [f = 0]
+
+    g equals f in value; its gradient is f's where a latent is active and passes straight through to
+    the pre-activation where it is not (the straight-through estimator of Bengio, Leonard & Courville
+    2013, "Estimating or propagating gradients through stochastic neurons", applied to TopK / ReLU /
+    JumpReLU selection). A term on the codes that asks a latent to appear where it is inactive (at
+    t + delta, when it fires at t) then raises that latent's pre-activation, which can carry it into
+    the TopK or over its threshold; through f alone, that pull lands on a zeroed code and is lost.
+    Only terms whose gradient reaches an inactive entry move it: a pair of zeros contributes none."""
+    inactive = (features_BTF == 0).to(pre_acts_BTF.dtype)
+    return features_BTF + (pre_acts_BTF - pre_acts_BTF.detach()) * inactive
+
+
 def same_document_pairs(doc_start_BT: torch.Tensor, mask_BT: torch.Tensor, delta: int) -> torch.Tensor:
     """(B, T - delta) True where tokens t and t + delta are in one document and both count.
 
@@ -161,13 +177,15 @@ def temporal_consistency(
 
 
 def info_nce(
-    anchor_PH: torch.Tensor, positive_PH: torch.Tensor, queue_QH: torch.Tensor, same_doc_PP: torch.Tensor, temperature: float
+    anchor_PH: torch.Tensor, positive_PH: torch.Tensor, queue_QH: torch.Tensor, same_doc_PP: torch.Tensor, temperature: float,
+    same_doc_PQ: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Symmetric InfoNCE on cosine similarities (anchor and positive rows are normalised here; queued
     rows are expected normalised).
 
     For pair p the positive is its partner; the negatives are the other pairs' partners and the
-    queue of past codes. Partners from p's own document are masked out (they are not negatives):
+    queue of past codes. Partners and queued codes from p's own document are masked out (they are not
+    negatives; `same_doc_PP`, `same_doc_PQ`):
         L = (CE(z_a z_p^T / tau over [positives, queue]) + CE(z_p z_a^T / tau over [anchors, queue])) / 2
     computed as logsumexp over each block, combined with logaddexp: no (P, P + Q) concatenation.
     """
@@ -179,7 +197,10 @@ def info_nce(
         positive_P = (u * v).sum(-1)
         lse_P = torch.logsumexp((u @ v.T).masked_fill(blocked_PP, float("-inf")), dim=1)
         if len(queue_QH):
-            lse_P = torch.logaddexp(lse_P, torch.logsumexp(u @ queue_QH.T, dim=1))
+            queue_PQ = u @ queue_QH.T
+            if same_doc_PQ is not None:
+                queue_PQ = queue_PQ.masked_fill(same_doc_PQ, float("-inf"))
+            lse_P = torch.logaddexp(lse_P, torch.logsumexp(queue_PQ, dim=1))
         total = total + (lse_P - positive_P).mean()
     return total / 2
 
@@ -188,8 +209,10 @@ def nn_normalize(x_NH: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     return x_NH / x_NH.norm(dim=-1, keepdim=True).clamp_min(eps)
 
 
-def grouped_orthogonality(W_dec_FD: torch.Tensor, groups_GS: torch.Tensor, alpha: float) -> torch.Tensor:
-    """Mean over latents i and the other members j of i's group of max(0, |cos(W_i, W_j)| - alpha)^2.
+def grouped_orthogonality(W_dec_FD: torch.Tensor, groups_GS: torch.Tensor, alpha: float, reduction: str = "max") -> torch.Tensor:
+    """Excess decoder similarity within groups: e_ij = max(0, |cos(W_i, W_j)| - alpha)^2 for the other
+    members j of latent i's group, then per latent its largest e_ij (`max`, OrtSAE's form) or the mean
+    over pairs (`mean`), averaged over latents.
 
     `groups_GS` holds latent indices, -1 for padding. Zero for orthogonal rows and for every
     |cos| <= alpha (the allowed sharing); grows quadratically above it. Cost F * S * D for groups of
@@ -200,4 +223,7 @@ def grouped_orthogonality(W_dec_FD: torch.Tensor, groups_GS: torch.Tensor, alpha
     pair_GSS = valid_GS.unsqueeze(2) & valid_GS.unsqueeze(1)
     pair_GSS &= ~torch.eye(groups_GS.shape[1], dtype=torch.bool, device=W_dec_FD.device)
     excess = torch.relu(cos_GSS.abs() - alpha).pow(2) * pair_GSS.to(cos_GSS.dtype)
-    return excess.sum() / pair_GSS.sum().clamp_min(1)
+    if reduction == "mean":
+        return excess.sum() / pair_GSS.sum().clamp_min(1)
+    has_partner_GS = pair_GSS.any(-1)
+    return excess.amax(-1)[has_partner_GS].sum() / has_partner_GS.sum().clamp_min(1)

@@ -95,3 +95,32 @@ def test_sparse_computation_equals_the_dense_definition_with_gradients(power):
     got.backward()
     want.backward()
     assert torch.allclose(f1.grad, f2.grad, atol=1e-6)
+
+
+@pytest.mark.parametrize("architecture, options", [
+    ("consistency", {"window": 1, "coefficient": 1.0}),
+    ("conv", {"buffer": 1, "scales": [2], "coefficient": 1.0}),
+])
+def test_the_term_can_make_a_latent_appear_at_the_next_position(architecture, options):
+    """Latent 0 fires at positions 0-1 and not at 2-3 (TopK picked latent 1 there). The persistence term
+    asks for latent 0 at 2-3 too: with the straight-through gradient its pre-activation there is raised
+    (a negative gradient); on the codes alone (`gradient: codes`, the earlier formulation) the pull lands
+    on a zeroed code and nothing reaches it."""
+    def grads(gradient):
+        sae = build_sae(SAEConfig(architecture=architecture, activation="topk", d_in=4, d_sae=3, k=1,
+                                  options={**options, "gradient": gradient}))
+        pre = torch.tensor([[[2.0, 1.0, -1.0], [2.0, 1.0, -1.0], [0.5, 1.5, -1.0], [0.5, 1.5, -1.0]]], requires_grad=True)
+        f = sae.activation(pre.reshape(-1, 3)).view(1, 4, 3)
+        x = torch.zeros(1, 4, 4)
+        doc = torch.zeros(1, 4, dtype=torch.bool)
+        doc[0, 0] = True
+        term = next(v for k, v in sae.loss_terms(SAEOutput(f, x, pre, x, x), LossContext(torch.ones(1, 4, dtype=torch.bool), doc)).items()
+                    if k in ("consistency", "hierarchy"))
+        (g,) = torch.autograd.grad(term, pre)
+        return g[0]
+
+    straight, codes = grads("straight_through"), grads("codes")
+    assert straight[2, 0] < -1e-3, "the pull to make latent 0 persist reaches its pre-activation where TopK zeroed it"
+    assert straight[1, 0] > 0, "and the code it persists from is still asked to agree"
+    assert codes[2, 0] == 0 and codes[3, 0] == 0, "through the codes alone nothing reaches a zeroed latent"
+    assert straight[:, 2].abs().max() == 0, "a latent inactive on both sides of every pair gets no pull"

@@ -102,3 +102,56 @@ def test_pairs_are_reproducible_from_seed_and_step():
 def test_high_level_prefix_is_a_matryoshka_level():
     sae = _sae()
     assert sae.sizes == [10, 40] and sae.level_weights == pytest.approx([0.5, 0.5])
+
+
+def _two_contexts_of_one_document(doc_ids):
+    """Four sequences of 8 tokens, each one document in its row, every token with an active
+    high-level latent; the store's document ids say which rows hold the same document."""
+    f = torch.rand(4, 8, 40, generator=torch.Generator().manual_seed(0)) + 0.1
+    doc = torch.zeros(4, 8, dtype=torch.bool)  # rows begin inside their documents: documents run across contexts
+    ids = torch.tensor(doc_ids)[:, None].expand(4, 8)
+    return f, LossContext(torch.ones(4, 8, dtype=torch.bool), doc, step=0, seed=0, doc_id_BT=ids)
+
+
+def test_no_negative_comes_from_the_anchors_own_document():
+    """Rows 0 and 1 are consecutive contexts of one document, as are rows 2 and 3 (97.6% of the
+    default's sequences begin inside a document). Pairs from the other row of an anchor's document are
+    not negatives: they are masked in the batch, and counted; a per-row count would have taken them."""
+    sae = _sae(queue_size=0, window=2)
+    f, ctx = _two_contexts_of_one_document([7, 7, 9, 9])
+    terms = sae.loss_terms(_out(f), ctx)
+    anchors, positives, doc_P = sae.pairs(f[..., :10], ctx)
+    same_PP = doc_P[:, None] == doc_P[None, :]
+    expected = losses.info_nce(anchors, positives, torch.zeros(0, 10), same_PP, 0.1)
+    assert terms["contrastive"].item() == pytest.approx(sae.cfg.d_in * expected.item(), rel=1e-5)
+    row_only = torch.arange(len(doc_P))[:, None] == torch.arange(len(doc_P))[None, :]  # what a per-row id sees at most
+    assert (same_PP & ~row_only).any(), "pairs of one document sit in different rows"
+    masked_in_batch, _ = sae.curve_values().values()
+    assert masked_in_batch == pytest.approx((same_PP.sum().item() - len(doc_P)) / len(doc_P))
+    apart = _sae(queue_size=0, window=2)
+    _, ctx_apart = _two_contexts_of_one_document([1, 2, 3, 4])
+    assert apart.loss_terms(_out(f), ctx_apart)["contrastive"].item() != pytest.approx(terms["contrastive"].item(), rel=1e-3)
+
+
+def test_queued_codes_keep_their_document_and_are_never_its_negatives():
+    sae = _sae(queue_size=64, window=2)
+    f, ctx = _two_contexts_of_one_document([7, 7, 9, 9])
+    sae.after_step(_out(f), ctx)
+    assert set(sae.queue_documents().tolist()) == {7, 9}
+    f2, ctx2 = _two_contexts_of_one_document([7, 7, 11, 11])  # the next batch continues document 7
+    sae.loss_terms(_out(f2), ctx2)
+    _, masked_in_queue = sae.curve_values().values()
+    _, _, doc_P = sae.pairs(f2[..., :10], ctx2)
+    expected = (doc_P[:, None] == sae.queue_documents()[None, :]).sum().item() / len(doc_P)
+    assert masked_in_queue == pytest.approx(expected) and masked_in_queue > 0
+
+
+def test_the_term_is_weighed_by_d_in():
+    small, large = _sae(queue_size=0), build_sae(SAEConfig(
+        architecture="contrastive", activation="topk", d_in=32, d_sae=40, k=4,
+        options={"window": 2, "queue_size": 0, "high_level_fraction": 0.25, "temperature": 0.1, "coefficient": 1.0}))
+    f, ctx = _two_contexts_of_one_document([1, 2, 3, 4])
+    x8, x32 = torch.zeros(4, 8, 8), torch.zeros(4, 8, 32)
+    t8 = small.loss_terms(SAEOutput(f, x8, f, x8, x8), ctx)["contrastive"].item()
+    t32 = large.loss_terms(SAEOutput(f, x32, f, x32, x32), ctx)["contrastive"].item()
+    assert t32 == pytest.approx(4 * t8, rel=1e-5)

@@ -10,6 +10,15 @@ variance for the same relative change on any model, width or k. With `subset_fra
 < 1 only the first S latents (a "slow" part of the dictionary) are asked to persist; the rest stay
 free to follow fast, token-level features. The idea of the research log that started this project
 (seed 000), in the spirit of slow-feature analysis (Wiskott & Sejnowski 2002) applied to SAE codes.
+
+Gradient. Where latent i fires at t and not at t + delta, d|f_t - f_{t+delta}| asks for both a smaller
+f_t and a larger f_{t+delta}. Under TopK, ReLU or JumpReLU the second half lands on a code the
+activation set to zero and is discarded, so on the codes alone the term can only shrink activations
+that do not persist (an L1 on them) and can never make a latent appear at t + delta. With
+`gradient: straight_through` (the default) C is computed on `losses.straight_through_codes`: the same
+value, but the pull on an inactive latent reaches its pre-activation, so a latent active at t is
+raised at its neighbours and can enter their TopK. `gradient: codes` keeps the earlier formulation
+(the gradient of the codes alone), so that runs made with it stay comparable.
 """
 
 from __future__ import annotations
@@ -34,6 +43,9 @@ class ConsistencyOptions:
     """|f_t - f_{t+delta}| (l1) or its square (l2)."""
     subset_fraction: float = 1.0
     """Only the first fraction of latents is penalised (the "slow" part); 1: all of them."""
+    gradient: Literal["straight_through", "codes"] = "straight_through"
+    """straight_through: the term's pull reaches inactive latents' pre-activations (it can make a latent
+    persist); codes: the gradient of the codes alone (earlier runs; it can only shrink codes)."""
 
     def __post_init__(self) -> None:
         check(self.window >= 1, "options.window", "must be >= 1")
@@ -48,11 +60,16 @@ class ConsistencySAE(SAE):
     def n_slow(self) -> int:
         return max(1, round(self.options.subset_fraction * self.cfg.d_sae))
 
+    @property
+    def uses_codes_in_loss(self) -> bool:
+        return self.options.coefficient > 0
+
     def loss_terms(self, out: SAEOutput, ctx: LossContext) -> dict[str, torch.Tensor]:
         terms = super().loss_terms(out, ctx)
         o = self.options
-        change = losses.temporal_consistency(
-            out.features[..., : self.n_slow], ctx.doc_start_BT, ctx.mask_BT, o.window, power=1 if o.norm == "l1" else 2
-        )
+        codes = out.features[..., : self.n_slow]
+        if o.gradient == "straight_through":
+            codes = losses.straight_through_codes(codes, out.pre_acts[..., : self.n_slow])
+        change = losses.temporal_consistency(codes, ctx.doc_start_BT, ctx.mask_BT, o.window, power=1 if o.norm == "l1" else 2)
         terms["consistency"] = o.coefficient * self.cfg.d_in * change
         return terms

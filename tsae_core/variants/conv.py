@@ -22,7 +22,10 @@ With x~_t = s x_t - b_dec and p_t = x~_t W_enc (the token-wise pre-activation wi
   one document, in [0, 1] (`losses.temporal_consistency` at lag 1; see `adjacent_change`). Averaging
   over scales (2, 4, 8 by default) asks features to persist at the phrase and sentence scale without
   forcing token-level flicker to vanish; d_in = E||x_n||^2 puts it on the reconstruction's scale, as
-  in `consistency`.
+  in `consistency`. As there, the pooled codes are those of `losses.straight_through_codes` by default
+  (`gradient: straight_through`): a latent active in one block is pulled up in the next block's tokens
+  through their pre-activations, where the codes alone would only pull it down in its own block;
+  `gradient: codes` keeps the earlier formulation.
 
 Seed 004 proposed a "temporal convolution layer with fixed context buffer", "hierarchical temporal
 consistency" and "boundary-aware temporal modeling" (its runs never trained). The depthwise kernel, its
@@ -32,11 +35,13 @@ initialisation and the block pooling are this implementation's choices for that 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 import torch.nn.functional as nnf
 from torch import nn
 
+from tsae_core import losses
 from tsae_core.sae import SAE, LossContext, SAEConfig, SAEOutput
 from tsae_core.sequence import default_doc_start, document_ids
 from tsae_core.typed import check
@@ -50,6 +55,9 @@ class ConvOptions:
     """Block sizes (tokens) at which pooled codes are compared with the next block's."""
     coefficient: float = 0.01
     """Weight of the mean relative change of pooled codes against the input's energy d_in; 0: none."""
+    gradient: Literal["straight_through", "codes"] = "straight_through"
+    """straight_through: the hierarchy term's pull reaches inactive latents' pre-activations; codes: the
+    gradient of the codes alone (earlier runs)."""
 
     def __post_init__(self) -> None:
         check(self.buffer >= 1, "options.buffer", "must be >= 1")
@@ -73,16 +81,20 @@ class ConvSAE(SAE):
             self.kernel_LF.zero_()
 
     # -- encoder -------------------------------------------------------------------------------
+    @property
+    def linear_encoder(self) -> bool:
+        return self.options.buffer == 1
+
     def encode_pre(self, x_n_BTD, doc_start_BT=None, position_BT=None):
         return self.encode_pre_masked(x_n_BTD, None, doc_start_BT, position_BT)
 
     def encode_pre_masked(self, x_n_BTD, mask_BT, doc_start_BT, position_BT):
+        if self.linear_encoder:  # buffer 1: the token-wise encoder, computed exactly as the base computes it
+            return SAE.encode_pre(self, x_n_BTD, doc_start_BT, position_BT)
         B, T, _ = x_n_BTD.shape
         p_BTF = (x_n_BTD - self.b_dec) @ self.W_enc
         if doc_start_BT is None:
             doc_start_BT = default_doc_start(B, T, x_n_BTD.device)
-        if self.options.buffer == 1:
-            return p_BTF + self.b_enc
         readable_BTF = p_BTF if mask_BT is None else p_BTF * mask_BT.unsqueeze(-1).to(p_BTF.dtype)
         past_BTF = causal_depthwise_conv(readable_BTF, self.kernel_LF, doc_start_BT)
         return p_BTF + past_BTF + self.b_enc
@@ -95,11 +107,18 @@ class ConvSAE(SAE):
             init(self.encode_pre(x_n_ND.unsqueeze(1)).squeeze(1))
 
     # -- losses --------------------------------------------------------------------------------
+    @property
+    def uses_codes_in_loss(self) -> bool:
+        return self.options.coefficient > 0
+
     def loss_terms(self, out: SAEOutput, ctx: LossContext) -> dict[str, torch.Tensor]:
         terms = super().loss_terms(out, ctx)
         o = self.options
         if o.coefficient > 0:
-            changes = [pooled_change(out.features, ctx.doc_start_BT, ctx.mask_BT, s) for s in o.scales]
+            codes = out.features
+            if o.gradient == "straight_through":
+                codes = losses.straight_through_codes(codes, out.pre_acts)
+            changes = [pooled_change(codes, ctx.doc_start_BT, ctx.mask_BT, s) for s in o.scales]
             terms["hierarchy"] = o.coefficient * self.cfg.d_in * torch.stack(changes).mean()
         return terms
 
