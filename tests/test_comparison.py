@@ -1,4 +1,4 @@
-"""The comparison verdict: each variant against its token-wise baseline, with Welch intervals over seeds."""
+"""The comparison verdict: each variant against its token-wise baseline, with paired intervals over seeds."""
 
 from __future__ import annotations
 
@@ -51,19 +51,33 @@ def three_seeds() -> dict[str, dict]:
     return {**_seeds("topk", BASE_EV, architecture="standard"), **_seeds("consistency", BETTER_EV)}
 
 
-def test_three_seeds_clearly_better_gives_welch_interval_excluding_zero(three_seeds):
+def test_three_paired_seeds_give_a_paired_t_interval_excluding_zero(three_seeds):
     row = _row(compare_variants(three_seeds), "consistency", "explained_variance")
-    v, b = np.array(BETTER_EV), np.array(BASE_EV)
-    se2_v, se2_b = v.var(ddof=1) / 3, b.var(ddof=1) / 3
-    df = (se2_v + se2_b) ** 2 / (se2_v**2 / 2 + se2_b**2 / 2)  # Welch–Satterthwaite
-    half = stats.t.ppf(0.975, df) * np.sqrt(se2_v + se2_b)
-    diff = v.mean() - b.mean()
-    assert row["baseline"] == "topk" and row["n_variant"] == row["n_baseline"] == 3
-    assert row["difference"] == pytest.approx(diff) and diff == pytest.approx(0.0297, abs=1e-4)
-    assert row["interval"] == pytest.approx([diff - half, diff + half], rel=1e-9)
+    d = np.array(BETTER_EV) - np.array(BASE_EV)  # the same seed on both sides: common random numbers
+    half = stats.t.ppf(0.975, 2) * d.std(ddof=1) / np.sqrt(3)
+    assert row["baseline"] == "topk" and row["n_variant"] == row["n_baseline"] == row["n_paired"] == 3
+    assert row["interval_kind"] == "paired"
+    assert row["difference"] == pytest.approx(d.mean()) and d.mean() == pytest.approx(0.0297, abs=1e-4)
+    assert row["interval"] == pytest.approx([d.mean() - half, d.mean() + half], rel=1e-9)
     assert row["half_width"] == pytest.approx(half, rel=1e-9)
     assert row["interval"][0] > 0 and row["verdict"] == "better"
     assert _row(compare_variants(three_seeds), "consistency", "l0")["verdict"] == "matched"
+
+
+def test_pairing_removes_the_noise_that_seeds_share():
+    """Seed-to-seed noise common to both sides (data order, initial values) cancels in paired differences:
+    a small, consistent gain is detected where comparing the two groups' means (Welch) cannot tell."""
+    base = [0.880, 0.900, 0.920]
+    gain = [b + 0.002 + e for b, e in zip(base, (0.0, 0.0003, -0.0002))]
+    paired = _row(compare_variants({**_seeds("topk", base, architecture="standard"), **_seeds("consistency", gain)}),
+                  "consistency", "explained_variance")
+    assert paired["interval_kind"] == "paired" and paired["verdict"] == "better"
+    unpaired = {**{f"topk-seed{s}": _eval("topk", s, ev, architecture="standard") for s, ev in zip((3, 4, 5), base)},
+                **_seeds("consistency", gain)}
+    welch = _row(compare_variants(unpaired), "consistency", "explained_variance")
+    assert welch["interval_kind"] == "welch" and welch["n_paired"] == 0
+    assert welch["interval"] == pytest.approx(list(welch_interval(gain, base)), rel=1e-9)
+    assert welch["verdict"] == "no detectable difference"
 
 
 def test_lower_is_better_metric_turns_a_rise_into_worse(three_seeds):
@@ -102,16 +116,32 @@ def test_l0_off_by_twenty_percent_is_not_matched(three_seeds):
     rows = compare_variants(three_seeds)
     l0 = _row(rows, "consistency", "l0")
     assert l0["relative_difference"] == pytest.approx(0.2)
-    assert l0["verdict"] == "not matched"
+    assert l0["verdict"] == "not matched: a token's reconstruction reads 4.8 latents against 4.0 for topk"
     assert all(r["l0_matched"] is False for r in rows)
     assert _row(rows, "consistency", "explained_variance")["verdict"] == "better"  # the statistics stay; the flag qualifies them
 
 
-def test_l0_of_the_sparse_code_is_preferred_when_present(three_seeds):
-    for e in three_seeds.values():  # a crosscoder-like variant: many raw non-zeros, the matched code at 4
+def test_matching_counts_every_latent_a_token_reconstruction_reads(three_seeds):
+    """A predictive-like variant spends 4 sparse codes but its tokens also read a dense predicted code
+    of 211 latents: not matched against TopK at 4, and the verdict names both L0s."""
+    for e in three_seeds.values():
         if e["variant"] == "consistency":
-            e["eval_result_metrics"]["sparsity"].update(l0=16.0, l0_sparse=4.0)
-    assert _row(compare_variants(three_seeds), "consistency", "l0")["verdict"] == "matched"
+            e["eval_result_metrics"]["sparsity"].update(l0=4.0, l0_sparse=4.0, l0_reconstruction=211.0)
+    row = _row(compare_variants(three_seeds), "consistency", "l0")
+    assert row["variant_value"] == pytest.approx(211.0) and row["l0_sparse_variant"] == pytest.approx(4.0)
+    assert row["verdict"] == ("not matched: a token's reconstruction reads 211.0 latents against 4.0 for topk "
+                              "(sparse code: 4.0 against 4.0)")
+
+
+def test_a_window_code_is_matched_against_the_topk_at_its_reconstruction_l0(three_seeds):
+    """A crosscoder-like variant whose tokens read k T = 16 latents takes the TopK at k 16 of the run as
+    its baseline (matched), not the one at k 4."""
+    evals = {**three_seeds, **_seeds("topk-k16", [0.95, 0.951, 0.949], architecture="standard", l0=16.0)}
+    for e in evals.values():
+        if e["variant"] == "consistency":
+            e["eval_result_metrics"]["sparsity"].update(l0=16.0, l0_sparse=4.0, l0_reconstruction=16.0)
+    assert find_baselines(evals)["consistency"] == "topk-k16"
+    assert _row(compare_variants(evals), "consistency", "l0")["verdict"] == "matched"
 
 
 def test_absent_optional_metrics_give_no_rows_not_nan(three_seeds):

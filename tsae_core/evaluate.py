@@ -19,12 +19,13 @@ import torch
 from safetensors import SafetensorError, safe_open
 from tqdm import tqdm
 
+from tsae_core.coactivation import CoFiring
 from tsae_core.config import ExperimentConfig
 from tsae_core.eval_files import eval_key, kept_evaluation, saebench_identity
 from tsae_core.io import provenance, save_tensors, write_json
 from tsae_core.metrics.core import CoreMetrics, misc_metrics
-from tsae_core.metrics.geometry import decoder_geometry, labels_from_groups, max_decoder_cosine
-from tsae_core.metrics.ground_truth import GroundTruthMetrics
+from tsae_core.metrics.geometry import cofiring_max_cosine, decoder_geometry, labels_from_groups, max_decoder_cosine
+from tsae_core.metrics.ground_truth import GroundTruthMetrics, matched_persistence
 from tsae_core.metrics.model import SAELENS_SECTION, ModelPreservation
 from tsae_core.metrics.position import PositionDependence, ReconstructionByPosition
 from tsae_core.metrics.redundancy import CrossPositionRedundancy
@@ -113,13 +114,15 @@ def evaluate_sae_with_latents(
     positions = PositionDependence(F, seed=derive_seed(cfg.run.seed, "position"))
     recon_by_position = ReconstructionByPosition(store.d_in)
     redundancy = CrossPositionRedundancy(F, max_lag=min(REDUNDANCY_MAX_LAG, max_lag), seed=derive_seed(cfg.run.seed, "redundancy"))
+    cofiring = CoFiring(F)
     truth = store.ground_truth()
-    gt = None
+    gt = truth_temporal = None
     if truth is not None:
         gt = GroundTruthMetrics(
             sae.decoder_directions().detach().cpu(), truth.directions_GD, truth.kinds, truth.rates_G,
             rare_rate=_rare_rate(cfg), threshold=cfg.eval.recovery_threshold,
         )
+        truth_temporal = TemporalMetrics(len(truth.kinds), max_lag=1, seed=derive_seed(cfg.run.seed, "truth-temporal"))
     variant_stats = sae.output_statistics()
     n_eval = cfg.eval.max_sequences or store.split("eval").n_sequences
     for batch in tqdm(eval_batches(store, cfg), desc=f"evaluate {name}", disable=not progress,
@@ -132,8 +135,10 @@ def evaluate_sae_with_latents(
         positions.update(features, batch.position_BT, batch.doc_start_BT, batch.mask_BT)
         recon_by_position.update(batch.acts_BTD.float(), recon, batch.position_BT, batch.mask_BT)
         redundancy.update(features, batch.doc_start_BT, batch.mask_BT)
+        cofiring.update(features, batch.mask_BT)
         if gt is not None and batch.true_codes_BTG is not None:
             gt.update(features, batch.true_codes_BTG.float(), batch.mask_BT)
+            truth_temporal.update(batch.true_codes_BTG.float(), batch.doc_start_BT, batch.mask_BT)
         if variant_stats is not None:
             variant_stats.update(out, b.mask_BT)
 
@@ -144,7 +149,7 @@ def evaluate_sae_with_latents(
         # SAELens's meaning: the tokens of the batches the CE/KL ran on
         metrics["token_stats"]["total_tokens_eval_reconstruction"] = metrics[SAELENS_SECTION]["total_tokens_eval_reconstruction"]
     temporal_result = temporal.result()
-    temporal_result.pop("per_latent", None)
+    per_latent = temporal_result.pop("per_latent")
     position_result = positions.result()
     temporal_result.update({
         "position_dependence_mean": position_result["position_dependence_mean"],
@@ -176,16 +181,25 @@ def evaluate_sae_with_latents(
     }
     if gt is not None:
         result["ground_truth"] = gt.result()
+        truth_lag1_G = [row[0] for row in truth_temporal.result(alive_only=False)["per_latent"]["autocorr_lag_FK"]]
+        result["ground_truth"]["persistence"] = matched_persistence(
+            gt.best_latent_G, truth.kinds, [row[0] for row in per_latent["autocorr_lag_FK"]],
+            [row[0] for row in per_latent["autocorr_lag_FK_doc_shuffled"]], truth_lag1_G)
     groups = getattr(sae, "groups", None)  # the orthogonal variant's feature groups
     labels_F = labels_from_groups(groups, F) if isinstance(groups, torch.Tensor) else None
     geometry, geometry_latents = decoder_geometry(sae.decoder_directions().detach(), labels_F)
-    result["geometry"] = {**geometry, **sae.extra_metrics()}
+    cofiring_summary, geometry_latents["max_cos_cofiring"] = cofiring_max_cosine(cofiring.matrix(), sae.decoder_directions())
+    result["geometry"] = {**geometry, **cofiring_summary, **sae.extra_metrics()}
     if variant_stats is not None:
         result["variant_metrics"] = variant_stats.result()
-    # the L0 compared at matched sparsity: the sparse code's, where `features` are not that code
-    # (the crosscoder's per-token view); `l0` keeps the SAELens definition, non-zero features per token
+    # Two L0s beside SAELens's `l0` (non-zero features per token): the sparse code's (`l0_sparse`, the
+    # budget a TopK variant spends) and that of everything a token's reconstruction reads
+    # (`l0_reconstruction`: a predictive SAE's dense predicted code too, a crosscoder's whole window
+    # code), which is what the comparison matches variants on
     sparsity = result["eval_result_metrics"]["sparsity"]
-    sparsity["l0_sparse"] = result.get("variant_metrics", {}).get("l0_sparse", sparsity["l0"])
+    variant_metrics = result.get("variant_metrics", {})
+    sparsity["l0_sparse"] = variant_metrics.get("l0_sparse", sparsity["l0"])
+    sparsity["l0_reconstruction"] = variant_metrics.get("l0_reconstruction", sparsity["l0"])
     result["health"] = assess_health(result)
     return result, _latent_tensors(positions, redundancy, geometry_latents)
 
@@ -210,6 +224,7 @@ def _latent_tensors(positions: PositionDependence, redundancy: CrossPositionRedu
         "position_dependence_control": pos["position_dependence_control_F"].float(),
         "max_decoder_cos": geometry["max_decoder_cos"].float(),
         "max_decoder_cos_partner": geometry["max_decoder_cos_partner"],
+        "max_cos_cofiring": geometry["max_cos_cofiring"].float(),
         "redundancy": torch.as_tensor(red["redundancy_F"]).float(),
         "redundancy_partner": torch.as_tensor(red["partner_F"]).long(),
         "redundancy_lag": torch.as_tensor(red["lag_F"]).long(),

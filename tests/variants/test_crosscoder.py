@@ -53,6 +53,35 @@ def test_a_sequence_that_begins_inside_a_document_continues_its_tiling():
     assert torch.allclose(tail.recon[:, 2:], a.recon[:, 8:], atol=1e-6), "window [8, 12) is the same window"
 
 
+def test_a_language_model_context_continues_the_tiling_from_its_first_counted_token():
+    """A language model's contexts begin with a BOS (special, stored position 0) whatever document
+    follows. A document that runs from one context into the next keeps its tiling there: the token at
+    document position p sits in window p // T, read from the first counted token, not from the BOS."""
+    sae = _sae()
+    T_ctx = 8
+    x = torch.randn(1, 2 * (T_ctx - 1), D, generator=torch.Generator().manual_seed(0))  # one document, split below
+    doc_position = torch.arange(2 * (T_ctx - 1))
+    contexts, layouts = [], []
+    for lo in (0, T_ctx - 1):  # context 1: BOS + positions 0..6; context 2: BOS + positions 7..13 (mid-document)
+        body = slice(lo, lo + T_ctx - 1)
+        xs = torch.cat([torch.zeros(1, 1, D), x[:, body]], 1)
+        doc_start = torch.zeros(1, T_ctx, dtype=torch.bool)
+        doc_start[0, 1] = lo == 0
+        position = torch.cat([torch.zeros(1), doc_position[body].float()])[None].long()
+        mask = torch.ones(1, T_ctx, dtype=torch.bool)
+        mask[0, 0] = False  # the BOS
+        contexts.append((xs, mask, doc_start, position))
+        layouts.append(window_layout(doc_start, position, 4, mask))
+    slots = torch.cat([layouts[0].slot_BT[0, 1:], layouts[1].slot_BT[0, 1:]])
+    assert slots.tolist() == (doc_position % 4).tolist(), "every token sits at its document position's slot"
+    second = layouts[1]
+    rows = second.row_BT[0, 1:]
+    blocks = doc_position[T_ctx - 1:] // 4  # positions 7..13: windows 1 (7), 2 (8..11), 3 (12, 13)
+    assert all((rows[i] == rows[j]) == (blocks[i] == blocks[j]) for i in range(len(rows)) for j in range(len(rows)))
+    out = sae(*contexts[1])
+    assert out.extras["slot_BT"][0, 1:].tolist() == (doc_position[T_ctx - 1:] % 4).tolist()
+
+
 @pytest.mark.parametrize("activation", ["topk", "batchtopk"])
 @torch.no_grad()
 def test_outputs_at_a_token_depend_on_its_own_window_only(activation):

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from tests.variants.causality import assert_round_trip, earlier_document_influence, future_influence, past_influence
+from tsae_core.comparison import compare_variants
 from tsae_core.evaluate import evaluate_variant
 from tsae_core.sae import LossContext, SAEConfig, build_sae
 from tsae_core.train import train_variant
@@ -146,3 +147,9 @@ def test_trains_and_reports_its_numbers_in_the_eval(harvested):
     assert r["health"]["healthy"], r["health"]
     assert vm["l0_sparse"] == pytest.approx(r["eval_result_metrics"]["sparsity"]["l0"])
     assert vm["l0_whole"] > vm["l0_sparse"] and 0 < vm["prediction_share"] < 1 and vm["collapse"] in ("none", "novel_takes_over", "prediction_takes_over")
+    sparsity = r["eval_result_metrics"]["sparsity"]
+    assert sparsity["l0_reconstruction"] == pytest.approx(vm["l0_whole"]), "a token's reconstruction reads the whole code"
+    train_variant(cfg, "topk", store, cfg.run_dir, progress=False)  # skipped where another test trained it
+    topk = evaluate_variant(cfg, "topk", store, cfg.run_dir, progress=False)
+    l0 = next(row for row in compare_variants({"predictive": r, "topk": topk}) if row["metric"] == "l0")
+    assert l0["baseline"] == "topk" and l0["verdict"].startswith("not matched: a token's reconstruction reads"), l0["verdict"]

@@ -119,3 +119,43 @@ def decoder_geometry(W_dec_FD: torch.Tensor, labels_F: torch.Tensor | np.ndarray
     if labels_F is not None:
         summary["group_condition"] = condition_summary(group_condition_numbers(W_dec_FD, labels_F))
     return summary, {"max_decoder_cos": best_F, "max_decoder_cos_partner": partner_F}
+
+
+COFIRING_MIN_TOKENS = 5
+"""A pair of latents co-fires when it fires together on at least this many evaluated tokens ..."""
+COFIRING_EXCESS = 2.0
+"""... and at least this many times as often as two independent latents of their rates would."""
+
+
+@torch.no_grad()
+def cofiring_max_cosine(firing_NF: Any, W_dec_FD: torch.Tensor) -> tuple[dict[str, Any], torch.Tensor]:
+    """The orthogonality prior's target: for each latent, the largest |cosine| between its decoder row
+    and that of a latent it co-fires with (NaN where it has no co-firing partner).
+
+    Latents i, j co-fire when n_ij >= COFIRING_MIN_TOKENS and n_ij >= COFIRING_EXCESS n_i n_j / N over
+    the N evaluated tokens (`firing_NF`, a scipy sparse 0/1 matrix, `tsae_core.coactivation.CoFiring`);
+    the counts come from one sparse product, never an F x F dense array of tokens. Returns the summary
+    (`max_cos_cofiring_mean` over latents with a partner, and the share of alive latents that have one)
+    and the per-latent values."""
+    import scipy.sparse
+
+    A = scipy.sparse.csr_matrix(firing_NF, dtype=np.float32)
+    N, F = A.shape
+    n_F = np.asarray(A.sum(0)).ravel()
+    C = (A.T @ A).tocoo()
+    i, j, n_ij = C.row, C.col, C.data
+    keep = (i != j) & (n_ij >= COFIRING_MIN_TOKENS) & (n_ij >= COFIRING_EXCESS * n_F[i] * n_F[j] / max(N, 1))
+    i, j = i[keep], j[keep]
+    U = unit_rows(W_dec_FD).cpu().numpy()
+    cos = np.abs(np.einsum("pd,pd->p", U[i], U[j]))
+    best = np.full(F, -np.inf)
+    np.maximum.at(best, i, cos)
+    best[~np.isfinite(best)] = np.nan
+    alive = n_F > 0
+    has = np.isfinite(best)
+    summary = {
+        "max_cos_cofiring_mean": float(best[has].mean()) if has.any() else float("nan"),
+        "cofiring_partner_fraction": float(has[alive].mean()) if alive.any() else float("nan"),
+        "cofiring_rule": f"n_ij >= {COFIRING_MIN_TOKENS} and n_ij >= {COFIRING_EXCESS:g} n_i n_j / N",
+    }
+    return summary, torch.from_numpy(best)

@@ -146,3 +146,30 @@ class GroundTruthMetrics:
             "threshold": self.threshold,
             "true_l0": true_l0,
         }
+
+
+def matched_persistence(best_latent_G: torch.Tensor, kinds: Sequence[str], latent_lag1_F: Sequence[float],
+                        latent_lag1_doc_shuffled_F: Sequence[float], true_lag1_G: Sequence[float]) -> dict[str, Any]:
+    """The temporal priors' target, per kind of true feature: the mean lag-1 autocorrelation of the
+    latent matched to each feature (its best decoder cosine), beside the same latent's under the
+    within-document shuffle (order destroyed, each document's rates kept) and the true feature's own
+    codes' (what a latent that tracks it exactly would show). NaN entries (a latent that never fires)
+    are left out of the means."""
+    match = best_latent_G.cpu().long()
+    lag1_F = torch.as_tensor(latent_lag1_F, dtype=_F64)
+    shuffled_F = torch.as_tensor(latent_lag1_doc_shuffled_F, dtype=_F64)
+    truth_G = torch.as_tensor(true_lag1_G, dtype=_F64)
+
+    def mean(t: torch.Tensor) -> float:
+        return float(t.nanmean()) if bool((~t.isnan()).any()) else float("nan")
+
+    out: dict[str, Any] = {}
+    for kind in dict.fromkeys(kinds):
+        idx = torch.tensor([g for g, k in enumerate(kinds) if k == kind])
+        out[kind] = {
+            "matched_autocorr_lag1": mean(lag1_F[match[idx]]),
+            "matched_autocorr_lag1_doc_shuffled": mean(shuffled_F[match[idx]]),
+            "true_autocorr_lag1": mean(truth_G[idx]),
+            "n_features": len(idx),
+        }
+    return out

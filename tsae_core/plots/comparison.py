@@ -15,7 +15,7 @@ from tsae_core.plots.common import UNHEALTHY_COLOR, Evals, PathLike, _figure, _s
 RULE = ("baseline: the token-wise SAE (architecture standard) with the same activation, same d_sae where possible; "
         "standard SAEs and sweep points get no rows")
 TITLE_RULE = "the token-wise SAE with its activation (and d_sae where possible)"
-INTERVAL = f"{LEVEL:.0%} Welch t interval on the difference of means (variant − baseline) over seeds"
+INTERVAL = f"{LEVEL:.0%} t interval over seeds on the paired difference (variant − baseline at one seed)"
 VERDICT_COLORS = {
     "better": "#5aae61",
     "worse": "#d6604d",
@@ -38,7 +38,10 @@ L0_UNMATCHED_COLOR = "#b35806"
 
 
 def _kind(verdict: str) -> str:
-    return "excluded" if verdict.startswith("excluded") else verdict
+    for prefix in ("excluded", "not matched"):
+        if verdict.startswith(prefix):
+            return prefix
+    return verdict
 
 
 def _signed(x: float) -> str:

@@ -5,7 +5,8 @@ acausal crosscoders of Lindsey et al. 2024, "Sparse Crosscoders").
 Each document is tiled into windows of T positions from its start: the token at document position p
 sits in window floor(p / T) at slot p mod T, so no window ever holds two documents, and a token's
 window and slot do not depend on how documents are packed into sequences (a sequence that begins
-inside a document continues that document's tiling from `position_BT`). With x_c,p = x_n,p - b_dec,p
+inside a document continues that document's tiling from `position_BT`, read at its first counted
+token). With x_c,p = x_n,p - b_dec,p
 for the counted tokens of window w and 0 for its empty slots (special tokens, positions past the
 document's end or outside the sequence):
 
@@ -70,14 +71,23 @@ class WindowLayout:
     n_rows: int
 
 
-def window_layout(doc_start_BT: torch.Tensor, position_BT: torch.Tensor | None, window: int) -> WindowLayout:
-    """Tile every document from its start into windows of `window` positions (see the module docstring)."""
+def window_layout(doc_start_BT: torch.Tensor, position_BT: torch.Tensor | None, window: int,
+                  counted_BT: torch.Tensor | None = None) -> WindowLayout:
+    """Tile every document from its start into windows of `window` positions (see the module docstring).
+
+    A sequence that begins inside a document continues that document's tiling: its offset is read at
+    the sequence's first counted token (`counted_BT`; None: every token counts), since a language
+    model's context begins with a BOS whose stored position is 0 whatever document follows it."""
     B, T = doc_start_BT.shape
     doc_BT = document_ids(doc_start_BT)
     pos_BT = positions_in_document(doc_start_BT)
-    if position_BT is not None:  # the first document of a sequence that begins inside it
-        continues_BT = (doc_BT == doc_BT[:, :1]) & ~doc_start_BT[:, :1]
-        pos_BT = pos_BT + torch.where(continues_BT, position_BT[:, :1].to(pos_BT.dtype), torch.zeros_like(pos_BT))
+    if position_BT is not None:
+        counted = torch.ones_like(doc_start_BT) if counted_BT is None else counted_BT.bool()
+        first_B1 = counted.long().argmax(1, keepdim=True)  # the first counted token (0 if none counts)
+        leading_B1 = doc_BT.gather(1, first_B1) == 0  # it belongs to the document the sequence began inside
+        offset_B1 = position_BT.gather(1, first_B1).to(pos_BT.dtype) - pos_BT.gather(1, first_B1)
+        continues_BT = (doc_BT == 0) & leading_B1
+        pos_BT = pos_BT + torch.where(continues_BT, offset_B1, torch.zeros_like(pos_BT))
     block_BT = torch.div(pos_BT, window, rounding_mode="floor")
     new_BT = torch.ones(B, T, dtype=torch.bool, device=doc_start_BT.device)
     new_BT[:, 1:] = (doc_BT[:, 1:] != doc_BT[:, :-1]) | (block_BT[:, 1:] != block_BT[:, :-1])
@@ -133,7 +143,7 @@ class CrosscoderSAE(SAE):
         if doc_start_BT is None:
             doc_start_BT = default_doc_start(B, T, x_n_BTD.device)
         counted_BT = torch.ones(B, T, dtype=torch.bool, device=x_n_BTD.device) if mask_BT is None else mask_BT.bool()
-        lay = window_layout(doc_start_BT, position_BT, Tw)
+        lay = window_layout(doc_start_BT, position_BT, Tw, counted_BT)
         xc_BTD = (x_n_BTD - self.b_dec[lay.slot_BT]) * counted_BT.unsqueeze(-1).to(x_n_BTD.dtype)
         X_WTD = x_n_BTD.new_zeros(lay.n_rows, Tw, D)
         X_WTD[lay.row_BT.reshape(-1), lay.slot_BT.reshape(-1)] = xc_BTD.reshape(-1, D)
@@ -179,7 +189,7 @@ class CrosscoderSAE(SAE):
         B, T, _ = x_BTD.shape
         if doc_start_BT is None:
             doc_start_BT = default_doc_start(B, T, x_BTD.device)
-        slot_BT = window_layout(doc_start_BT, position_BT, self.options.T).slot_BT
+        slot_BT = window_layout(doc_start_BT, position_BT, self.options.T, mask_BT).slot_BT
         recon = torch.zeros_like(x_BTD)
         for s in range(self.options.T):
             out = self(x_BTD, mask_BT.bool() & (slot_BT <= s), doc_start_BT, position_BT)
@@ -284,5 +294,6 @@ class CrosscoderStatistics(OutputStatistics):
             "l0_sparse": self.active / n,
             "l0_per_window": self.active / w,
             "l0_token_view": self.token_view / n,
+            "l0_reconstruction": self.token_view / n,  # a token is rebuilt from every active latent of its window
             "window_fill": self.tokens / (w * self.T),
         }

@@ -277,6 +277,7 @@ class PredictiveStatistics(OutputStatistics):
             "l0_novel": s.get("l0_novel", 0.0) / n,
             "l0_predicted": s.get("l0_predicted", 0.0) / n,
             "l0_whole": s.get("l0_whole", 0.0) / n,
+            "l0_reconstruction": s.get("l0_whole", 0.0) / n,  # a token's reconstruction reads the whole code
             "prediction_share": share,
             "explained_variance_prediction_only": 1.0 - s.get("err_pred", 0.0) / total_var if total_var > 0 else float("nan"),
             "collapse": verdict,
