@@ -136,6 +136,9 @@ class VariantConfig:
     """Learning rate, taken as given; 0 means the recipe default (2e-4 topk/batchtopk, 5e-5 relu) times train.lr_scale."""
     options: dict[str, Any] = field(default_factory=dict)
     """Variant-specific knobs, validated by the variant itself."""
+    controls: list[str] = field(default_factory=list)
+    """This SAE is a control of the named variants (e.g. `pooled`, the smoothing control, of every temporal
+    variant; OrtSAE's penalty of `orthogonal`): reports set it beside them, not among the priors."""
     load_from: str = ""
     """A SAELens 6 folder (cfg.json + sae_weights.safetensors) or a tsae SAE folder: this variant is that
     SAE, evaluated as it is and never trained (`tsae_core.imported`); its architecture, activation and
@@ -162,6 +165,7 @@ class VariantConfig:
         _check(self.pre_act_coefficient >= 0, "pre_act_coefficient", "must be >= 0")
         _check(self.aux_k >= 0, "aux_k", "must be >= 0")
         _check(self.lr >= 0 and self.lr == self.lr, "lr", "must be >= 0 (0: recipe default)")
+        _check(len(set(self.controls)) == len(self.controls), "controls", f"must not repeat a variant, got {self.controls}")
 
     @property
     def default_lr(self) -> float:
@@ -669,6 +673,10 @@ class ExperimentConfig:
             check_plain_name(name, f"variants.{name}")
         for name in self.sweep:
             check_plain_name(name, f"sweep.{name}")
+        for name, v in self.variants.items():
+            for target in v.controls:
+                _check(target in self.variants and target != name, f"variants.{name}.controls",
+                       f"{target!r} is not another variant of this run; variants: {', '.join(self.variants)}")
         for name in self.run.expected_unhealthy:
             _check(name in self.variants, f"run.expected_unhealthy.{name}",
                    f"names no variant of this run; variants: {', '.join(self.variants)}")

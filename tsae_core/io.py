@@ -201,6 +201,15 @@ def code_hash(without: tuple[str, ...] = ()) -> str:
     return h.hexdigest()[:16]
 
 
+def machine_description() -> dict[str, Any]:
+    """What ran a stage: the device torch sees, the CPU cores, the platform and the library versions."""
+    import platform
+
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+    return {"device": device, "cpu_count": os.cpu_count(), "platform": platform.platform(terse=True),
+            "python": platform.python_version(), "torch": torch.__version__}
+
+
 def provenance(config_hash: str | None = None) -> dict[str, Any]:
     """The stamp every JSON carries: tsae version, git commit, creation time, config hash."""
     from tsae_core import __version__

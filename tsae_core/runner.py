@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from tsae_core.config import ConfigError, ExperimentConfig, load_config, parse_override, project_root
-from tsae_core.io import DiskFull, code_hash, provenance, read_json, write_json
+from tsae_core.io import DiskFull, code_hash, machine_description, provenance, read_json, write_json
 from tsae_core.run_lock import RunDirectoryLocked
 
 EXIT_FAILED, EXIT_INVALID, EXIT_UNHEALTHY, EXIT_INTERRUPTED = 1, 2, 3, 130
@@ -228,7 +228,7 @@ def _run_stages(cfg: ExperimentConfig, params: str, params_file: Path, overrides
         except (NotebookInterrupted, KeyboardInterrupt):
             raise StageInterrupted(stage.name) from None
         seconds = time.perf_counter() - t0
-        state[stage.name] = {"key": key, "seconds": round(seconds, 1), "notebook": str(out_nb)}
+        state[stage.name] = {"key": key, "seconds": round(seconds, 1), "notebook": str(out_nb), "machine": machine_description()}
         write_json(state_file, state, stamp=provenance(cfg.hash()))
         print(f"[tsae] {stage.name:9s} done in {seconds:.0f} s  ({out_nb})", flush=True)
 

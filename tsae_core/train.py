@@ -145,7 +145,8 @@ def variant_train_hash(cfg: ExperimentConfig, name: str, data_hash: str) -> str:
     """What a trained SAE depends on: its variant, the recipe, the seed and the data; for an imported
     one (`load_from`), the bytes of the weights it was copied from too."""
     inst = cfg.instance(name)
-    parts = {"variant": cfg.to_dict()["variants"][inst.variant], "train": cfg.to_dict()["train"], "seed": inst.seed, "data": data_hash}
+    variant = {k: v for k, v in cfg.to_dict()["variants"][inst.variant].items() if k != "controls"}  # a label, not a knob
+    parts = {"variant": variant, "train": cfg.to_dict()["train"], "seed": inst.seed, "data": data_hash}
     if cfg.variants[inst.variant].load_from:
         parts["imported_weights"] = source_digest(source_folder(cfg, name))
     blob = json.dumps(parts, sort_keys=True)
@@ -303,6 +304,7 @@ def train_variant(cfg: ExperimentConfig, name: str, store: Any, run_dir: Path, p
     bar = tqdm(total=tc.steps, initial=start, desc=f"train {name}", disable=not progress or not main, unit="step")
     last_record: dict[str, Any] = {}
     t0, tokens_since_log = time.perf_counter(), 0
+    started = t0
     curves = paths.curves.open("a") if main else contextlib.nullcontext()
     with batches:  # the read-ahead thread, if any, ends with the training, however it ends
         with curves as curves_file, StepInterrupt() as interrupt, tf32_matmuls(device):
@@ -347,6 +349,7 @@ def train_variant(cfg: ExperimentConfig, name: str, store: Any, run_dir: Path, p
     training = {
         "steps": tc.steps, "tokens": tc.steps * tc.batch_sequences * store.context_size, "lr": lr,
         "final": {k: last_record.get(k) for k in ("loss", "fvu", "l0", "dead_fraction")}, "resumed_from": start,
+        "seconds": round(time.perf_counter() - started, 1), "device": str(device),
     }
     if controller:
         training["target_l0"] = {"target": controller.target, "start_coefficient": controller.start_coefficient,
