@@ -254,7 +254,14 @@ def main(argv: list[str] | None = None) -> int:
     p_rate = sub.add_parser("ratings", help="unblind and score ratings downloaded from a run's dashboard (rate.html)")
     p_rate.add_argument("run_dir", metavar="RUN", help="the run directory, e.g. runs/default")
     p_rate.add_argument("files", metavar="FILE", nargs="+", help="ratings JSON files (several raters pool)")
+    p_rep = sub.add_parser("report", help="write a results report per run from its JSON files (docs/reports.md)")
+    p_rep.add_argument("runs", metavar="RUN", nargs="+", help="a run directory (runs/<run>) or a run name")
+    p_rep.add_argument("--out", default="docs/results", help="folder of the reports (default: docs/results)")
     args = parser.parse_args(argv)
+    if args.command == "report":
+        from tsae_core.report import report_command
+
+        return report_command(args.runs, args.out)
     if args.command == "ratings":
         from tsae_core.dashboard.rating import ratings_command
 
