@@ -83,7 +83,7 @@ def _instance_names(config: dict[str, Any]) -> list[str] | None:
 
     try:
         return [i.name for i in config_from_dict(config).instances()]
-    except (ConfigError, TypeError, ValueError):
+    except (ConfigError, KeyError, TypeError, ValueError):
         return None
 
 
