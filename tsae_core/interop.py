@@ -53,7 +53,7 @@ import safetensors
 import torch
 from safetensors.torch import load_file
 
-from tsae_core.io import TEMP_SUFFIX, read_json, save_tensors, write_json
+from tsae_core.io import TEMP_PREFIX, TEMP_SUFFIX, read_json, save_tensors, write_json
 from tsae_core.sae import (
     SAE,
     SAE_CFG,
@@ -274,7 +274,7 @@ def write_saelens_folder(target: Path, cfg: dict[str, Any], tensors: dict[str, t
     """Write `cfg.json` and the weights into a temporary directory beside `target`, then rename it
     onto `target`: the folder appears whole or not at all. `replace`: an existing folder is replaced."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=TEMP_SUFFIX, dir=target.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{target.name}.", suffix=TEMP_SUFFIX, dir=target.parent))
     old: Path | None = None
     try:
         save_tensors(tmp / SAELENS_WEIGHTS, tensors)
@@ -285,7 +285,7 @@ def write_saelens_folder(target: Path, cfg: dict[str, Any], tensors: dict[str, t
                 raise FileExistsError(f"{target} already exists")
             if not target.is_dir() or target.is_symlink():
                 raise FileExistsError(f"{target} exists and is not a directory; not replacing it")
-            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", suffix=TEMP_SUFFIX, dir=target.parent))
+            old = Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{target.name}.old.", suffix=TEMP_SUFFIX, dir=target.parent))
             os.replace(target, old / target.name)
         os.rename(tmp, target)
     except BaseException:
