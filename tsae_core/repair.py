@@ -2,13 +2,13 @@
 
 Every message that advises a fix (a damaged or NaN shard, a shard of the wrong shape, damaged SAE
 files, a stage whose inputs are missing, a damaged blind-rating key) builds its command here, so the
-command repairs the run whose file is damaged: `tsae run <params> --set k=v ... --only <stage>`, with
+command repairs the run whose file is damaged: `tsae run <params> --set k=v ... [--force] --only <stage>`, with
 the `--set` overrides of the run (a dropped `--set run.name=...` would repair another run, and the
 default params would start the full default harvest).
 
-Where the run's invocation comes from: the runner records it in `runs/<run>/config.json`
-(`params_file`, `overrides`) before any stage runs, and the stages' code finds it from any path inside
-the run directory. A run directory that no `tsae run` made (notebooks run by
+Where the run's invocation comes from: `tsae run` (and the distributed trainer) records it in
+`runs/<run>/config.json` (`params_file`, `overrides`) before any stage runs (`record_invocation`), and
+the stages' code finds it from any path inside the run directory. A run directory that no `tsae run` made (notebooks run by
 hand, the Python API) has no record; its messages then say so and name the run directory.
 """
 
@@ -37,6 +37,15 @@ def invocation(run_dir: str | Path) -> tuple[str, dict[str, Any]] | None:
     return params, overrides
 
 
+def record_invocation(cfg: Any, params_file: str | Path, overrides: dict[str, Any]) -> None:
+    """Write the run's invocation (and its resolved config) where `invocation` reads it: by `tsae run`
+    and by the distributed trainer, under the run directory's lock, before any stage runs."""
+    from tsae_core.io import provenance, write_json
+
+    write_json(Path(cfg.run_dir) / INVOCATION_FILE, {"params_file": str(params_file), "overrides": overrides,
+                                                     "config": cfg.to_dict()}, stamp=provenance(cfg.hash()))
+
+
 def _shown_params(params: str) -> str:
     """The params file as the user can pass it from the project root (relative there, else absolute)."""
     path = Path(params)
@@ -58,14 +67,14 @@ def _override_text(key: str, value: Any) -> str:
 
 
 def run_command(params: str, overrides: dict[str, Any], only: str | None = None, force: bool = False) -> str:
-    """`tsae run <params> --set ... [--only STAGES] [--force]`, quoted for a POSIX shell."""
+    """`tsae run <params> --set ... [--force] [--only STAGES]`, quoted for a POSIX shell."""
     words = ["tsae", "run", _shown_params(params)]
     for key, value in overrides.items():
         words += ["--set", _override_text(str(key), value)]
-    if only:
-        words += ["--only", only]
     if force:
         words.append("--force")
+    if only:
+        words += ["--only", only]
     return " ".join(shlex.quote(w) for w in words)
 
 
@@ -78,7 +87,7 @@ def repair_command(run_dir: str | Path, stage: str, force: bool = False, extra: 
         params, overrides = recorded
         return f"`{run_command(params, {**overrides, **(extra or {})}, only=stage, force=force)}`"
     sets = "".join(f" --set {_override_text(k, v)}" for k, v in (extra or {}).items())
-    flags = f"{sets} --only {stage}" + (" --force" if force else "")
+    flags = sets + (" --force" if force else "") + f" --only {stage}"
     return (f"`tsae run PARAMS{flags}` with PARAMS (and any --set) the parameters that made {run_dir} "
             f"(no `tsae run` recorded them in {Path(run_dir) / INVOCATION_FILE})")
 

@@ -29,7 +29,7 @@ from typing import Any
 
 from tsae_core.config import ConfigError, ExperimentConfig, load_config, parse_override, project_root
 from tsae_core.io import DiskFull, code_hash, provenance, read_json, write_json
-from tsae_core.repair import INVOCATION_FILE
+from tsae_core.repair import record_invocation
 from tsae_core.run_lock import RunDirectoryLocked
 
 EXIT_FAILED, EXIT_INVALID, EXIT_UNHEALTHY, EXIT_INTERRUPTED = 1, 2, 3, 130
@@ -190,9 +190,7 @@ def _run_stages(cfg: ExperimentConfig, params_file: Path, overrides: dict[str, A
     from tsae_core.stage_outputs import inputs_fingerprint, output_problems
 
     run_dir = cfg.run_dir
-    # how this run was invoked: what every printed repair command repeats (`tsae_core.repair`)
-    write_json(run_dir / INVOCATION_FILE, {"params_file": str(params_file), "overrides": overrides, "config": cfg.to_dict()},
-               stamp=provenance(cfg.hash()))
+    record_invocation(cfg, params_file, overrides)  # what every printed repair command repeats (`tsae_core.repair`)
     state_file = run_dir / "stages.json"
     try:
         state: dict[str, Any] = read_json(state_file) if state_file.is_file() else {}

@@ -64,7 +64,7 @@ def test_a_damaged_key_is_named_with_the_command_that_rebuilds_it(run, capsys, c
     code, printed = _ratings(capsys, run_dir, good)
     assert code == 2 and "Traceback" not in printed.err
     assert f"{run_dir / 'analysis' / KEY_FILE} is damaged" in printed.err, printed.err
-    rebuild = f"`tsae run params/ci.yaml --set run.name=r --set run.out_dir={run_dir.parent} --only dashboard`"
+    rebuild = f"`tsae run params/ci.yaml --set run.name=r --set run.out_dir={run_dir.parent} --force --only dashboard`"
     assert rebuild in printed.err, printed.err
 
 

@@ -92,7 +92,7 @@ def test_a_nan_shard_names_the_forced_harvest_of_this_run(harvested_run, capsys)
         ActivationStore.open(run_dir / "activations").split("train").read_shard(2)
     assert "params/<name>.yaml" not in str(e.value) and str(shard) in str(e.value)
     command = _printed_command(str(e.value))
-    assert command == ["run", str(params), "--set", "run.name=damaged", "--only", "harvest", "--force"]
+    assert command == ["run", str(params), "--set", "run.name=damaged", "--force", "--only", "harvest"]
     assert main(command) == 0
     assert not torch.isnan(load_file(str(shard))["acts"]).any()
 
@@ -107,7 +107,7 @@ def test_a_shard_of_another_shape_is_named_with_the_repair(harvested_run, capsys
     err = capsys.readouterr().err
     assert f"shard {shard} does not fit this store: its acts has shape (20, 16, 16)" in err, err[-3000:]
     command = _printed_command(err)
-    assert command == ["run", str(params), "--set", "run.name=damaged", "--only", "harvest", "--force"]
+    assert command == ["run", str(params), "--set", "run.name=damaged", "--force", "--only", "harvest"]
     assert main(command) == 0
     assert main(["run", str(params), *NAMED, "--only", "train"]) == 0
 

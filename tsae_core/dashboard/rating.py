@@ -69,7 +69,7 @@ def load_key(run_dir: str | Path) -> dict[str, Any]:
     from tsae_core.repair import repair_command
 
     path = Path(run_dir) / "analysis" / KEY_FILE
-    rebuild = repair_command(run_dir, "dashboard")
+    rebuild = repair_command(run_dir, "dashboard", force=True)  # forced: a key whose set id still matches is not redone otherwise
     try:
         key = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
