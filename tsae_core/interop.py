@@ -264,7 +264,7 @@ def export_saelens(source: str | Path, out: str | Path, force: bool = False) -> 
         except (SAEFileError, NotRepresentable) as e:
             result.refused.append((name, str(e)))
             continue
-        if problems := saelens_problems(cfg, tensors):  # the same rules as an import of the folder
+        if problems := saelens_problems(cfg, tensors, exporting=True):  # the same rules as an import of the folder
             result.refused.append((name, "; ".join(f"its SAELens {file} would be refused: {why}" for file, why in problems)))
             continue
         write_saelens_folder(target, cfg, tensors, replace=force)

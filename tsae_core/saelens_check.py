@@ -8,6 +8,7 @@ import (`load_from`, `interop.load_saelens_sae`) and export (`interop.export_sae
 - JumpReLU: no threshold is negative. SAELens computes relu(pre) 1[pre > theta], tsae pre 1[pre > theta]:
   they differ exactly where theta < pre < 0, so with a negative threshold the imported SAE would be
   another SAE than the one in the folder (and an export would write one SAELens reads differently).
+  SAELens's codes are the same with such a threshold set to 0, which the message advises.
 
 `saelens_problems` lists what is wrong, each with the file it is in (`cfg.json` or the weights) and
 the key or tensor, so that the message can name both.
@@ -44,10 +45,12 @@ def _k_problem(k: Any, d_sae: int) -> str | None:
     return None
 
 
-def saelens_problems(cfg: dict[str, Any], tensors: dict[str, torch.Tensor]) -> list[tuple[str, str]]:
+def saelens_problems(cfg: dict[str, Any], tensors: dict[str, torch.Tensor], exporting: bool = False) -> list[tuple[str, str]]:
     """[(file, problem)] of a SAELens SAE given by its `cfg.json` values and its weight tensors (as
-    stored, before any folding); empty when tsae and SAELens compute the same codes from it."""
-    problems = [(SAELENS_WEIGHTS, p) for p in nonfinite_problems(tensors)]
+    stored, before any folding); empty when tsae and SAELens compute the same codes from it.
+    `exporting`: the tensors are a tsae SAE's, about to be written (the advice differs)."""
+    problems = [(SAELENS_WEIGHTS, f"{p}: every code would be NaN; use weights from before the training diverged")
+                for p in nonfinite_problems(tensors)]
     architecture = cfg.get("architecture", "standard")
     if architecture == "topk" and (p := _k_problem(cfg.get("k"), int(cfg["d_sae"]))):
         problems.append((SAELENS_CFG, p))
@@ -55,5 +58,8 @@ def saelens_problems(cfg: dict[str, Any], tensors: dict[str, torch.Tensor]) -> l
     if architecture == "jumprelu" and threshold is not None and bool((threshold < 0).any()):
         problems.append((SAELENS_WEIGHTS, f"tensor threshold has {int((threshold < 0).sum())} negative values (the smallest "
                                           f"{float(threshold.min()):.4g}): SAELens's JumpReLU zeroes negative "
-                                          "pre-activations and tsae's keeps them, so the two would compute different codes"))
+                                          "pre-activations and tsae's keeps them, so the two would compute different codes; "
+                                          + ("SAELens cannot express this SAE" if exporting else
+                                             "SAELens computes the same codes with those thresholds set to 0, so save the "
+                                             "SAE with threshold.clamp(min=0) to import it")))
     return problems
