@@ -148,6 +148,7 @@ def _forward_sigint(kernels: list[Any]) -> Iterator[list[int]]:
     the second kills it and, should papermill still be waiting `STOP_AT_ONCE_S` later, raises
     `KeyboardInterrupt` here (an alarm), so no wait outlives it; a third raises at once."""
     count = [0]
+    alarm: list[Any] = []  # the SIGALRM handler replaced, once the alarm is armed
 
     def give_up(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt
@@ -163,16 +164,16 @@ def _forward_sigint(kernels: list[Any]) -> Iterator[list[int]]:
             return
         print("\n[tsae] stopping at once: the kernel is killed, its current step is lost", file=sys.stderr, flush=True)
         _signal_kernel(kernels[-1], signal.SIGKILL)
-        signal.signal(signal.SIGALRM, give_up)
+        alarm.append(signal.signal(signal.SIGALRM, give_up))
         signal.setitimer(signal.ITIMER_REAL, STOP_AT_ONCE_S)
 
     previous = signal.signal(signal.SIGINT, handle)
-    previous_alarm = signal.getsignal(signal.SIGALRM)
     try:
         yield count
     finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous_alarm)
+        if alarm:  # only an alarm of ours is disarmed (a caller's own timer is left alone)
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, alarm[0])
         signal.signal(signal.SIGINT, previous)
 
 

@@ -442,14 +442,18 @@ class SAEFileError(FileNotFoundError):
         self.problem = problem or message
 
 
-def sae_fix(directory: str | Path) -> str:
-    """How to repair the SAE in `directory`: its run's train stage (`tsae_core.repair`), which retrains,
-    or imports again, the SAEs whose files fail their check; a folder outside a run is replaced."""
+def sae_fix(directory: str | Path, missing: bool = False) -> str:
+    """How to repair (or, `missing`, make) the SAE in `directory`: its run's train stage
+    (`tsae_core.repair`), which retrains, or imports again, the SAEs whose files fail their check; a
+    folder outside a run is replaced."""
     from tsae_core.repair import repair_command, run_dir_of_sae
 
     run_dir = run_dir_of_sae(directory)
     if run_dir is None:
-        return f"replace {directory} with an intact copy of the SAE (no run trains this folder)"
+        return (f"train this SAE first, or point to a folder that holds one ({SAE_CFG} and {SAE_WEIGHTS})" if missing else
+                f"replace {directory} with an intact copy of the SAE (no run trains this folder)")
+    if missing:
+        return f"train this SAE first: {repair_command(run_dir, 'train')}"
     return (f"retrain it: {repair_command(run_dir, 'train')} (the train stage retrains, or imports again, the SAEs "
             "whose files fail their check)")
 
@@ -471,7 +475,7 @@ def read_sae_cfg(directory: str | Path) -> dict[str, Any]:
     """The cfg.json of `saes/<variant>/` as a dict; `SAEFileError` naming the file if it is missing or unreadable."""
     path = Path(directory) / SAE_CFG
     if not path.is_file():
-        raise _damaged(path.parent, f"{path} is missing")
+        raise SAEFileError(f"{path} is missing; {sae_fix(path.parent, missing=True)}", f"{path} is missing")
     try:
         raw = read_json(path)
     except (OSError, ValueError) as e:
