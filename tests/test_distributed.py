@@ -185,7 +185,8 @@ def test_only_rank_zero_writes_and_the_train_stage_skips_the_saes(two_processes)
     cfg, _, proc = two_processes
     run = cfg.run_dir
     written = sorted(str(p.relative_to(run)) for p in run.rglob("*") if p.is_file() and "activations" not in p.parts)
-    assert written == [".lock", *(f"saes/{n}/{f}" for n in sorted(VARIANTS) for f in ("cfg.json", "sae.safetensors")),
+    assert written == [".lock", "config.json",  # the invocation, which repair messages repeat (`tsae_core.repair`)
+                       *(f"saes/{n}/{f}" for n in sorted(VARIANTS) for f in ("cfg.json", "sae.safetensors")),
                        *(f"train/{n}.jsonl" for n in sorted(VARIANTS))]
     for name in VARIANTS:
         steps = [json.loads(ln)["step"] for ln in (run / "train" / f"{name}.jsonl").read_text().splitlines()]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,7 +58,8 @@ def checkpoint_step(path: Path) -> int:
 
 
 def load_checkpoint(paths: TrainPaths, device: torch.device) -> dict[str, Any] | None:
-    """The newest readable checkpoint; an unreadable one is reported, removed, and the older one tried."""
+    """The newest readable checkpoint; an unreadable one is reported (on stderr, which `tsae run` shows on
+    the terminal, not only in the executed notebook), removed, and the older one tried."""
     for ckpt in reversed(checkpoint_files(paths)):
         try:
             state = torch.load(ckpt, map_location=device, weights_only=True)
@@ -66,7 +68,7 @@ def load_checkpoint(paths: TrainPaths, device: torch.device) -> dict[str, Any] |
             return state
         except Exception as e:  # noqa: BLE001 - any unreadable file is handled the same way
             print(f"[tsae] checkpoint {ckpt} is unreadable ({type(e).__name__}: {str(e)[:120]}); "
-                  f"removing it and trying the previous one", flush=True)
+                  f"removing it and trying the previous one", file=sys.stderr, flush=True)  # stderr: on the terminal
             ckpt.unlink(missing_ok=True)
     return None
 

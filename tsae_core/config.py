@@ -23,6 +23,7 @@ from tsae_core.params_file import (  # noqa: F401 (part of this module's interfa
     project_root,
     read_params,
     resolve_path,
+    system_folder_problem,
 )
 from tsae_core.source_config import GGUFConfig, HFConfig, SourceConfig, SyntheticConfig, TinyLMConfig  # noqa: F401 (every section importable from here)
 from tsae_core.typed import ConfigError, build
@@ -683,10 +684,14 @@ class ExperimentConfig:
         _check(self.autointerp.control_run != self.run.name, "autointerp.control_run",
                f"names this run ({self.run.name!r}); name the run trained on the randomly initialised model")
         for what, base, key in (("run", self.run.out_dir, "run.out_dir"), ("figures", self.plot.figures_dir, "plot.figures_dir")):
+            default = what if what == "figures" else "runs"
             parent = resolve_path(base).resolve()
             inside = (parent / self.run.name).resolve()
             _check(inside.parent == parent, "run.name",
                    f"the {what} directory {parent / self.run.name} resolves to {inside}, outside {key} ({parent})")
+            problem = system_folder_problem(inside) or ("/ is the root folder of the system" if parent == Path("/") else None)
+            _check(problem is None, key, f"the {what} directory would be {inside}, but {problem}; "
+                                         f"give {key} a folder of your own (e.g. {default})")
 
     # -- what gets trained --------------------------------------------------------------------
     def instances(self) -> list[Instance]:

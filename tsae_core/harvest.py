@@ -104,7 +104,7 @@ def harvest(cfg: ExperimentConfig, out_dir: str | Path, progress: bool = True, f
     if source.ground_truth is not None:
         source.ground_truth.save(out_dir / GROUND_TRUTH)
         ground_truth = {"file": GROUND_TRUTH, "sha256": sha256_file(out_dir / GROUND_TRUTH)}
-    train = StoreSplit(out_dir, "train", splits["train"], hc.context_size)
+    train = StoreSplit(out_dir, "train", splits["train"], hc.context_size, source.d_model)
     scaling_factor = compute_scaling_factor(train.batches(64))
     manifest = write_manifest(
         out_dir,

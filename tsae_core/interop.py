@@ -19,8 +19,8 @@ raw-unit reconstruction). The fold is computed in float64 and rounded once to th
     batchtopk                jumprelu, every latent's threshold = the single inference threshold
     jumprelu                 jumprelu (per-latent thresholds)
 
-JumpReLU in SAELens is relu(pre) 1[pre > theta], in tsae pre 1[pre > theta]: equal because tsae's
-thresholds are never negative. Only SAEs whose inference is the token-wise SAE's can be written: an
+JumpReLU in SAELens is relu(pre) 1[pre > theta], in tsae pre 1[pre > theta]: equal where no threshold
+is negative, which export checks with the same rules as import (`tsae_core.saelens_check`). Only SAEs whose inference is the token-wise SAE's can be written: an
 architecture whose class overrides a method of the inference path (`INFERENCE_METHODS`) — an encoder
 that reads other tokens, a different decoder or forward pass — is refused, naming why
 (`saelens_refusal`). Variants that only add training losses (consistency, contrastive, matryoshka,
@@ -35,11 +35,13 @@ beside the target, then renamed onto it.
 become float32 whatever their stored dtype. `reshape_activations: hook_z` is kept as a note in the
 source: the tsae SAE reads the flattened (n_heads * d_head) vectors. Other architectures, activation
 normalisations applied at run time or not folded, and configs older than SAELens 6 are refused with
-the reason.
+the reason; so are non-finite weights, a TopK `k` outside 1..d_sae and negative JumpReLU thresholds,
+naming the file and the key or tensor (`tsae_core.saelens_check`).
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import shutil
@@ -53,7 +55,7 @@ import safetensors
 import torch
 from safetensors.torch import load_file
 
-from tsae_core.io import TEMP_SUFFIX, read_json, save_tensors, write_json
+from tsae_core.io import TEMP_PREFIX, TEMP_SUFFIX, read_json, save_tensors, write_json
 from tsae_core.sae import (
     SAE,
     SAE_CFG,
@@ -64,9 +66,8 @@ from tsae_core.sae import (
     load_sae,
     read_sae_cfg,
 )
+from tsae_core.saelens_check import SAELENS_CFG, SAELENS_WEIGHTS, saelens_problems
 
-SAELENS_WEIGHTS = "sae_weights.safetensors"
-SAELENS_CFG = "cfg.json"
 SAELENS_FORMAT_VERSION = "6.54.12"
 """The SAELens release whose `load_from_disk` the exported folders are written for (and tested against)."""
 
@@ -132,10 +133,7 @@ def saelens_tensors(sae: SAE) -> dict[str, torch.Tensor]:
     tensors = {"W_enc": cast(f64(sae.W_enc) * s), "b_enc": cast(f64(sae.b_enc)), "W_dec": cast(f64(sae.W_dec) / s),
                "b_dec": cast(f64(sae.b_dec) / s)}
     if architecture == "jumprelu":
-        threshold = sae.activation.export_tensors()["threshold"].detach().to("cpu", dtype).contiguous()
-        if bool((threshold < 0).any()):
-            raise NotRepresentable("a negative threshold: SAELens's JumpReLU zeroes negative pre-activations, tsae's would keep them")
-        tensors["threshold"] = threshold
+        tensors["threshold"] = sae.activation.export_tensors()["threshold"].detach().to("cpu", dtype).contiguous()
     return tensors
 
 
@@ -192,10 +190,8 @@ def saelens_cfg(sae: SAE, name: str | None = None, weights_sha256: str | None = 
         "reshape_activations": "none",
         "metadata": saelens_metadata(sae.cfg, name, weights_sha256),
     }
-    if architecture == "topk":
-        if not sae.cfg.k or sae.cfg.k < 1:
-            raise NotRepresentable(f"a TopK SAE without a valid k (cfg.json has k = {sae.cfg.k!r})")
-        cfg.update(k=int(sae.cfg.k), rescale_acts_by_decoder_norm=False)
+    if architecture == "topk":  # a k out of range is refused by `saelens_problems`
+        cfg.update(k=sae.cfg.k, rescale_acts_by_decoder_norm=False)
     cfg["architecture"] = architecture
     return cfg
 
@@ -253,6 +249,9 @@ def export_saelens(source: str | Path, out: str | Path, force: bool = False) -> 
             result.refused.append((name, why))
         else:
             todo.append((name, directory, out / name if is_run else out))
+    for (name, _, target), (_, directory) in itertools.product(todo, saes):  # no target may be or hold any source
+        if clash := _clash(directory, target):
+            raise NotRepresentable(f"not exporting {name}: {clash}; give OUT a folder outside {directory}")
     existing = [str(target) for _, _, target in todo if target.exists() or target.is_symlink()]
     if existing and not force:
         raise FileExistsError(f"{', '.join(existing)} already exist{'s' if len(existing) == 1 else ''}; "
@@ -265,16 +264,32 @@ def export_saelens(source: str | Path, out: str | Path, force: bool = False) -> 
         except (SAEFileError, NotRepresentable) as e:
             result.refused.append((name, str(e)))
             continue
+        if problems := saelens_problems(cfg, tensors, exporting=True):  # the same rules as an import of the folder
+            result.refused.append((name, "; ".join(f"its SAELens {file} would be refused: {why}" for file, why in problems)))
+            continue
         write_saelens_folder(target, cfg, tensors, replace=force)
         result.exported.append((name, target))
     return result
+
+
+def _clash(source: Path, target: Path) -> str | None:
+    """Why writing `target` would damage the SAE folder `source` it is exported from (None: it would not).
+    Replacing a folder removes it first, so the target must not be the source nor hold it."""
+    s, t = source.resolve(), target.resolve()
+    if t == s:
+        return f"the destination {target} is the SAE folder itself (--force would delete the trained SAE)"
+    if t in s.parents:
+        return f"the destination {target} holds the SAE folder {source} (--force would delete it)"
+    if s in t.parents:
+        return f"the destination {target} is inside the SAE folder {source}"
+    return None
 
 
 def write_saelens_folder(target: Path, cfg: dict[str, Any], tensors: dict[str, torch.Tensor], replace: bool = False) -> None:
     """Write `cfg.json` and the weights into a temporary directory beside `target`, then rename it
     onto `target`: the folder appears whole or not at all. `replace`: an existing folder is replaced."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=TEMP_SUFFIX, dir=target.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{target.name}.", suffix=TEMP_SUFFIX, dir=target.parent))
     old: Path | None = None
     try:
         save_tensors(tmp / SAELENS_WEIGHTS, tensors)
@@ -285,7 +300,7 @@ def write_saelens_folder(target: Path, cfg: dict[str, Any], tensors: dict[str, t
                 raise FileExistsError(f"{target} already exists")
             if not target.is_dir() or target.is_symlink():
                 raise FileExistsError(f"{target} exists and is not a directory; not replacing it")
-            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", suffix=TEMP_SUFFIX, dir=target.parent))
+            old = Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{target.name}.old.", suffix=TEMP_SUFFIX, dir=target.parent))
             os.replace(target, old / target.name)
         os.rename(tmp, target)
     except BaseException:
@@ -305,7 +320,7 @@ def export_command(source: str, out: str, fmt: str, force: bool = False) -> int:
         return 1
     try:
         result = export_saelens(source, out, force=force)
-    except (OSError, SAEFileError) as e:  # not an SAE or run folder, a target in the way, a full disk
+    except (OSError, SAEFileError, NotRepresentable) as e:  # not an SAE or run folder, a target in the way or the source
         print(f"tsae export: {e}", file=sys.stderr)
         return 1
     for name, target in result.exported:
@@ -370,7 +385,6 @@ def load_saelens_sae(directory: str | Path) -> SAE:
         raise _refuse(directory, f"normalize_activations is {norm!r}: {why}")
     try:
         d_in, d_sae = int(raw["d_in"]), int(raw["d_sae"])
-        k = int(raw["k"]) if architecture == "topk" else None
     except (KeyError, TypeError, ValueError) as e:
         raise SAEFileError(f"SAELens config {directory / SAELENS_CFG} lacks a valid {e}") from None
     try:
@@ -389,6 +403,9 @@ def load_saelens_sae(directory: str | Path) -> SAE:
     if wrong:
         raise SAEFileError(f"SAELens weights {directory / SAELENS_WEIGHTS} have shapes {wrong}, expected "
                            f"{ {n: shapes[n] for n in wrong} } for d_in {d_in}, d_sae {d_sae}")
+    if problems := saelens_problems(raw, tensors):
+        raise _refuse(directory, "; ".join(f"{directory / file}: {why}" for file, why in problems))
+    k = int(raw["k"]) if architecture == "topk" else None
 
     w = {n: t.to(torch.float64) for n, t in tensors.items()}
     if architecture == "topk" and raw.get("rescale_acts_by_decoder_norm", False):

@@ -17,6 +17,7 @@ import io
 import json
 import math
 import os
+import re
 import shutil
 import struct
 import subprocess
@@ -32,7 +33,16 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 TEMP_SUFFIX = ".tmp"
-"""Temporary files are `.<name>.<random>.tmp` beside their target; a run removes stale ones at start."""
+TEMP_PREFIX = ".tsae-tmp."
+"""Temporary files are `.tsae-tmp.<name>.<random>.tmp` beside their target. The prefix marks them as
+tsae's: a run removes the stale ones it finds at start (`is_own_temporary`) and nothing else, so a
+user's own `.draft.tmp` in a run directory is never touched."""
+_OWN_TEMPORARY = re.compile(r"^" + re.escape(TEMP_PREFIX) + r".+\.[a-z0-9_]{8}" + re.escape(TEMP_SUFFIX) + r"(\.ipynb)?$")
+
+
+def is_own_temporary(path: str | Path) -> bool:
+    """A temporary file that `atomic_path` made (its name, prefix and random part, says so)."""
+    return bool(_OWN_TEMPORARY.match(Path(path).name))
 
 
 class DiskFull(OSError):
@@ -76,7 +86,7 @@ def atomic_path(path: str | Path, suffix: str = TEMP_SUFFIX) -> Iterator[Path]:
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=f"{TEMP_PREFIX}{path.name}.", suffix=suffix, dir=path.parent)
     except OSError as e:
         if is_disk_full(e):
             raise DiskFull.writing(path) from None

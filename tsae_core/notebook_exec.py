@@ -3,11 +3,14 @@ forwarded to it, and the executed notebook written atomically.
 
 The kernel runs in its own session (jupyter_client starts it so), so a terminal's Ctrl-C reaches
 only the runner. While a notebook runs, the runner's SIGINT handler forwards the first Ctrl-C to
-the kernel (which stops at a step boundary, see `tsae_core.interrupts`), kills the kernel on the
-second, and raises `KeyboardInterrupt` on the third. Whatever happens, the kernel process is gone
-and its files (connection file and IPC sockets, in one `tsae-kernel-<runner pid>-*` folder of the
-temporary directory) are removed when `execute_notebook` returns; folders of runners that died
-(SIGKILL) are removed by `remove_stale_kernel_files` at the next start.
+the kernel (which stops at a step boundary, see `tsae_core.interrupts`) and kills the kernel on the
+second; the runner then returns within seconds, whatever papermill was waiting for: the kernel
+manager is asynchronous, as nbclient expects (a blocking one stalls nbclient's event loop in a read
+without timeout, so it never sees the kernel die), and an alarm bounds the rest. A third Ctrl-C
+raises `KeyboardInterrupt` at once. Whatever happens, the kernel process is gone and its files
+(connection file and IPC sockets, in one `tsae-kernel-<runner pid>-*` folder of the temporary
+directory) are removed when `execute_notebook` returns; folders of runners that died (SIGKILL) are
+removed by `remove_stale_kernel_files` at the next start.
 """
 
 from __future__ import annotations
@@ -90,9 +93,9 @@ def _kernel_manager_class(kernels: list[Any]) -> type:
     """A kernel manager on local IPC sockets in its own folder (`tsae-kernel-<pid>-<id>`): the kernel is
     reachable only through this machine's files, not an unencrypted TCP port, and a dead runner's
     leftovers are recognisable by its pid. Each instance is appended to `kernels`."""
-    from jupyter_client.manager import KernelManager
+    from jupyter_client.manager import AsyncKernelManager
 
-    class LocalKernelManager(KernelManager):
+    class LocalKernelManager(AsyncKernelManager):
         def __init__(self, **kwargs: Any) -> None:
             super().__init__(**kwargs)
             folder = Path(tempfile.gettempdir()) / f"{KERNEL_DIR_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}"
@@ -128,14 +131,27 @@ def _dispose(km: Any) -> None:
         with contextlib.suppress(Exception):
             process.wait(timeout=10)
     with contextlib.suppress(Exception):
-        km.cleanup_resources()
+        km.cleanup_connection_file()
+    with contextlib.suppress(Exception):
+        km.cleanup_ipc_files()
     shutil.rmtree(km.kernel_folder, ignore_errors=True)
+
+
+STOP_AT_ONCE_S = 5.0
+"""After the second Ctrl-C, the longest the runner waits for papermill to notice the killed kernel
+before it stops waiting (papermill normally notices within a second)."""
 
 
 @contextlib.contextmanager
 def _forward_sigint(kernels: list[Any]) -> Iterator[list[int]]:
-    """While a notebook runs: first Ctrl-C interrupts the kernel, second kills it, third raises here."""
+    """While a notebook runs: the first Ctrl-C interrupts the kernel (it stops at a step boundary);
+    the second kills it and, should papermill still be waiting `STOP_AT_ONCE_S` later, raises
+    `KeyboardInterrupt` here (an alarm), so no wait outlives it; a third raises at once."""
     count = [0]
+    alarm: list[Any] = []  # the SIGALRM handler replaced, once the alarm is armed
+
+    def give_up(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
 
     def handle(signum: int, frame: Any) -> None:
         count[0] += 1
@@ -144,12 +160,20 @@ def _forward_sigint(kernels: list[Any]) -> Iterator[list[int]]:
         if count[0] == 1:
             print("\n[tsae] interrupting: the stage stops at the end of its current step (Ctrl-C again to stop at once)",
                   file=sys.stderr, flush=True)
-        _signal_kernel(kernels[-1], signal.SIGINT if count[0] == 1 else signal.SIGKILL)
+            _signal_kernel(kernels[-1], signal.SIGINT)
+            return
+        print("\n[tsae] stopping at once: the kernel is killed, its current step is lost", file=sys.stderr, flush=True)
+        _signal_kernel(kernels[-1], signal.SIGKILL)
+        alarm.append(signal.signal(signal.SIGALRM, give_up))
+        signal.setitimer(signal.ITIMER_REAL, STOP_AT_ONCE_S)
 
     previous = signal.signal(signal.SIGINT, handle)
     try:
         yield count
     finally:
+        if alarm:  # only an alarm of ours is disarmed (a caller's own timer is left alone)
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, alarm[0])
         signal.signal(signal.SIGINT, previous)
 
 

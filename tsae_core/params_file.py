@@ -44,6 +44,27 @@ def resolve_path(p: str | Path) -> Path:
     return p if p.is_absolute() else project_root() / p
 
 
+SYSTEM_TREES = ("/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64", "/libx32", "/proc", "/sbin", "/sys",
+                "/usr/bin", "/usr/include", "/usr/lib", "/usr/lib32", "/usr/lib64", "/usr/libexec", "/usr/sbin", "/usr/share")
+"""The operating system's folders: no run or figure folder may be in or below them."""
+SHARED_FOLDERS = ("/", "/home", "/media", "/mnt", "/opt", "/root", "/run", "/srv", "/tmp", "/usr", "/usr/local", "/var")
+"""Folders holding other people's files: a run's folder may be below them, never one of them."""
+
+
+def system_folder_problem(folder: Path) -> str | None:
+    """Why a run may not write in `folder` (resolved): a system folder, a shared one, or a home; else None.
+
+    A run writes, replaces and cleans up files in its folder: `run.out_dir: /` with `run.name: etc`
+    would make that /etc."""
+    folder = folder.resolve()
+    for tree in SYSTEM_TREES:
+        if folder == Path(tree) or Path(tree) in folder.parents:
+            return f"{folder} is a system folder ({tree})"
+    if str(folder) in SHARED_FOLDERS or folder == Path.home().resolve():
+        return f"{folder} holds other files than this run's"
+    return None
+
+
 def find_params_file(path: str | Path) -> Path:
     """A params file given as a path (absolute, relative to the cwd or to the project root)."""
     p = Path(path).expanduser()

@@ -4,7 +4,8 @@
 holder's pid, start time and command into it; a second run of the same directory fails at once
 with `RunDirectoryLocked` naming them. The kernel does not inherit the lock's descriptor, and the
 lock dies with its process, so a killed run never leaves the directory locked. Under the lock,
-temporary files that a killed writer left behind are removed.
+temporary files that a killed tsae writer left behind are removed: only files whose name tsae gave
+them (`.tsae-tmp.<name>.<random>.tmp`), never a user's own `.*.tmp` files.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from tsae_core.io import TEMP_SUFFIX
+from tsae_core.io import TEMP_PREFIX, is_own_temporary
 
 LOCK_FILE = ".lock"
 
@@ -60,8 +61,10 @@ def run_lock(run_dir: Path) -> Iterator[None]:
 
 
 def remove_stale_temporaries(run_dir: Path) -> list[Path]:
-    """Temporary files of atomic writes (`.<name>.<random>.tmp[.ipynb]`) left by a killed process."""
-    stale = [p for pattern in (f".*{TEMP_SUFFIX}", f".*{TEMP_SUFFIX}.ipynb") for p in run_dir.rglob(pattern) if p.is_file()]
+    """Temporary files of tsae's atomic writes (`.tsae-tmp.<name>.<random>.tmp[.ipynb]`) left by a
+    killed process; files tsae did not name are left alone, whatever their name ends with."""
+    stale = [Path(folder) / name for folder, _, files in os.walk(run_dir)  # links to folders are not followed
+             for name in files if name.startswith(TEMP_PREFIX) and is_own_temporary(name)]
     for p in stale:
         p.unlink(missing_ok=True)
     return stale

@@ -29,6 +29,7 @@ from typing import Any
 
 from tsae_core.config import ConfigError, ExperimentConfig, load_config, parse_override, project_root
 from tsae_core.io import DiskFull, code_hash, machine_description, provenance, read_json, write_json
+from tsae_core.repair import record_invocation
 from tsae_core.run_lock import RunDirectoryLocked
 
 EXIT_FAILED, EXIT_INVALID, EXIT_UNHEALTHY, EXIT_INTERRUPTED = 1, 2, 3, 130
@@ -124,12 +125,10 @@ class RunOutcome:
     """SAEs whose training failed or whose health verdict is unhealthy."""
 
 
-def _command(params: str, only: str | None = None) -> str:
-    return f"tsae run {params}" + (f" --only {only}" if only else "")
-
-
-def _check_inputs(stage: Stage, cfg: ExperimentConfig, params: str, out_nb: Path) -> None:
-    """Refuse to run a stage on inputs that are missing, damaged or made for other parameters."""
+def _check_inputs(stage: Stage, cfg: ExperimentConfig, params_file: Path, overrides: dict[str, Any], out_nb: Path) -> None:
+    """Refuse to run a stage on inputs that are missing, damaged or made for other parameters, naming
+    the command that makes them: this run's own params file and overrides (`tsae_core.repair`)."""
+    from tsae_core.repair import run_command
     from tsae_core.stage_outputs import NEEDS, output_problems
 
     for upstream in NEEDS[stage.name]:
@@ -137,7 +136,8 @@ def _check_inputs(stage: Stage, cfg: ExperimentConfig, params: str, out_nb: Path
         if problems:
             more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
             raise StageFailed(f"stage {stage.name} failed before running {out_nb.name}: it needs the {upstream} stage's "
-                              f"outputs for these parameters, but {problems[0]}{more}; run `{_command(params, upstream)}` "
+                              f"outputs for these parameters, but {problems[0]}{more}; run "
+                              f"`{run_command(str(params_file), overrides, only=upstream)}` "
                               f"first, or run without --only")
 
 
@@ -178,21 +178,19 @@ def run(params: str, overrides: dict[str, Any], only: list[str], force: bool = F
     cfg = load_config(params_file, overrides)  # validates everything before any heavy work
     remove_stale_kernel_files()
     with run_lock(cfg.run_dir):
-        _run_stages(cfg, params, params_file, overrides, only, force)
+        _run_stages(cfg, params_file, overrides, only, force)
         unhealthy = _print_health(cfg) if set(only) - {"harvest"} else []
     print(f"[tsae] results: {cfg.run_dir}")
     print(f"[tsae] figures: {cfg.figures_dir}")
     return RunOutcome(cfg, unhealthy)
 
 
-def _run_stages(cfg: ExperimentConfig, params: str, params_file: Path, overrides: dict[str, Any], only: list[str],
-                force: bool) -> None:
+def _run_stages(cfg: ExperimentConfig, params_file: Path, overrides: dict[str, Any], only: list[str], force: bool) -> None:
     from tsae_core.notebook_exec import NotebookFailed, NotebookInterrupted
     from tsae_core.stage_outputs import inputs_fingerprint, output_problems
 
     run_dir = cfg.run_dir
-    write_json(run_dir / "config.json", {"params_file": str(params_file), "overrides": overrides, "config": cfg.to_dict()},
-               stamp=provenance(cfg.hash()))
+    record_invocation(cfg, params_file, overrides)  # what every printed repair command repeats (`tsae_core.repair`)
     state_file = run_dir / "stages.json"
     try:
         state: dict[str, Any] = read_json(state_file) if state_file.is_file() else {}
@@ -205,7 +203,7 @@ def _run_stages(cfg: ExperimentConfig, params: str, params_file: Path, overrides
         if stage.name not in only:
             continue
         out_nb = run_dir / "notebooks" / f"{stage.notebook}.ipynb"
-        _check_inputs(stage, cfg, params, out_nb)
+        _check_inputs(stage, cfg, params_file, overrides, out_nb)
         key = stage_key(stage, cfg, inputs_fingerprint(stage.name, cfg))
         if not force and state.get(stage.name, {}).get("key") == key and out_nb.is_file():
             problems = output_problems(stage.name, cfg)

@@ -475,10 +475,32 @@ def build_sae(cfg: SAEConfig) -> SAE:
 
 
 class SAEFileError(FileNotFoundError):
-    """An SAE's files are missing, unreadable or fail their checksum; the message names the file and the fix."""
+    """An SAE's files are missing, unreadable or fail their checksum; the message names the file and the
+    fix, `problem` the same without the fix (for a caller that knows a better one)."""
+
+    def __init__(self, message: str, problem: str | None = None) -> None:
+        super().__init__(message)
+        self.problem = problem or message
 
 
-SAE_FIX = "retrain it: `tsae run params/<name>.yaml --only train` (the train stage retrains SAEs whose files fail their check)"
+def sae_fix(directory: str | Path, missing: bool = False) -> str:
+    """How to repair (or, `missing`, make) the SAE in `directory`: its run's train stage
+    (`tsae_core.repair`), which retrains, or imports again, the SAEs whose files fail their check; a
+    folder outside a run is replaced."""
+    from tsae_core.repair import repair_command, run_dir_of_sae
+
+    run_dir = run_dir_of_sae(directory)
+    if run_dir is None:
+        return (f"train this SAE first, or point to a folder that holds one ({SAE_CFG} and {SAE_WEIGHTS})" if missing else
+                f"replace {directory} with an intact copy of the SAE (no run trains this folder)")
+    if missing:
+        return f"train this SAE first: {repair_command(run_dir, 'train')}"
+    return (f"retrain it: {repair_command(run_dir, 'train')} (the train stage retrains, or imports again, the SAEs "
+            "whose files fail their check)")
+
+
+def _damaged(directory: str | Path, problem: str) -> SAEFileError:
+    return SAEFileError(f"{problem}; {sae_fix(directory)}", problem)
 
 
 def save_sae(sae: SAE, directory: str | Path, extra_cfg: dict[str, Any] | None = None, config_hash: str | None = None) -> None:
@@ -494,13 +516,13 @@ def read_sae_cfg(directory: str | Path) -> dict[str, Any]:
     """The cfg.json of `saes/<variant>/` as a dict; `SAEFileError` naming the file if it is missing or unreadable."""
     path = Path(directory) / SAE_CFG
     if not path.is_file():
-        raise SAEFileError(f"{path} is missing; train this SAE first (`tsae run params/<name>.yaml --only train`)")
+        raise SAEFileError(f"{path} is missing; {sae_fix(path.parent, missing=True)}", f"{path} is missing")
     try:
         raw = read_json(path)
     except (OSError, ValueError) as e:
-        raise SAEFileError(f"unreadable SAE config {path} ({type(e).__name__}: {e}); {SAE_FIX}") from None
+        raise _damaged(path.parent, f"unreadable SAE config {path} ({type(e).__name__}: {e})") from None
     if not isinstance(raw, dict):
-        raise SAEFileError(f"unreadable SAE config {path} (expected a JSON object, found {type(raw).__name__}); {SAE_FIX}")
+        raise _damaged(path.parent, f"unreadable SAE config {path} (expected a JSON object, found {type(raw).__name__})")
     return raw
 
 
@@ -519,14 +541,14 @@ def verify_sae_files(directory: str | Path) -> dict[str, Any]:
     raw = read_sae_cfg(directory)
     weights = directory / SAE_WEIGHTS
     if not weights.is_file():
-        raise SAEFileError(f"{weights} is missing (its cfg.json is there); {SAE_FIX}")
+        raise _damaged(directory, f"{weights} is missing (its cfg.json is there)")
     expected = raw.get("weights_sha256")
     if not isinstance(expected, str):
-        raise SAEFileError(f"{directory / SAE_CFG} records no checksum of {weights.name} (written by an older tsae); {SAE_FIX}")
+        raise _damaged(directory, f"{directory / SAE_CFG} records no checksum of {weights.name} (written by an older tsae)")
     actual = sha256_file(weights)
     if actual != expected:
-        raise SAEFileError(f"corrupted SAE weights {weights}: sha256 {actual[:16]}... but cfg.json records "
-                           f"{expected[:16]}...; {SAE_FIX}")
+        raise _damaged(directory, f"corrupted SAE weights {weights}: sha256 {actual[:16]}... but cfg.json records "
+                                  f"{expected[:16]}...")
     return raw
 
 
@@ -551,5 +573,5 @@ def load_sae(directory: str | Path, device: str | torch.device = "cpu") -> SAE:
         sae = build_sae(cfg)
         sae.load_weight_tensors(load_file(str(directory / SAE_WEIGHTS)))
     except (TypeError, ValueError, KeyError, ConfigError, safetensors.SafetensorError) as e:
-        raise SAEFileError(f"cannot load the SAE in {directory} ({type(e).__name__}: {e}); {SAE_FIX}") from None
+        raise _damaged(directory, f"cannot load the SAE in {directory} ({type(e).__name__}: {e})") from None
     return sae.to(device).eval()

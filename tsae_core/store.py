@@ -28,6 +28,7 @@ import torch
 from safetensors.torch import load_file
 
 from tsae_core.io import provenance, read_json, save_tensors, sha256_file, write_json
+from tsae_core.repair import repair_command, run_dir_of_store
 from tsae_core.seeds import derive_seed
 from tsae_core.sources.base import SequenceBatch
 from tsae_core.sources.ground_truth import GroundTruth
@@ -37,7 +38,12 @@ GROUND_TRUTH = "ground_truth.safetensors"
 FORMAT = "tsae.activations.v2"
 """v2: per-token document ids (`doc_id`); v1 stores lack them and must be harvested again."""
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-_FIX = "re-run the harvest: `tsae run params/<name>.yaml --force --only harvest`"
+
+
+def _fix(directory: str | Path) -> str:
+    """How to repair the store in `directory`: the run's own harvest, forced (`tsae_core.repair`)."""
+    return f"re-run the harvest: {repair_command(run_dir_of_store(directory), 'harvest', force=True)}"
+
 _VERIFIED: set[tuple[str, str, int, int]] = set()  # (path, sha256, size, mtime): checked in this process
 
 
@@ -68,12 +74,14 @@ def write_shard(
         raise ValueError(f"shard {idx} of split {split!r} from source {source} has no document ids (doc_id_BT): every "
                          "stored token records its document, so that temporal terms never mistake two documents for one")
     acts = batch.acts_BTD.to(DTYPES[dtype])
-    for t, when in ((batch.acts_BTD, "from"), (acts, f"after casting to {dtype} for")):
-        if not torch.isfinite(t).all():
-            hint = "use harvest.dtype: float32" if t is acts else "check the source settings (model dtype, hook)"
-            raise ValueError(
-                f"NaN or Inf in activations of split {split!r}, shard {idx} ({name}) {when} source {source}; {hint}, then {_FIX}"
-            )
+    run_dir = run_dir_of_store(directory)
+    where = f"NaN or Inf in activations of split {split!r}, shard {idx} ({name})"
+    if not torch.isfinite(batch.acts_BTD).all():
+        raise ValueError(f"{where} from source {source}: the source produced them; check its settings (model dtype, hook), "
+                         f"then re-run the harvest: {repair_command(run_dir, 'harvest', force=True)}")
+    if not torch.isfinite(acts).all():
+        raise ValueError(f"{where} after casting to {dtype} for source {source}: values beyond {dtype}'s range; store "
+                         f"float32: {repair_command(run_dir, 'harvest', force=True, extra={'harvest.dtype': 'float32'})}")
     tensors = {
         "acts": acts,
         # copies: safetensors refuses tensors that share memory (e.g. one all-False mask used twice)
@@ -167,19 +175,19 @@ class ActivationStore:
         path = directory / MANIFEST
         if not path.is_file():
             raise StoreError(
-                f"no activation store at {directory} ({MANIFEST} missing); run the harvest stage first, "
-                f"e.g. `tsae run params/<name>.yaml --only harvest`"
+                f"no activation store at {directory} ({MANIFEST} missing); run the harvest stage first: "
+                f"{repair_command(run_dir_of_store(directory), 'harvest')}"
             )
         try:
             manifest = read_json(path)
             _check_manifest(manifest)
         except (ValueError, KeyError, TypeError, AttributeError) as e:
-            raise StoreError(f"invalid manifest {path}: {type(e).__name__}: {e}; {_FIX}") from None
+            raise StoreError(f"invalid manifest {path}: {type(e).__name__}: {e}; {_fix(directory)}") from None
         store = cls(directory, manifest)
         for name in manifest["splits"]:
             for shard in store.split(name).shards:
                 if not (directory / shard["file"]).is_file():
-                    raise StoreError(f"missing shard {directory / shard['file']} listed in {path}; {_FIX}")
+                    raise StoreError(f"missing shard {directory / shard['file']} listed in {path}; {_fix(directory)}")
         return store
 
     @property
@@ -201,7 +209,7 @@ class ActivationStore:
     def split(self, name: str) -> StoreSplit:
         if name not in self.manifest["splits"]:
             raise StoreError(f"no split {name!r} in {self.directory}; splits: {', '.join(self.splits)}")
-        return StoreSplit(self.directory, name, self.manifest["splits"][name]["shards"], self.context_size)
+        return StoreSplit(self.directory, name, self.manifest["splits"][name]["shards"], self.context_size, self.d_in)
 
     def ground_truth(self) -> GroundTruth | None:
         """The synthetic source's true features, or None for sources without them."""
@@ -210,7 +218,7 @@ class ActivationStore:
             return None
         path = self.directory / info["file"]
         if not path.is_file():
-            raise StoreError(f"missing ground truth {path} listed in {self.directory / MANIFEST}; {_FIX}")
+            raise StoreError(f"missing ground truth {path} listed in {self.directory / MANIFEST}; {_fix(self.directory)}")
         verify_file(path, info["sha256"], what="ground truth")
         return GroundTruth.load(path)
 
@@ -245,14 +253,14 @@ def _verify_key(path: Path, sha256: str) -> tuple[str, str, int, int]:
 def verify_file(path: Path, sha256: str, what: str = "shard") -> None:
     """Check a file's checksum the first time it is read in this process (or after it changed)."""
     if not path.is_file():
-        raise StoreError(f"missing {what} {path} listed in {path.parent / MANIFEST}; {_FIX}")
+        raise StoreError(f"missing {what} {path} listed in {path.parent / MANIFEST}; {_fix(path.parent)}")
     key = _verify_key(path, sha256)
     if key in _VERIFIED:
         return
     actual = sha256_file(path)
     if actual != sha256:
         raise StoreError(
-            f"corrupted {what} {path}: checksum mismatch (sha256 {actual[:16]}..., manifest {sha256[:16]}...); {_FIX}"
+            f"corrupted {what} {path}: checksum mismatch (sha256 {actual[:16]}..., manifest {sha256[:16]}...); {_fix(path.parent)}"
         )
     _VERIFIED.add(key)
 
@@ -260,8 +268,8 @@ def verify_file(path: Path, sha256: str, what: str = "shard") -> None:
 class StoreSplit:
     """One split of a store: its shards, ordered or shuffled batches, and the training loader."""
 
-    def __init__(self, directory: Path, name: str, shards: list[dict[str, Any]], context_size: int) -> None:
-        self.directory, self.name, self.shards, self.context_size = Path(directory), name, shards, context_size
+    def __init__(self, directory: Path, name: str, shards: list[dict[str, Any]], context_size: int, d_in: int) -> None:
+        self.directory, self.name, self.shards, self.context_size, self.d_in = Path(directory), name, shards, context_size, d_in
         self.shard_sizes = [int(s["n_sequences"]) for s in shards]
 
     @property
@@ -276,15 +284,32 @@ class StoreSplit:
         """The raw tensors of shard `idx` (storage dtypes), checksum-verified and checked finite."""
         path = self.directory / self.shards[idx]["file"]
         if not path.is_file():
-            raise StoreError(f"missing shard {path} of split {self.name!r}; {_FIX}")
+            raise StoreError(f"missing shard {path} of split {self.name!r}; {_fix(self.directory)}")
         verify_file(path, self.shards[idx]["sha256"])
         try:
             tensors = load_file(str(path))
         except Exception as e:  # a truncated or foreign file that happens to match: say which
-            raise StoreError(f"unreadable shard {path}: {e}; {_FIX}") from None
+            raise StoreError(f"unreadable shard {path}: {e}; {_fix(self.directory)}") from None
+        if problem := self._shape_problem(idx, tensors):  # a valid file of another run or harvest, checksum updated
+            raise StoreError(f"shard {path} does not fit this store: {problem}; {_fix(self.directory)}")
         if not torch.isfinite(tensors["acts"]).all():
-            raise StoreError(f"NaN or Inf in activations of shard {path}; {_FIX}")
+            raise StoreError(f"NaN or Inf in activations of shard {path}; {_fix(self.directory)}")
         return tensors
+
+    def _shape_problem(self, idx: int, tensors: dict[str, torch.Tensor]) -> str | None:
+        """What differs from the manifest's shapes: n_sequences x context_size (x d_in for the activations)."""
+        n, t = self.shard_sizes[idx], self.context_size
+        expected = {"acts": (n, t, self.d_in), "doc_start": (n, t), "position": (n, t), "special": (n, t)}
+        for name, shape in expected.items():
+            if name not in tensors:
+                return f"it has no tensor {name!r}"
+            if tuple(tensors[name].shape) != shape:
+                return (f"its {name} has shape {tuple(tensors[name].shape)}, but the manifest makes it {shape} "
+                        f"({n} sequences of {t} tokens" + (f", width {self.d_in})" if name == "acts" else ")"))
+        for name in ("tokens", "true_codes"):
+            if name in tensors and tuple(tensors[name].shape[:2]) != (n, t):
+                return f"its {name} has shape {tuple(tensors[name].shape)}, but the manifest makes it ({n}, {t}, ...)"
+        return None
 
     def load_shard(self, idx: int) -> SequenceBatch:
         t = self.read_shard(idx)

@@ -19,6 +19,7 @@ import contextlib
 import hashlib
 import json
 import shutil
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -274,7 +275,7 @@ def train_variant(cfg: ExperimentConfig, name: str, store: Any, run_dir: Path, p
     if not force and state == "failed":
         return {"variant": name, "skipped": True, "failed": why}
     if state == "missing" and (paths.sae_dir / "cfg.json").is_file() and distributed.is_main():
-        print(f"[tsae] {why}; retraining {name}", flush=True)
+        print(f"[tsae] {why}; retraining {name}", file=sys.stderr, flush=True)  # a repair: shown on the terminal
 
     device = resolve_device(cfg.run.device)
     sae = _init_sae(cfg, name, store, device)
@@ -362,7 +363,7 @@ def train_variant(cfg: ExperimentConfig, name: str, store: Any, run_dir: Path, p
         if main:
             record_failure(paths, train_hash, str(e), training)
             shutil.rmtree(paths.checkpoints, ignore_errors=True)
-            print(f"[tsae] {e}; recorded in {paths.failure}, the other SAEs go on", flush=True)
+            print(f"[tsae] {e}; recorded in {paths.failure}, the other SAEs go on", file=sys.stderr, flush=True)
         distributed.barrier()
         return {"variant": name, "skipped": False, "failed": str(e), **training}
     if main:

@@ -31,7 +31,7 @@ def test_a_crafted_checkpoint_does_not_run_code(harvested, tmp_path, capsys):
     summary = train_variant(cfg, "topk", store, cfg.run_dir, progress=False)
     assert not marker.exists(), "loading a checkpoint from a run directory executed code"
     assert summary["resumed_from"] == 0 and summary["steps"] == 20
-    assert "step_99999999.pt is unreadable" in capsys.readouterr().out
+    assert "step_99999999.pt is unreadable" in capsys.readouterr().err  # stderr: `tsae run` shows it on the terminal
 
 
 def test_truncated_latest_checkpoint_falls_back_to_the_previous_one(harvested, tmp_path):

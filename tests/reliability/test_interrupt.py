@@ -8,6 +8,7 @@ import json
 import os
 import re
 import signal
+import subprocess
 
 from tests.reliability.conftest import TINY, kernel_folders_of, tsae_process, write_params
 from tsae_core.config import load_config
@@ -68,3 +69,35 @@ def test_ctrl_c_stops_training_at_a_step_and_the_rerun_resumes_there(tmp_path):
     train_variant(reference, "topk", ActivationStore.open(reference.run_dir / "activations"), reference.run_dir, progress=False)
     assert sha256_file(cfg.run_dir / "saes" / "topk" / "sae.safetensors") == \
         sha256_file(reference.run_dir / "saes" / "topk" / "sae.safetensors")
+
+
+def test_a_second_ctrl_c_stops_at_once(tmp_path):
+    """Issue 31, case 1: two Ctrl-C 0.3 s apart during training steps of ~1 s. The second killed the
+    kernel and then the runner waited on it without a timeout inside nbclient (10+ minutes); now it
+    exits 130 within seconds, kernel and kernel files gone."""
+    import time
+
+    slow = {"topk": {"activation": "topk", "d_sae": 32768, "k": 4}}  # ~1 s a step on one thread
+    params = write_params(tmp_path, variants=slow, train={**TINY["train"], "steps": 100000, "log_every": 1,
+                                                          "checkpoint_every": 100000})
+    proc = tsae_process("run", str(params), "--only", "harvest,train")
+    curves = tmp_path / "runs" / "tiny" / "train" / "topk.jsonl"
+    deadline = time.monotonic() + 300
+    while proc.poll() is None and time.monotonic() < deadline and not (curves.is_file() and curves.read_text().count("\n") >= 2):
+        time.sleep(0.05)
+    assert proc.poll() is None, "training finished before it could be interrupted"
+    os.killpg(proc.pid, signal.SIGINT)
+    time.sleep(0.3)
+    os.killpg(proc.pid, signal.SIGINT)
+    t0 = time.monotonic()
+    try:
+        _, err = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise AssertionError("a second Ctrl-C did not stop the run within 60 s") from None
+    assert proc.returncode == EXIT_INTERRUPTED, err[-3000:]
+    assert time.monotonic() - t0 < 30
+    assert "stopping at once" in err and "interrupted during train; rerun the same command" in err, err[-3000:]
+    assert "Traceback" not in err
+    assert kernel_folders_of(proc.pid) == [] and _kernel_processes_of(proc.pid) == [], "the kernel and its files are gone"

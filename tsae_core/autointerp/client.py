@@ -3,16 +3,21 @@
 A request is `POST {base_url}/chat/completions` with body `{"model", "messages", "max_tokens", "n": 1,
 "stream": false}` (plus `temperature` when set) and, when `api_key_env` names a variable, the header
 `Authorization: Bearer <its value>`. The key is read from the environment when the first request
-goes out, sent only in that header, and never stored: not in the cache, the logs or any result.
+goes out, sent only in that header, and never stored: not in the cache, the logs or any result. A
+server may echo it (in an error body or in an answer): every body is redacted as it arrives
+(`http.redact`, keys of 8 characters or more), so no message, cached answer or result carries it.
 
 Cache: one JSON file per request under `cache_dir/<2 hex>/<sha256>.json`, the sha256 of the full
 request (`{"base_url", "body"}` as canonical JSON, the key not part of it), holding the request and
 the answer's text; written atomically. A request found there is not sent, so a rerun costs nothing
 and scores the same.
 
-Failures. 429, 5xx, a timeout or a dropped connection: retried `retries` times, waiting `backoff_s`,
-then twice as long each time (a Retry-After header wins, up to 60 s); when retries run out the error
-is raised. Errors that retrying cannot fix are raised at once, each named: `EndpointUnreachable`
+Failures. `timeout_s` bounds each request whole, from connecting to the last byte of the answer (a
+server trickling its reply times out like a silent one). 429, 5xx, a timeout or a dropped connection:
+retried `retries` times, waiting `backoff_s`, then twice as long each time (a Retry-After header wins,
+up to 60 s); when retries run out the error is raised. Ctrl-C (`KeyboardInterrupt` in the thread
+waiting for the answers) stops at once: no retry starts after it, and the requests in flight are
+abandoned. Errors that retrying cannot fix are raised at once, each named: `EndpointUnreachable`
 (nothing listens at base_url), `AuthenticationFailed` (401/403: a wrong or missing key),
 `ModelNotServed` (the endpoint does not serve `model`), `BadResponse` (a reply that is not an OpenAI
 chat completion), `MissingApiKey` (the variable is unset). `RequestBudgetExceeded` stops a run
@@ -25,13 +30,13 @@ import hashlib
 import json
 import os
 import threading
-import time
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
 import httpx
 
+from tsae_core.autointerp.http import Abandoned, bounded_request, redact
 from tsae_core.io import write_text
 
 MAX_RETRY_AFTER_S = 60.0
@@ -126,10 +131,13 @@ class ChatClient:
     def is_cached(self, body: dict[str, Any]) -> bool:
         return self.cache.get(ResponseCache.key(self.base_url, body)) is not None
 
+    def _key(self) -> str | None:
+        return os.environ.get(self.api_key_env) if self.api_key_env else None
+
     def _headers(self) -> dict[str, str]:
         headers = {"Content-Type": "application/json"}
         if self.api_key_env:
-            key = os.environ.get(self.api_key_env)
+            key = self._key()
             if not key:
                 raise MissingApiKey(f"the environment variable {self.api_key_env} (autointerp.api_key_env) is not set: "
                                     f"export {self.api_key_env}=<your key>, or set autointerp.api_key_env: '' for a "
@@ -137,16 +145,20 @@ class ChatClient:
             headers["Authorization"] = f"Bearer {key}"
         return headers
 
+    def _request(self, method: str, url: str, stop: threading.Event | None = None, **kwargs: Any) -> httpx.Response:
+        """One request, bounded by `timeout_s` in all, its body redacted of the key (`http.bounded_request`)."""
+        return bounded_request(method, url, timeout_s=self.timeout_s, stop=stop, secret=self._key(),
+                               headers=self._headers(), **kwargs)
+
     def check_endpoint(self) -> None:
         """`GET {base_url}/models` once: the endpoint answers, accepts the key and serves the model
         (an endpoint without that route, or with an unusual answer, is not judged by it)."""
         if self._checked:
             return
-        headers = self._headers()
         try:
-            r = httpx.get(f"{self.base_url}/models", headers=headers, timeout=self.timeout_s)
+            r = self._request("GET", f"{self.base_url}/models")
         except httpx.TimeoutException:
-            raise EndpointTimeout(f"{self.base_url}/models gave no answer within {self.timeout_s:g} s "
+            raise EndpointTimeout(f"{self.base_url}/models gave no whole answer within {self.timeout_s:g} s "
                                   "(autointerp.timeout_s); is the server up and not overloaded?") from None
         except httpx.TransportError as e:
             raise EndpointUnreachable(self._unreachable(e)) from None
@@ -163,48 +175,49 @@ class ChatClient:
         self._checked = True
 
     def _unreachable(self, e: Exception) -> str:
-        return (f"cannot reach {self.base_url} (autointerp.base_url): {type(e).__name__}: {e}; start the server "
-                "(vLLM, llama.cpp server, Ollama) or correct the URL, which ends in /v1")
+        return (f"cannot reach {self.base_url} (autointerp.base_url): {type(e).__name__}: {redact(str(e), self._key())}; "
+                "start the server (vLLM, llama.cpp server, Ollama) or correct the URL, which ends in /v1")
 
     def _auth_message(self, r: httpx.Response) -> str:
         who = f"the key in ${self.api_key_env}" if self.api_key_env else "a request without a key"
         return (f"{self.base_url} refused {who} (HTTP {r.status_code}: {_error_text(r)}); check the key, or "
                 "autointerp.api_key_env names the wrong variable")
 
-    def complete(self, body: dict[str, Any]) -> str:
-        """The answer's text for one request body, from the cache or the endpoint."""
+    def complete(self, body: dict[str, Any], stop: threading.Event | None = None) -> str:
+        """The answer's text for one request body, from the cache or the endpoint (`stop`: abandon it)."""
         key = ResponseCache.key(self.base_url, body)
         hit = self.cache.get(key)
         if hit is not None:
             with self._lock:
                 self.cached += 1
-            return hit
-        content = self._send(body)
+            return redact(hit, self._key())  # an answer cached by an older tsae may hold an echoed key
+        content = self._send(body, stop or threading.Event())
         self.cache.put(key, self.base_url, body, content)
         return content
 
-    def _send(self, body: dict[str, Any]) -> str:
-        headers = self._headers()
+    def _send(self, body: dict[str, Any], stop: threading.Event) -> str:
         url = f"{self.base_url}/chat/completions"
         for attempt in range(self.retries + 1):
             last = attempt == self.retries
             wait_s = self.backoff_s * 2 ** attempt
+            if stop.is_set():
+                raise Abandoned(f"POST {url} not sent: the stage was interrupted")
             with self._lock:
                 self.sent += 1
             try:
-                r = httpx.post(url, json=body, headers=headers, timeout=self.timeout_s)
+                r = self._request("POST", url, stop, json=body)
             except httpx.TimeoutException:
                 if last:
-                    raise EndpointTimeout(f"{url} gave no answer within {self.timeout_s:g} s (autointerp.timeout_s), "
+                    raise EndpointTimeout(f"{url} gave no whole answer within {self.timeout_s:g} s (autointerp.timeout_s), "
                                           f"{self.retries + 1} times; raise the timeout or lower autointerp.concurrency") from None
-                time.sleep(wait_s)
+                stop.wait(wait_s)
                 continue
             except httpx.ConnectError as e:
                 raise EndpointUnreachable(self._unreachable(e)) from None
             except httpx.TransportError as e:  # a dropped connection: worth another try
                 if last:
                     raise EndpointUnreachable(self._unreachable(e)) from None
-                time.sleep(wait_s)
+                stop.wait(wait_s)
                 continue
             if r.status_code == 200:
                 return _content(r, url)
@@ -217,30 +230,32 @@ class ChatClient:
                 if last:
                     raise EndpointError(f"{url} answered HTTP {r.status_code} ({_error_text(r)}) {self.retries + 1} times; "
                                         "lower autointerp.concurrency, or raise autointerp.retries / backoff_s")
-                time.sleep(_retry_after(r, wait_s))
+                stop.wait(_retry_after(r, wait_s))
                 continue
             raise EndpointError(f"{url} answered HTTP {r.status_code}: {_error_text(r)}")
         raise AssertionError("unreachable")
 
     def complete_many(self, bodies: list[dict[str, Any]]) -> list[str]:
         """Answers of many requests, in order, `concurrency` at a time; the first error stops the rest
-        (answers already received stay in the cache)."""
+        (answers already received stay in the cache). Ctrl-C (or any error) returns at once: the
+        requests in flight are abandoned and no retry starts."""
         if not bodies:
             return []
         if any(not self.is_cached(b) for b in bodies):
             self.check_endpoint()
         out: list[str] = [""] * len(bodies)
-        with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
-            futures = {pool.submit(self.complete, b): i for i, b in enumerate(bodies)}
-            done, pending = wait(futures, return_when=FIRST_EXCEPTION)
-            for f in pending:
-                f.cancel()
+        stop = threading.Event()
+        pool = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="tsae-judge")
+        try:
+            futures = {pool.submit(self.complete, b, stop): i for i, b in enumerate(bodies)}
+            done, _ = wait(futures, return_when=FIRST_EXCEPTION)
             for f in done:
                 if f.exception() is not None:
-                    for g in pending:
-                        g.cancel()
                     raise f.exception()  # type: ignore[misc]
                 out[futures[f]] = f.result()
+        finally:  # on success every request is done; else abandon the rest without waiting for them
+            stop.set()
+            pool.shutdown(wait=False, cancel_futures=True)
         return out
 
 
@@ -267,4 +282,10 @@ def _content(r: httpx.Response, url: str) -> str:
     except (ValueError, KeyError, IndexError, TypeError):
         raise BadResponse(f"{url} answered HTTP 200 with something that is not an OpenAI chat completion: "
                           f"{r.text[:200]!r}; is base_url the OpenAI-compatible route (ending in /v1)?") from None
-    return (content or "").strip()
+    if content is None:  # no text (a refusal or a tool call): an answer that does not parse
+        return ""
+    if not isinstance(content, str):
+        raise BadResponse(f"{url} answered a chat completion whose message content is {type(content).__name__} "
+                          f"{str(content)[:80]!r}, not text; serve the model through an OpenAI-compatible route that "
+                          "returns text (base_url ending in /v1)")
+    return content.strip()

@@ -63,31 +63,107 @@ def make_key(run: str, baseline: str, pairs: list[dict[str, Any]], weights: dict
     return {"format": FORMAT, "set": set_id, **body}
 
 
-def load_ratings(paths: list[Path], key: dict[str, Any]) -> list[dict[str, Any]]:
-    """The ratings files, checked: the right format, made on this key's page, answers in range."""
-    files = []
+def load_key(run_dir: str | Path) -> dict[str, Any]:
+    """The run's unblinding key, checked: `RatingsError` naming the file and the command that rebuilds it
+    (the run's own dashboard stage) when it is missing, not JSON, or not a key."""
+    from tsae_core.repair import repair_command
+
+    path = Path(run_dir) / "analysis" / KEY_FILE
+    rebuild = repair_command(run_dir, "dashboard", force=True)  # forced: a key whose set id still matches is not redone otherwise
+    try:
+        key = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise RatingsError(f"{path} not found: RUN must be a run directory whose dashboard stage has run ({rebuild})") from None
+    except (OSError, ValueError) as e:
+        raise RatingsError(f"{path} is damaged ({type(e).__name__}: {e}); rebuild it with {rebuild}") from None
+    if problem := _key_problem(key):
+        raise RatingsError(f"{path} is damaged ({problem}); rebuild it with {rebuild}")
+    return key
+
+
+def _key_problem(key: Any) -> str | None:
+    if not isinstance(key, dict) or key.get("format") != FORMAT:
+        return f"not a {FORMAT} key"
+    if not all(isinstance(key.get(k), str) for k in ("set", "run", "baseline")) or not isinstance(key.get("pairs"), list):
+        return "no set, run, baseline or pairs"
+    for p in key["pairs"]:
+        if not (isinstance(p, dict) and isinstance(p.get("id"), str) and isinstance(p.get("variant"), str)
+                and all(isinstance(p.get(s), dict) and isinstance(p[s].get("sae"), str) for s in ("A", "B"))):
+            return f"a pair that is not {{id, variant, A: {{sae, latent}}, B: {{...}}}}: {str(p)[:80]}"
+    return None
+
+
+def _answer_problem(answer: Any) -> str | None:
+    """Why one item's answer is not what the rating page saves (None: it is)."""
+    if not isinstance(answer, dict):
+        return f"the answer is {answer!r}, not an object like {{\"A\": {{\"rating\": 4}}, \"B\": {{...}}, \"prefer\": \"A\"}}"
+    for side in ("A", "B"):
+        given = answer.get(side)
+        if given is None:
+            continue
+        if not isinstance(given, dict):
+            return f"side {side} is {given!r}, not an object like {{\"rating\": 4, \"label\": \"...\"}}"
+        rating = given.get("rating")
+        if rating is not None and (type(rating) is not int or not 1 <= rating <= 5):
+            return f"side {side}: rating {rating!r} is not one of 1..5 (a whole number)"
+        if given.get("label") is not None and not isinstance(given["label"], str):
+            return f"side {side}: label {given['label']!r} is not text"
+    if answer.get("prefer") not in (None, "A", "B", "same"):
+        return f"preference {answer.get('prefer')!r} is not A, B or same"
+    return None
+
+
+def _answered(data: dict[str, Any]) -> bool:
+    return any((a.get(s) or {}).get("rating") is not None or a.get("prefer") is not None
+               for a in data["items"].values() for s in ("A", "B"))
+
+
+def _read_ratings(path: Path, key: dict[str, Any]) -> dict[str, Any]:
+    """One ratings file, checked: the right format, made on this key's page, answers as the page saves them."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise RatingsError(f"{path}: no such file; give the JSON the rating page's 'Download ratings' saved") from None
+    except (OSError, ValueError) as e:
+        raise RatingsError(f"{path}: not a ratings file ({type(e).__name__}: {e}); give the JSON the rating page saved") from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT or not isinstance(data.get("items"), dict):
+        raise RatingsError(f"{path}: not a tsae ratings file (format {FORMAT!r} with 'items' expected)")
+    if data.get("set") != key["set"]:
+        raise RatingsError(f"{path}: rated on another dashboard (set {data.get('set')!r}; this run's is {key['set']!r}): the "
+                           f"run's SAEs or its dashboard changed since; rate the current rate.html of run {key['run']!r}")
+    known = {p["id"] for p in key["pairs"]}
+    for item, answer in data["items"].items():
+        if item not in known:
+            raise RatingsError(f"{path}: item {item!r} is not on this run's rating page")
+        if problem := _answer_problem(answer):
+            raise RatingsError(f"{path}: item {item!r}: {problem}; give the file the rating page saved")
+    if not _answered(data):
+        raise RatingsError(f"{path}: no answers (no rating and no preference): rate pairs on rate.html, then "
+                           "'Download ratings' again; nothing was scored or saved")
+    return data
+
+
+def load_ratings(paths: list[Path], key: dict[str, Any], warn: Any = None) -> list[dict[str, Any]]:
+    """The ratings files, checked (`_read_ratings`), one per rater: a file given twice, or a copy of
+    another (the same rater and answers), counts once, with a warning; two different files of one
+    named rater are refused (the page's latest download holds all of a rater's answers)."""
+    warn = warn or (lambda text: print(f"tsae: warning: {text}", file=sys.stderr))
+    files: list[dict[str, Any]] = []
+    seen: dict[str, Path] = {}
+    raters: dict[str, Path] = {}
     for path in paths:
-        try:
-            data = json.loads(Path(path).read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise RatingsError(f"{path}: no such file; give the JSON the rating page's 'Download ratings' saved") from None
-        except (OSError, ValueError) as e:
-            raise RatingsError(f"{path}: not a ratings file ({type(e).__name__}: {e}); give the JSON the rating page saved") from None
-        if not isinstance(data, dict) or data.get("format") != FORMAT or not isinstance(data.get("items"), dict):
-            raise RatingsError(f"{path}: not a tsae ratings file (format {FORMAT!r} with 'items' expected)")
-        if data.get("set") != key["set"]:
-            raise RatingsError(f"{path}: rated on another dashboard (set {data.get('set')!r}; this run's is {key['set']!r}): the "
-                               f"run's SAEs or its dashboard changed since; rate the current rate.html of run {key['run']!r}")
-        known = {p["id"] for p in key["pairs"]}
-        for item, answer in data["items"].items():
-            if item not in known:
-                raise RatingsError(f"{path}: item {item!r} is not on this run's rating page")
-            for side in ("A", "B"):
-                rating = (answer.get(side) or {}).get("rating")
-                if rating is not None and rating not in (1, 2, 3, 4, 5):
-                    raise RatingsError(f"{path}: item {item!r} side {side}: rating {rating!r} is not one of 1..5")
-            if answer.get("prefer") not in (None, "A", "B", "same"):
-                raise RatingsError(f"{path}: item {item!r}: preference {answer.get('prefer')!r} is not A, B or same")
+        data = _read_ratings(path, key)
+        same = hashlib.sha256(json.dumps([data.get("rater"), data["items"]], sort_keys=True).encode()).hexdigest()
+        if same in seen:
+            warn(f"{path} repeats {seen[same]} (the same rater and answers): counted once")
+            continue
+        rater = str(data.get("rater") or "").strip()
+        if rater and rater in raters:
+            raise RatingsError(f"{path} and {raters[rater]} are both from rater {rater!r} with different answers: give one "
+                               "file per rater (the page's latest download holds all of that rater's answers)")
+        seen[same] = Path(path)
+        if rater:
+            raters[rater] = Path(path)
         files.append(data)
     return files
 
@@ -179,17 +255,12 @@ def report(result: dict[str, Any]) -> str:
 
 
 def ratings_command(run_dir: str, files: list[str]) -> int:
-    """`tsae ratings RUN FILE...`: unblind, score, print, and save beside the key."""
+    """`tsae ratings RUN FILE...`: unblind, score, print, and save beside the key (nothing is saved
+    when a file or the key is refused)."""
     from tsae_core.io import write_json
 
-    key_path = Path(run_dir) / "analysis" / KEY_FILE
     try:
-        key = json.loads(key_path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        print(f"tsae: {key_path} not found: RUN must be a run directory whose dashboard stage has run "
-              f"(`tsae run PARAMS --only dashboard`)", file=sys.stderr)
-        return 2
-    try:
+        key = load_key(run_dir)
         result = score(key, load_ratings([Path(f) for f in files], key))
     except RatingsError as e:
         print(f"tsae: {e}", file=sys.stderr)

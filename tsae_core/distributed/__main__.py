@@ -186,9 +186,10 @@ def _main_harvest(argv: list[str]) -> int:
 
 
 def _main_train(argv: list[str]) -> int:
-    from tsae_core.config import load_config, parse_override
+    from tsae_core.config import find_params_file, load_config, parse_override
     from tsae_core.interrupts import Interrupted
     from tsae_core.io import DiskFull
+    from tsae_core.repair import record_invocation, run_command
     from tsae_core.run_lock import RunDirectoryLocked
     from tsae_core.store import ActivationStore, StoreError
     from tsae_core.train import TrainingDiverged, train_variant
@@ -196,7 +197,8 @@ def _main_train(argv: list[str]) -> int:
     args = _parser("torchrun --nproc_per_node=N -m tsae_core.distributed", harvest=False).parse_args(argv)
     n = world_size()
     try:
-        cfg = load_config(args.params, dict(parse_override(s) for s in args.sets))
+        overrides = dict(parse_override(s) for s in args.sets)
+        cfg = load_config(args.params, overrides)
         names = _chosen_instances(cfg, args.only)
         check_batch_divisible(cfg.train.batch_sequences, n)
         check_device(cfg.run.device, n)
@@ -212,6 +214,8 @@ def _main_train(argv: list[str]) -> int:
              + (f" ({'NCCL' if device.type == 'cuda' else 'gloo'})" if n > 1 else "")
              + f"; each reads {cfg.train.batch_sequences // n} of every {cfg.train.batch_sequences} sequences")
         with run_lock_on_main(cfg.run_dir):
+            if is_main():  # repair messages repeat this run's params and overrides (`tsae_core.repair`)
+                record_invocation(cfg, find_params_file(args.params), overrides)
             harvest_all(cfg)
             store = ActivationStore.open(cfg.run_dir / "activations")
             for name in names:
@@ -224,8 +228,8 @@ def _main_train(argv: list[str]) -> int:
                 state = "skipped (already trained)" if s["skipped"] else f"{s['steps']} steps"
                 _say(f"[tsae] {name:28s} {state:26s} loss {final.get('loss', float('nan')):.4g}  "
                      f"FVU {final.get('fvu', float('nan')):.4f}  L0 {final.get('l0', float('nan')):.2f}")
-        _say(f"[tsae] SAEs in {cfg.run_dir / 'saes'}; `tsae run {args.params}"
-             + "".join(f" --set {s}" for s in args.sets) + "` evaluates, clusters and plots them (their training is skipped)")
+        _say(f"[tsae] SAEs in {cfg.run_dir / 'saes'}; `{run_command(str(find_params_file(args.params)), overrides)}` "
+             "evaluates, clusters and plots them (their training is skipped)")
         finish()
     except ConfigError as e:
         _say(f"tsae: invalid parameters: {e}", error=True)
