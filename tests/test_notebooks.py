@@ -14,7 +14,7 @@ from tsae_core.config import project_root
 from tsae_core.runner import STAGES
 
 NOTEBOOKS = sorted((project_root() / "notebooks").glob("0*.py"))
-KERNELSPEC = {"name": "python3", "display_name": "Python 3", "language": "python"}
+KERNELSPEC = {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"}
 
 
 def _generate(script: Path, out_dir: Path) -> Path:

@@ -169,7 +169,7 @@ def execute_notebook(script: Path, out_notebook: Path, parameters: dict[str, Any
     from papermill.exceptions import PapermillExecutionError
 
     nb = jupytext.read(script)
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"}
     kernels: list[Any] = []
     failure: NotebookFailed | None = None
     try:
