@@ -53,7 +53,7 @@ def test_papermill_runs_a_generated_notebook_without_kernel_or_language(tmp_path
                         progress_bar=False)
     outputs = [o for c in json.loads(out.read_text())["cells"] for o in c.get("outputs", [])]
     text = "".join("".join(o.get("text", "")) + "".join(o.get("data", {}).get("text/plain", "")) for o in outputs)
-    assert "train split" in text and "eval  split" in text
+    assert "scaling factor" in text and "sequences" in text and "settings (manifest.json)" in text
     # in Jupyter, progress is a widget that ends as a text line, and nothing (no warning either) goes to stderr
     assert "harvest" in text and "100%|" in text
     assert [o for o in outputs if o.get("name") == "stderr"] == []
