@@ -38,8 +38,9 @@ run: $(STAMP) $(if $(NEEDS_MODELS),$(MODELS_STAMP))
 	$(BIN)/tsae run $(PARAMS)
 
 ## Run the test suite (unit tests, then the notebooks through nbmake on tiny params); no network needed
-## beyond the package registries (Chromium for the dashboard's browser tests comes from Debian's).
-test: $(STAMP) browser
+## beyond the package registries (JupyterLab for the lab's browser test comes from PyPI, Chromium for the browser
+## tests from Debian's).
+test: $(STAMP) $(BIN)/jupyter-lab browser
 	TSAE_REQUIRE_BROWSER=$$(test -x $(CHROMIUM) && echo 1 || echo 0) $(BIN)/python -m pytest
 	rm -rf runs/nbmake-ci
 	$(MAKE) --no-print-directory nbmake PARAMS=params/ci.yaml 'NB_OVERRIDES={"run.name": "nbmake-ci"}'
