@@ -146,6 +146,8 @@ def _run_all(page, base: str, token: str, name: str) -> None:
     assert page.locator(".jp-Dialog").count() == 0, f"{name}: a dialog opened (kernel choice?)"
     page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
     page.locator(".lm-Menu-itemLabel").get_by_text("Run All Cells", exact=True).click()
+    if name == "02_train":  # a bar is a widget while it runs (17 in turn, a few seconds each)
+        page.wait_for_selector(f"{PANEL} .jp-OutputArea-output .widget-hprogress", timeout=120_000)
     # done when the last cell has run (kept in view: the lab renders a cell's prompt only once shown) and the
     # kernel is idle, or as soon as anything reaches stderr (a cell that raised stops the run)
     page.wait_for_function(
