@@ -64,7 +64,7 @@ def browser():
 
 @pytest.fixture
 def lab(tmp_path):
-    """`make lab` on a copy of the project; yields (base URL with token, the copy); stops the server."""
+    """`make lab` on a copy of the project; yields (base URL, token, the copy, the log's tail); stops the server."""
     if not (VENV / "bin" / "jupyter-lab").exists():  # `make test` installs it first; run alone, `make lab` does
         # here in the checkout (from the copy, tsae's editable install would move to it); --version: then exit
         done = subprocess.run(["make", "-C", str(ROOT), "lab", f"VENV={VENV}", "LAB_ARGS=--version"], capture_output=True, text=True)
@@ -76,7 +76,8 @@ def lab(tmp_path):
     for folder, pattern in (("jupyterlab", "*"), ("notebooks", "*.py"), ("params", "*.yaml")):
         (project / folder).mkdir()
         for f in (ROOT / folder).glob(pattern):
-            shutil.copy2(f, project / folder / f.name)
+            if f.is_file():
+                shutil.copy2(f, project / folder / f.name)
 
     port, token = _free_port(), secrets.token_hex(16)
     overrides = {"run.out_dir": str(project / "runs"), "plot.figures_dir": str(project / "figures"), "train.steps": 30}
