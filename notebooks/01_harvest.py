@@ -1,7 +1,7 @@
 # ---
 # jupyter:
 #   kernelspec:
-#     display_name: Python 3
+#     display_name: Python 3 (ipykernel)
 #     language: python
 #     name: python3
 # ---
@@ -38,13 +38,20 @@ manifest = harvest(cfg, activations_dir, force=force)
 # ## What was harvested
 
 # %%
+import pandas as pd
+from IPython.display import display
+
 store = ActivationStore.open(activations_dir)
-print(f"source        : {manifest['source']}")
-print(f"d_in          : {store.d_in}    context: {store.context_size} tokens    dtype: {manifest['dtype']}")
-print(f"scaling factor: {store.scaling_factor:.4f}  (E||s*x|| = sqrt(d_in))")
+print(f"d_in {store.d_in}, context {store.context_size} tokens, dtype {manifest['dtype']}, "
+      f"scaling factor {store.scaling_factor:.4f} (E||s*x|| = sqrt(d_in))")
+rows = []
 for split in ("train", "eval"):
     s = store.split(split)
-    print(f"{split:5s} split   : {s.n_sequences} sequences, {s.n_tokens} tokens, {len(manifest['splits'][split]['shards'])} shards")
+    rows.append({"split": split, "sequences": s.n_sequences, "tokens": s.n_tokens, "shards": len(manifest["splits"][split]["shards"])})
+display(pd.DataFrame(rows).set_index("split"))
+# the source in brief: a nested settings dictionary (a whole source config) is summarised, manifest.json has it in full
+display(pd.Series({key: f"{len(value)} settings (manifest.json)" if isinstance(value, dict) and len(value) > 4 else value
+                   for key, value in manifest["source"].items()}, name="source", dtype=object).to_frame())
 
 # %% [markdown]
 # ## The language model (tinylm, hf and gguf sources)

@@ -1,7 +1,7 @@
 # ---
 # jupyter:
 #   kernelspec:
-#     display_name: Python 3
+#     display_name: Python 3 (ipykernel)
 #     language: python
 #     name: python3
 # ---
@@ -43,14 +43,20 @@ summaries = [train_variant(cfg, inst.name, store, cfg.run_dir, force=force) for 
 # brought in with `load_from` is listed as imported, with where it came from.
 
 # %%
-for s in summaries:
+import pandas as pd
+
+
+def state(s):
     if s.get("failed"):
-        print(f"{s['variant']:12s} FAILED: {s['failed']}")
-        continue
+        return f"FAILED: {s['failed']}"
     if s.get("imported_from"):
-        print(f"{s['variant']:12s} imported, not trained: {s['imported_from']}")
-        continue
-    final = s["final"]
-    state = "skipped (already trained)" if s["skipped"] else f"{s['steps']} steps"
-    print(f"{s['variant']:12s} {state:26s} loss {final['loss']:.4g}  FVU {final['fvu']:.4f}  "
-          f"L0 {final['l0']:.2f}  dead {final['dead_fraction']:.3f}")
+        return f"imported, not trained: {s['imported_from']}"
+    return "skipped (already trained)" if s["skipped"] else f"{s['steps']} steps"
+
+
+rows = []
+for s in summaries:
+    final = s.get("final") or {}  # a failed or imported SAE has no final training state
+    rows.append({"variant": s["variant"], "state": state(s), "loss": final.get("loss"), "FVU": final.get("fvu"),
+                 "L0": final.get("l0"), "dead fraction": final.get("dead_fraction")})
+pd.DataFrame(rows).set_index("variant").round(4)

@@ -1,7 +1,7 @@
 # ---
 # jupyter:
 #   kernelspec:
-#     display_name: Python 3
+#     display_name: Python 3 (ipykernel)
 #     language: python
 #     name: python3
 # ---
@@ -56,9 +56,10 @@ results = {inst.name: evaluate_variant(cfg, inst.name, store, cfg.run_dir, model
 # the fraction of true features with a decoder row at cosine ≥ `eval.recovery_threshold`.
 
 # %%
-table = pd.DataFrame(summary_table(results)).set_index("variant")  # mean (± std over seeds) per variant
-with pd.option_context("display.width", 250, "display.max_columns", None):
-    print(table.T.to_string())
+from IPython.display import display
+
+# mean (± std over seeds) per variant, one column each; the metrics down the side
+display(pd.DataFrame(summary_table(results)).set_index("variant").T)
 
 # %%
 unhealthy = {name: r["health"]["problems"] for name, r in results.items() if not r["health"]["healthy"]}
@@ -82,8 +83,7 @@ probing_data = SparseProbingData(cfg, model=model)  # the labelled sets, built o
 probing = {name: evaluate_sparse_probing(cfg, name, cfg.run_dir, probing_data, force=force) for name in results}
 rows = probing_rows(probing)
 if any(r["skipped"] is None for r in rows):  # test accuracy, averaged over sets and their classes
-    table = pd.DataFrame([r for r in rows if r["skipped"] is None]).drop(columns="skipped").set_index("sae")
-    print(table.to_string(float_format="%.3f"))
+    display(pd.DataFrame([r for r in rows if r["skipped"] is None]).drop(columns="skipped").set_index("sae").round(3))
 for r in rows:
     if r["skipped"]:
         print(f"{r['sae']}: not probed: {r['skipped']}")
@@ -106,8 +106,7 @@ from tsae_core.unlearning import summary_rows as unlearning_rows
 unlearning = evaluate_unlearning_run(cfg, names=list(results), model=model, force=force)
 rows = unlearning_rows(unlearning)
 if any(r["skipped"] is None for r in rows):
-    table = pd.DataFrame([r for r in rows if r["skipped"] is None]).drop(columns=["skipped", "variant"]).set_index("sae")
-    print(table.to_string(float_format="%.4f"))
+    display(pd.DataFrame([r for r in rows if r["skipped"] is None]).drop(columns=["skipped", "variant"]).set_index("sae").round(4))
 for r in rows:
     if r["skipped"]:
         print(f"{r['sae']}: skipped: {r['skipped']}")

@@ -1,7 +1,7 @@
 # ---
 # jupyter:
 #   kernelspec:
-#     display_name: Python 3
+#     display_name: Python 3 (ipykernel)
 #     language: python
 #     name: python3
 # ---
@@ -45,6 +45,8 @@ params = os.environ.get("TSAE_PARAMS", "params/default.yaml")
 overrides = json.loads(os.environ.get("TSAE_OVERRIDES", "{}"))
 
 # %%
+from IPython.display import FileLink, display
+
 from tsae_core import load_config
 from tsae_core.dashboard import build_dashboard, dashboard_dir
 
@@ -57,4 +59,7 @@ else:
     pages = sum(len(s["pages"]) for s in manifest["saes"].values())
     print(f"{pages} feature pages for {len(manifest['saes'])} SAEs; baseline of the concept page and the rating: "
           f"{manifest['baseline']}")
-    print(f"open in a browser: {index.resolve().as_uri()}")
+    print(f"open from disk in a browser: {index.resolve()}")
+    # a page served by JupyterLab may not open file:// links (and the lab would link a printed one): this link goes
+    # through the lab's own file URL, to a tab of the lab or, with a middle click, a browser tab of its own
+    display(FileLink(os.path.relpath(index), result_html_prefix="in JupyterLab (press Trust HTML there for sortable tables): "))

@@ -14,7 +14,7 @@ from tsae_core.config import project_root
 from tsae_core.runner import STAGES
 
 NOTEBOOKS = sorted((project_root() / "notebooks").glob("0*.py"))
-KERNELSPEC = {"name": "python3", "display_name": "Python 3", "language": "python"}
+KERNELSPEC = {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"}
 
 
 def _generate(script: Path, out_dir: Path) -> Path:
@@ -51,10 +51,25 @@ def test_papermill_runs_a_generated_notebook_without_kernel_or_language(tmp_path
     out = tmp_path / "out.ipynb"
     pm.execute_notebook(str(notebook), str(out), parameters={"params": "params/ci.yaml", "overrides": {"run.out_dir": str(tmp_path)}},
                         progress_bar=False)
-    executed = json.loads(out.read_text())
-    text = "".join("".join(o.get("text", "")) for c in executed["cells"] for o in c.get("outputs", []))
-    assert "train split" in text and "eval  split" in text
+    outputs = [o for c in json.loads(out.read_text())["cells"] for o in c.get("outputs", [])]
+    text = "".join("".join(o.get("text", "")) + "".join(o.get("data", {}).get("text/plain", "")) for o in outputs)
+    assert "scaling factor" in text and "sequences" in text and "settings (manifest.json)" in text
+    # in Jupyter, progress is a widget that ends as a text line, and nothing (no warning either) goes to stderr
+    assert "harvest" in text and "100%|" in text
+    assert [o for o in outputs if o.get("name") == "stderr"] == []
     assert (tmp_path / "ci" / "activations" / "manifest.json").is_file()
+
+
+def test_the_runner_asks_its_kernels_for_text_progress(tmp_path):
+    """`tsae run` forwards the kernel's stderr to its terminal, where a progress widget would show nothing."""
+    import jupytext
+
+    from tsae_core.notebook_exec import execute_notebook
+
+    script = tmp_path / "probe.py"
+    script.write_text("# %%\nfrom tsae_core.progress import tqdm\nprint(tqdm.__module__)\n")
+    execute_notebook(script, tmp_path / "probe.ipynb", {}, cwd=tmp_path)
+    assert jupytext.read(tmp_path / "probe.ipynb").cells[0].outputs[0]["text"] == "tqdm.std\n"
 
 
 @pytest.mark.parametrize("env", [{}, {"TSAE_PARAMS": "params/ci.yaml", "TSAE_OVERRIDES": '{"train.steps": 7}'}])

@@ -37,12 +37,12 @@ from sklearn.decomposition import PCA
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score, silhouette_score
 from sklearn.mixture import GaussianMixture
 from sklearn.preprocessing import StandardScaler
-from tqdm import tqdm
 
 from tsae_core.coactivation import CoFiring, coactivation_embedding
 from tsae_core.metrics.geometry import group_condition_numbers
 from tsae_core.metrics.ground_truth import cosine_matrix
 from tsae_core.metrics.temporal import TemporalMetrics
+from tsae_core.progress import tqdm
 from tsae_core.top_contexts import TopContexts
 
 UNMATCHED = "unmatched"

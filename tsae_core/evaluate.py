@@ -17,7 +17,6 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
-from tqdm import tqdm
 
 from tsae_core.coactivation import CoFiring
 from tsae_core.config import ExperimentConfig
@@ -30,6 +29,7 @@ from tsae_core.metrics.model import SAELENS_SECTION, ModelPreservation
 from tsae_core.metrics.position import PositionDependence, ReconstructionByPosition
 from tsae_core.metrics.redundancy import CrossPositionRedundancy
 from tsae_core.metrics.temporal import TemporalMetrics
+from tsae_core.progress import tqdm
 from tsae_core.sae import SAE, load_sae, read_sae_cfg, recorded_weights_sha256
 from tsae_core.seeds import derive_seed
 from tsae_core.sources.factory import load_model

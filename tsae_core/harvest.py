@@ -22,10 +22,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
-from tqdm import tqdm
-
 from tsae_core.config import ExperimentConfig
 from tsae_core.io import read_json, sha256_file, write_json
+from tsae_core.progress import tqdm
 from tsae_core.sources.base import SequenceBatch
 from tsae_core.sources.factory import make_source
 from tsae_core.sources.ground_truth import GroundTruth

@@ -106,6 +106,11 @@ def _kernel_manager_class(kernels: list[Any]) -> type:
             self.connection_file = str(folder / "kernel.json")
             kernels.append(self)
 
+        def start_kernel(self, **kw: Any) -> None:
+            # the kernel's stderr reaches the runner's terminal: text progress bars, not widgets (tsae_core.progress)
+            kw["env"] = {**kw.get("env", os.environ), "TSAE_PROGRESS": "text"}
+            super().start_kernel(**kw)
+
     return LocalKernelManager
 
 
@@ -193,7 +198,7 @@ def execute_notebook(script: Path, out_notebook: Path, parameters: dict[str, Any
     from papermill.exceptions import PapermillExecutionError
 
     nb = jupytext.read(script)
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"}
     kernels: list[Any] = []
     failure: NotebookFailed | None = None
     try:

@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm import tqdm
 
 from tsae_core import distributed
 from tsae_core.checkpoints import (
@@ -43,6 +42,7 @@ from tsae_core.imported import import_variant, source_digest, source_folder
 from tsae_core.interrupts import Interrupted, StepInterrupt
 from tsae_core.io import DiskFull, is_disk_full
 from tsae_core.prefetch import Prefetched
+from tsae_core.progress import tqdm
 from tsae_core.sae import (
     PENALISED,
     SAE,

@@ -82,12 +82,12 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F_nn
-from tqdm import tqdm
 
 from tsae_core.config import ExperimentConfig, UnlearningConfig
 from tsae_core.eval_files import eval_key, kept_evaluation, saebench_identity
 from tsae_core.io import provenance, write_json
 from tsae_core.metrics.model import counted_positions
+from tsae_core.progress import tqdm
 from tsae_core.sae import SAE, load_sae, recorded_weights_sha256
 from tsae_core.seeds import derive_seed
 from tsae_core.sources.corpus import _unit_hash, corpus_fingerprint, python_docs_documents

@@ -40,9 +40,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from tqdm import tqdm
 
 from tsae_core.config import AutointerpConfig
+from tsae_core.progress import tqdm
 from tsae_core.seeds import derive_seed
 
 

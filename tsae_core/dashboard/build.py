@@ -10,12 +10,12 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors.torch import load_file
-from tqdm import tqdm
 
 from tsae_core.dashboard import observe as ob
 from tsae_core.dashboard import pages as pg
 from tsae_core.dashboard.rating import KEY_FILE, make_key, make_pairs
 from tsae_core.io import provenance, read_json, write_json, write_text
+from tsae_core.progress import tqdm
 from tsae_core.seeds import derive_seed
 
 MANIFEST = "manifest.json"

@@ -34,9 +34,9 @@ from typing import Any
 
 import torch
 from safetensors.torch import load_file
-from tqdm import tqdm
 
 from tsae_core.io import provenance, read_json, save_tensors, write_json
+from tsae_core.progress import tqdm
 from tsae_core.seeds import derive_seed
 from tsae_core.source_config import TinyLMConfig
 from tsae_core.sources.corpus import corpus_fingerprint, python_docs_corpus, split_documents
