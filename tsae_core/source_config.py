@@ -168,7 +168,10 @@ class GGUFConfig:
     transformer_lens_name: str = ""
     """Official transformer-lens name of the architecture (HookedTransformer); empty: TransformerBridge."""
     text_files: list[str] = field(default_factory=list)
-    """Local .txt/.jsonl files to harvest on; empty: the offline Python documentation corpus."""
+    """Local .txt/.jsonl files to harvest on; empty: an offline corpus that ships with Python (`corpus`)."""
+    corpus: Literal["python_docs", "python_source"] = "python_docs"
+    """Without text_files: python_docs (pydoc topics and stdlib docstrings, ~0.4M tokens of Gemma's
+    tokenizer) or python_source (the topics and the stdlib's source files whole, ~3M tokens)."""
     text_column: str = "text"
     """Column holding the text in .jsonl files."""
     max_documents: int | None = None

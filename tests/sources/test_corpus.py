@@ -76,3 +76,15 @@ def test_documents_carry_their_origin_in_corpus_order():
     assert not any(m.endswith("__init__") for m in by_module)
     email = next(d for d in docs if d.module.startswith("email."))
     assert email.package == "email"
+
+
+def test_the_source_corpus_holds_the_topics_then_whole_stdlib_files_and_is_larger():
+    from tsae_core.sources.corpus import pydoc_topics, python_docs_corpus, python_source_corpus
+
+    source, docs = python_source_corpus(), python_docs_corpus()
+    topics = list(dict.fromkeys(pydoc_topics()))  # topics sharing one text (aliases) count once
+    assert source[: len(topics)] == topics
+    assert len(set(source)) == len(source), "each distinct text once"
+    assert sum(map(len, source)) > 5 * sum(map(len, docs)), "several times the docstring corpus's text"
+    assert any(text.startswith(("#", '"""', "'''", "import", "from")) for text in source[len(topics):][:50]), "source files, whole"
+    assert python_source_corpus(max_documents=len(topics) + 3) == source[: len(topics) + 3]

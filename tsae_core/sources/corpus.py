@@ -1,4 +1,5 @@
-"""An offline text corpus that ships with Python itself: documentation topics and stdlib docstrings.
+"""An offline text corpus that ships with Python itself: documentation topics and stdlib docstrings
+(and, larger, `python_source_corpus`: the topics and the stdlib's source files whole).
 
 Two kinds of document, in a fixed order:
   1. every topic of `pydoc_data.topics.topics` (the language reference pages `help()` shows), sorted
@@ -135,6 +136,26 @@ def python_docs_corpus(max_documents: int | None = None) -> list[str]:
     if max_documents < 0:
         raise ValueError(f"max_documents must be >= 0 or None, got {max_documents}")
     return [d.text for d in itertools.islice(_iter_corpus(), max_documents)]
+
+
+def python_source_corpus(max_documents: int | None = None) -> list[str]:
+    """A larger offline corpus: the pydoc topics, then the whole text of every stdlib source file (code,
+    comments and docstrings; the same files and order as the docstrings come from), each distinct text
+    once. About 11 MB of text with CPython 3.11 (some 3M tokens of a subword tokenizer, against 0.4M
+    for `python_docs_corpus`): enough for an SAE to see each token at most twice over thousands of
+    steps. The docstring corpus's documents are inside these files, so the two are not mixed in one run."""
+    root = Path(sysconfig.get_paths()["stdlib"])
+    texts = (p.read_bytes().decode("utf-8", errors="replace").strip() for p in _stdlib_files(root))
+    docs = itertools.chain((d.text for d in _topics()), (t for t in texts if t))
+    seen: set[str] = set()
+    out = []
+    for text in docs:
+        if text not in seen:
+            seen.add(text)
+            out.append(text)
+            if max_documents is not None and len(out) >= max_documents:
+                break
+    return out
 
 
 def _unit_hash(text: str, seed: int) -> float:

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from tsae_core.source_config import GGUFConfig
-from tsae_core.sources.corpus import python_docs_corpus, split_documents
+from tsae_core.sources.corpus import python_docs_corpus, python_source_corpus, split_documents
 from tsae_core.sources.gguf_file import packaged_model_file
 from tsae_core.sources.hf import bos_id, load_texts, special_ids, tokenize_documents
 from tsae_core.sources.lm import LanguageModelSource, pack_contexts
@@ -129,10 +129,12 @@ def context_start_id(tokenizer: Any, bos_token: str = "") -> int:
 
 
 def documents(cfg: GGUFConfig) -> list[str]:
-    """The texts to harvest: local files if configured, else the offline Python documentation corpus."""
+    """The texts to harvest: local files if configured, else one of the offline corpora (`cfg.corpus`)."""
     if cfg.text_files:
         limit = cfg.max_documents if cfg.max_documents is not None else sys.maxsize
         return load_texts(text_files=cfg.text_files, text_column=cfg.text_column, max_documents=limit)
+    if cfg.corpus == "python_source":
+        return python_source_corpus(cfg.max_documents)
     return python_docs_corpus(cfg.max_documents)
 
 
@@ -189,7 +191,7 @@ def gguf_source(
         "packages": list(cfg.packages),
         "wrapper": type(model).__name__,
         "weights": "GGUF quantized weights dequantized to float32",
-        "text": cfg.text_files or "python-docs corpus",
+        "text": cfg.text_files or f"{cfg.corpus.replace('_', '-')} corpus",
         "random_init": random_init,
     }
     return model_source(model, documents(cfg), hook_name, context_size, describe, cfg.bos_token, cfg.eval_fraction, seed,
