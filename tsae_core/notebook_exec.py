@@ -106,10 +106,10 @@ def _kernel_manager_class(kernels: list[Any]) -> type:
             self.connection_file = str(folder / "kernel.json")
             kernels.append(self)
 
-        def start_kernel(self, **kw: Any) -> None:
+        async def start_kernel(self, **kw: Any) -> None:  # the async manager's start is a coroutine
             # the kernel's stderr reaches the runner's terminal: text progress bars, not widgets (tsae_core.progress)
             kw["env"] = {**kw.get("env", os.environ), "TSAE_PROGRESS": "text"}
-            super().start_kernel(**kw)
+            await super().start_kernel(**kw)
 
     return LocalKernelManager
 
