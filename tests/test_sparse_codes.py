@@ -55,8 +55,8 @@ def _step(sae, x, mask, doc_start):
 
 
 @pytest.mark.parametrize("activation", ["topk", "batchtopk"])
-@pytest.mark.parametrize("architecture,options,aux_k", [("standard", {}, 8), ("standard", {}, 1), ("consistency", {}, 8),
-                                                        ("pooled", {}, 8)])
+@pytest.mark.parametrize("architecture,options,aux_k", [("standard", {}, 8), ("standard", {}, 1),
+                                                        ("consistency", {"gradient": "codes"}, 8), ("pooled", {}, 8)])
 def test_sparse_path_equals_dense(activation, architecture, options, aux_k):
     """Forward output, every loss term (AuxK included, decoded as a block over 32 dead latents at
     k_aux 8, sparsely at k_aux 1) and every parameter's gradient agree, for the base SAE, a variant
@@ -173,3 +173,17 @@ def test_sparse_path_under_bf16_autocast(activation):
     for name, g in grads[False].items():
         assert grads[True][name].dtype == torch.float32, name
         torch.testing.assert_close(grads[True][name], g, rtol=0.1, atol=0.05 * float(g.abs().max()), msg=name)
+
+
+def test_a_loss_that_reads_every_latent_keeps_training_on_the_dense_path():
+    """The straight-through consistency term needs the pre-activations of latents the TopK left out,
+    which the sparse path never computes with a gradient: training takes the dense path for it."""
+    from tsae_core.train import sparse_path_for
+
+    def sae(options):
+        return build_sae(SAEConfig(architecture="consistency", activation="topk", d_in=D, d_sae=MIN_SPARSE_LATENTS, k=K, options=options))
+
+    cpu = torch.device("cpu")
+    assert not sparse_path_for(sae({}), "auto", cpu) and not sparse_path_for(sae({}), "always", cpu)
+    assert sparse_path_for(sae({"gradient": "codes"}), "auto", cpu)
+    assert sparse_path_for(sae({"coefficient": 0.0}), "auto", cpu)

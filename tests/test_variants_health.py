@@ -57,7 +57,7 @@ EXTRA_DEAD = {"matryoshka": 0.10}
 EV_GAP = {"crosscoder": 0.06}
 
 
-TEMPORAL = ["consistency", "contrastive", "matryoshka", "orthogonal", "orthogonal_fixed", "predictive", "crosscoder", "relational",
+TEMPORAL = ["consistency", "contrastive", "matryoshka", "orthogonal", "orthogonal_ortsae", "predictive", "crosscoder", "relational",
             "conv"]
 
 

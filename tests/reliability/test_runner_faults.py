@@ -108,7 +108,7 @@ def test_removed_variant_leaves_the_figures(copy, capsys):
 
 
 def test_collapsed_sae_is_recorded_the_others_go_on_and_the_exit_status_says_so(tmp_path, capsys):
-    variants = {**TINY["variants"], "relu": {"activation": "relu", "d_sae": 32, "l1_coefficient": 1e6, "lr": 0.1}}
+    variants = {**TINY["variants"], "relu": {"activation": "relu", "d_sae": 32, "l1_coefficient": 1e6, "lr": 1.0}}
     params = write_params(tmp_path, variants=variants)
     code, out, err = _tsae(capsys, params)
     assert code == EXIT_UNHEALTHY, out + err

@@ -62,7 +62,7 @@ class ConsistencySAE(SAE):
 
     @property
     def uses_codes_in_loss(self) -> bool:
-        return self.options.coefficient > 0
+        return self.options.coefficient > 0 and self.options.gradient == "straight_through"
 
     def loss_terms(self, out: SAEOutput, ctx: LossContext) -> dict[str, torch.Tensor]:
         terms = super().loss_terms(out, ctx)

@@ -109,7 +109,7 @@ class ConvSAE(SAE):
     # -- losses --------------------------------------------------------------------------------
     @property
     def uses_codes_in_loss(self) -> bool:
-        return self.options.coefficient > 0
+        return self.options.coefficient > 0 and self.options.gradient == "straight_through"
 
     def loss_terms(self, out: SAEOutput, ctx: LossContext) -> dict[str, torch.Tensor]:
         terms = super().loss_terms(out, ctx)
