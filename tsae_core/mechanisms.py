@@ -124,16 +124,16 @@ def level_name(prior: str, level: float) -> str:
 
 def mechanism_config(base: dict[str, Any], priors: list[str], seeds: list[int], origin: str,
                      levels: tuple[float, ...] = LEVELS) -> ExperimentConfig:
-    """The base params (a synthetic source and a recipe) with one variant per prior and level."""
+    """The base params (a synthetic source and a recipe) with one variant per prior and level, each as
+    wide as the base's `topk` (512 latents without one)."""
+    d_sae = ((base.get("variants") or {}).get("topk") or {}).get("d_sae", 512)
     variants = {}
     for prior in priors:
         m = MECHANISMS[prior]
         default = _get(m.variant, m.knob)
         for level in levels:
-            spec = {"d_sae": base.get("mechanism_d_sae", 512), **_set(m.variant, m.knob, level * default)}
-            variants[level_name(prior, level)] = spec
-    data = {k: v for k, v in base.items() if k != "mechanism_d_sae"}
-    data = {**data, "variants": variants, "run": {**data.get("run", {}), "seeds": list(seeds)}}
+            variants[level_name(prior, level)] = {"d_sae": d_sae, **_set(m.variant, m.knob, level * default)}
+    data = {**base, "variants": variants, "sweep": {}, "run": {**base.get("run", {}), "seeds": list(seeds)}}
     return config_from_dict(data, origin)
 
 
