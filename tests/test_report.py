@@ -226,6 +226,9 @@ def test_a_run_with_mechanisms_json_renders_its_table(run_dir, tmp_path):
     rows = _table_rows(section)
     assert rows[0][:3] == ["level", "options.coefficient", "statistic (mean ± std)"]
     assert rows[3] == ["×10", "0.1000", "0.4700 ± 0.0283", "0.2200", "0.7000", "+0.1500", "[+0.1229, +0.1771]"]
+    answer = _section(build_report(load_run(copy)), "Answer")
+    assert answer.strip().startswith("Each prior at 0, 1 and 10 times its coefficient") and "x10 +0.1500 [+0.1229, +0.1771]" in answer
+    assert "Acts, moving its target the claimed way" in answer and "consistency (lag-1" in answer
     assert "## Mechanism tests" not in build_report(load_run(run_dir))
 
 

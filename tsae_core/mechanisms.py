@@ -146,6 +146,9 @@ def run_mechanism(cfg: ExperimentConfig, priors: list[str], progress: bool = Fal
     from tsae_core.store import ActivationStore
     from tsae_core.train import train_variant
 
+    # the run's resolved parameters, as `tsae run` records them (the report reads its recipe there)
+    write_json(cfg.run_dir / "config.json", {"params_file": "python -m tsae_core.mechanisms", "overrides": {},
+                                             "config": cfg.to_dict()}, stamp=provenance(cfg.hash()))
     harvest(cfg, cfg.run_dir / "activations", progress=progress)
     store = ActivationStore.open(cfg.run_dir / "activations")
     evals: dict[str, dict[str, Any]] = {}

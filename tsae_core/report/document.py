@@ -18,7 +18,7 @@ from tsae_core.report.curves import curves_section, mean_curves
 from tsae_core.report.figures import draw_figures
 from tsae_core.report.health import health_section
 from tsae_core.report.loading import RunResults, load_run
-from tsae_core.report.mechanisms import mechanisms_section
+from tsae_core.report.mechanisms import mechanisms_answer, mechanisms_section
 from tsae_core.report.roles import find_roles
 from tsae_core.report.run_setup import is_cpu_size, setup_section
 from tsae_core.report.summary import summary_section
@@ -43,8 +43,9 @@ def build_report(run: RunResults, figures: dict[str, str] | None = None) -> str:
     expected = (run.config.get("run") or {}).get("expected_unhealthy") or {}
     curves = mean_curves(run)
     reference = [b for b in dict.fromkeys(roles.baselines.values()) if b] or list(curves)[:1]
+    answer = mechanisms_answer(run.mechanisms) if run.mechanisms else answer_paragraph(rows, roles, comparisons, expected)
     sections = [
-        ("Answer", answer_paragraph(rows, roles, comparisons, expected)),
+        ("Answer", answer),
         ("Setup", setup_section(run, roles)),
         ("Health", health_section(run)),
         ("Summary", summary_section(run.evals, roles)),

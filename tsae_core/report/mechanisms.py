@@ -39,3 +39,21 @@ def mechanisms_section(mechanisms: dict[str, Any] | None) -> str | None:
              "targets, the way it claims, on data where the answer is known. Every level of one seed shares the data "
              "order and the initial values, so the moves are the prior's.")
     return "\n\n".join([intro, *(mechanism_block(p, r) for p, r in mechanisms.items())])
+
+
+def mechanisms_answer(mechanisms: dict[str, Any]) -> str:
+    """The answer of a mechanism run: which priors move the statistic they target, by how much (the paired
+    move from coefficient 0 at the default and at 10x, with its interval), and which do not."""
+    acts, idle = [], []
+    for prior, r in mechanisms.items():
+        moves = [f"x{row.get('level', 0):g} {signed(row['paired_difference'])} {interval(row.get('interval'))}"
+                 for row in r.get("levels") or [] if "paired_difference" in row]
+        clause = f"{prior} ({r.get('statistic', MISSING)}: {'; '.join(moves)})"
+        (acts if r.get("verdict") == "acts" else idle).append(clause)
+    seeds = len(next(iter(mechanisms.values())).get("seeds") or [])
+    text = f"Each prior at 0, 1 and 10 times its coefficient, {seeds} paired seeds (move from coefficient 0, 95% interval)."
+    if acts:
+        text += " Acts, moving its target the claimed way by at least the margin: " + "; ".join(acts) + "."
+    if idle:
+        text += " Does not act: " + "; ".join(idle) + "."
+    return text
