@@ -37,10 +37,17 @@ models: $(MODELS_STAMP)
 run: $(STAMP) $(if $(NEEDS_MODELS),$(MODELS_STAMP))
 	$(BIN)/tsae run $(PARAMS)
 
+## SAELens, for the tests that check tsae's SAELens export and metric conventions against SAELens itself.
+INTEROP_STAMP := $(VENV)/.tsae-interop-installed
+$(INTEROP_STAMP): pyproject.toml $(STAMP)
+	$(BIN)/python -m pip install -e ".[interop]"
+	touch $(INTEROP_STAMP)
+
 ## Run the test suite (unit tests, then the notebooks through nbmake on tiny params); no network needed
-## beyond the package registries (JupyterLab for the lab's browser test comes from PyPI, Chromium for the browser
-## tests from Debian's).
-test: $(STAMP) $(BIN)/jupyter-lab browser
+## beyond the package registries (JupyterLab for the lab's browser test, SAELens for the interop tests and the
+## packaged GGUF models for the real-model tests come from PyPI, Chromium for the browser tests from Debian's).
+## Nothing is skipped for want of a package: pytest's summary (-ra) lists any test that skips, with its reason.
+test: $(STAMP) $(INTEROP_STAMP) $(MODELS_STAMP) $(BIN)/jupyter-lab browser
 	TSAE_REQUIRE_BROWSER=$$(test -x $(CHROMIUM) && echo 1 || echo 0) $(BIN)/python -m pytest
 	rm -rf runs/nbmake-ci
 	$(MAKE) --no-print-directory nbmake PARAMS=params/ci.yaml 'NB_OVERRIDES={"run.name": "nbmake-ci"}'
