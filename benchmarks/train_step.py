@@ -81,10 +81,11 @@ def measure_tsae(activation: str, d_in: int, d_sae: int, tokens: int, steps: int
                  sparse_codes: str = "auto") -> dict:
     import torch
 
-    from tsae_core.sae import LossContext, SAEConfig, build_sae
+    from tsae_core.sae import LossContext, SAEConfig
     from tsae_core.sources.base import SequenceBatch
     from tsae_core.sparse_codes import use_sparse_path
     from tsae_core.train import make_optimizer, training_step
+    from tsae_core.variants.registry import build_sae
 
     device = torch.device(device_name)
     cfg = SAEConfig(architecture="standard", activation=activation, d_in=d_in, d_sae=d_sae,

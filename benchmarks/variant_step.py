@@ -71,8 +71,9 @@ def measure(params: str, variant: str, steps: int, warmup: int, device_name: str
     import torch
 
     from tsae_core.config import load_config
-    from tsae_core.sae import LossContext, SAEConfig, build_sae
+    from tsae_core.sae import LossContext
     from tsae_core.train import make_optimizer, sparse_path_for, training_step
+    from tsae_core.variants.registry import build_sae, sae_config
 
     cfg = load_config(params)
     base = variant.endswith("@baseline")
@@ -84,7 +85,7 @@ def measure(params: str, variant: str, steps: int, warmup: int, device_name: str
         v = dataclasses.replace(v, d_sae=d_sae)
     D = d_in or _d_in(cfg)
     device = torch.device(device_name)
-    sae = build_sae(SAEConfig.from_variant(v, D, 1.0, {})).to(device)
+    sae = build_sae(sae_config(v, D, 1.0, {})).to(device)
     sae.sparse_path = sparse_path_for(sae, cfg.train.sparse_codes, device)  # as training chooses
     opt = make_optimizer(sae, 1e-4, cfg.train.adam_betas)
     B, T = batch_sequences or cfg.train.batch_sequences, cfg.harvest.context_size

@@ -7,7 +7,8 @@ from typing import Any
 import torch
 
 from tsae_core.config import VariantConfig
-from tsae_core.sae import SAE, SAEConfig, build_sae
+from tsae_core.sae import SAE
+from tsae_core.variants.registry import build_sae, sae_config
 
 ACTIVATIONS = ("relu", "topk", "batchtopk", "jumprelu")
 SCALE = 0.0731
@@ -29,7 +30,7 @@ def random_sae(activation: str, architecture: str = "standard", options: dict | 
                source: dict | None = None, scale: float = SCALE) -> SAE:
     """A tsae SAE with random weights away from their initialisation and data-fitted thresholds, in eval mode."""
     v = VariantConfig(architecture=architecture, activation=activation, d_sae=D_SAE, k=K, options=options or {})
-    sae = build_sae(SAEConfig.from_variant(v, D_IN, scale, LM_SOURCE if source is None else source))
+    sae = build_sae(sae_config(v, D_IN, scale, LM_SOURCE if source is None else source))
     g = torch.Generator().manual_seed(seed)
     sae.reset_parameters(g, b_dec=0.5 * torch.randn(D_IN, generator=g))
     sae.W_enc.add_(0.2 * torch.randn(sae.W_enc.shape, generator=g) * sae.W_dec.norm(dim=-1))

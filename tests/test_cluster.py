@@ -165,14 +165,14 @@ class _OracleSAE(torch.nn.Module):
 
 
 def test_cluster_run_variant_on_a_harvested_run(harvested, monkeypatch):
-    import tsae_core.sae
+    import tsae_core.loading
     from tsae_core.cluster import cluster_run_variant
     from tsae_core.io import read_json
     from tsae_core.metrics.geometry import group_condition_numbers
 
     cfg, store = harvested
     oracle = _OracleSAE(store, cfg.eval.batch_sequences)
-    monkeypatch.setattr(tsae_core.sae, "load_sae", lambda *a, **k: oracle)
+    monkeypatch.setattr(tsae_core.loading, "load_sae", lambda *a, **k: oracle)
     run_dir = cfg.run_dir.parent / "cluster_test_run"
     result = cluster_run_variant(cfg, "oracle", store, run_dir, progress=False)
     print(f"oracle SAE on the synthetic eval split: ARI {result['ari']:.3f}, NMI {result['nmi']:.3f}")
@@ -324,12 +324,12 @@ class _TokenStore:
 
 
 def test_language_model_clustering_has_examples_and_prints_no_nan(harvested, monkeypatch, tmp_path):
-    import tsae_core.sae
+    import tsae_core.loading
     from tsae_core.cluster import cluster_run_variant
 
     cfg, store = harvested
     cfg = ci_config(cfg.run_dir.parent, **{"cluster.n_clusters": [2, 3, 4], "cluster.method": "agglomerative"})
-    monkeypatch.setattr(tsae_core.sae, "load_sae", lambda *a, **k: _OracleSAE(store, cfg.eval.batch_sequences))
+    monkeypatch.setattr(tsae_core.loading, "load_sae", lambda *a, **k: _OracleSAE(store, cfg.eval.batch_sequences))
     result = cluster_run_variant(cfg, "oracle", _TokenStore(store), tmp_path, tokenizer=ByteTokenizer(), progress=False)
     assert not result["has_ground_truth"] and result["ari"] is None and result["nmi"] is None
     assert result["selection"]["chosen"] in (2, 3, 4) and result["n_clusters"] == result["selection"]["chosen"]

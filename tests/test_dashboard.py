@@ -216,7 +216,7 @@ def test_a_feature_page_shows_its_contexts_and_profiles(lm_dashboard):
     """The top context's number is the latent's largest activation over the evaluated tokens,
     recomputed here by encoding the same sequences."""
     from tsae_core.evaluate import eval_batches
-    from tsae_core.sae import load_sae
+    from tsae_core.loading import load_sae
 
     cfg, manifest, store = lm_dashboard
     name, latent = "consistency", manifest["saes"]["consistency"]["pages"][0]

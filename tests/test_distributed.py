@@ -17,13 +17,14 @@ from safetensors.torch import load_file
 
 from tests.conftest import ci_config
 from tsae_core import distributed
+from tsae_core.checkpoints import trained_state
 from tsae_core.config import ConfigError
 from tsae_core.distributed import __main__ as cli
 from tsae_core.harvest import PART_PROGRESS, harvest, harvest_hash
 from tsae_core.seeds import derive_seed
 from tsae_core.stage_outputs import output_problems
 from tsae_core.store import MANIFEST, ActivationStore, write_manifest, write_shard
-from tsae_core.train import TrainPaths, train_variant, trained_state, variant_train_hash
+from tsae_core.train import TrainPaths, train_variant, variant_train_hash
 
 ROOT = Path(__file__).resolve().parent.parent
 VARIANTS = ["topk", "relu", "batchtopk"]

@@ -15,7 +15,7 @@ from tsae_core.evaluate import evaluate_variant
 from tsae_core.imported import ImportRefused, check_fits
 from tsae_core.interop import export_saelens
 from tsae_core.io import read_json
-from tsae_core.sae import load_sae
+from tsae_core.loading import load_sae
 from tsae_core.train import train_variant
 
 TRAINED = {"activation": "topk", "d_sae": 64, "k": 4}

@@ -15,9 +15,10 @@ from tsae_core import interop
 from tsae_core.config import load_config
 from tsae_core.interop import NotRepresentable, export_saelens, saelens_refusal
 from tsae_core.io import read_json
+from tsae_core.loading import load_sae
 from tsae_core.runner import main
-from tsae_core.sae import SAE, SAEConfig, SAEFileError, build_sae, load_sae, save_sae
-from tsae_core.variants.registry import architectures
+from tsae_core.sae import SAE, SAEConfig, SAEFileError, save_sae
+from tsae_core.variants.registry import architectures, build_sae, sae_config
 
 SAELENS_ARCHITECTURE = {"relu": "standard", "topk": "topk", "batchtopk": "jumprelu", "jumprelu": "jumprelu"}
 PLAIN = {"standard", "consistency", "contrastive", "matryoshka", "orthogonal"}
@@ -132,7 +133,7 @@ def test_every_architecture_is_classified_by_its_inference():
     mask = torch.ones(B, T, dtype=torch.bool)
     decisions = {}
     for architecture, v in sorted(variants.items()):
-        cfg = SAEConfig.from_variant(v, D_IN, SCALE, {"kind": "synthetic"})
+        cfg = sae_config(v, D_IN, SCALE, {"kind": "synthetic"})
         sae = build_sae(cfg)
         for p in sae.parameters():
             p.add_(0.3 * torch.randn(p.shape, generator=g))

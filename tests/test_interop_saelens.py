@@ -11,8 +11,9 @@ import torch
 
 from tests.conftest import ci_config
 from tests.interop_cases import ACTIVATIONS, D_IN, D_SAE, K, max_rel_diff, random_sae, raw_activations
+from tsae_core.loading import load_sae
 from tsae_core.runner import main
-from tsae_core.sae import SAE, load_sae, save_sae
+from tsae_core.sae import SAE, save_sae
 
 sae_lens = pytest.importorskip("sae_lens")
 

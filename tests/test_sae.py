@@ -6,12 +6,13 @@ from safetensors.torch import load_file
 
 from tsae_core import load_sae
 from tsae_core.config import VariantConfig
-from tsae_core.sae import SAEConfig, build_sae, geometric_median, save_sae
+from tsae_core.sae import geometric_median, save_sae
+from tsae_core.variants.registry import build_sae, sae_config
 
 
 def make(activation="topk", d_in=8, d_sae=32, k=3, scale=2.0):
     v = VariantConfig(activation=activation, d_sae=d_sae, k=k)
-    sae = build_sae(SAEConfig.from_variant(v, d_in=d_in, scaling_factor=scale, source={"kind": "test"}))
+    sae = build_sae(sae_config(v, d_in=d_in, scaling_factor=scale, source={"kind": "test"}))
     sae.reset_parameters(torch.Generator().manual_seed(0), b_dec=torch.randn(d_in))
     return sae
 
@@ -90,8 +91,8 @@ def test_jumprelu_bandwidth_follows_the_paper_in_tsae_units():
     """The paper's 0.001 is for inputs of unit mean squared norm; tsae scales them to E||x|| = sqrt(d_in),
     so its pre-activations are sqrt(d_in) times larger and so is the window. An explicit value is kept."""
     for d_in in (24, 128, 640):
-        cfg = SAEConfig.from_variant(VariantConfig(activation="jumprelu", d_sae=64), d_in, 1.0, {})
+        cfg = sae_config(VariantConfig(activation="jumprelu", d_sae=64), d_in, 1.0, {})
         assert cfg.bandwidth == pytest.approx(0.001 * d_in**0.5)
         assert build_sae(cfg).activation.bandwidth == pytest.approx(0.001 * d_in**0.5)
-    earlier = SAEConfig.from_variant(VariantConfig(activation="jumprelu", d_sae=64, bandwidth=2.0), 128, 1.0, {})
+    earlier = sae_config(VariantConfig(activation="jumprelu", d_sae=64, bandwidth=2.0), 128, 1.0, {})
     assert earlier.bandwidth == 2.0

@@ -12,8 +12,9 @@ import pytest
 import torch
 
 from tsae_core.losses import AUX_BLOCK_RATIO
-from tsae_core.sae import LossContext, SAEConfig, build_sae
+from tsae_core.sae import LossContext, SAEConfig
 from tsae_core.sparse_codes import MIN_SPARSE_LATENTS, SparseCodes, decode, regular_offsets, use_sparse_path
+from tsae_core.variants.registry import build_sae
 
 D, F, K = 24, 96, 4
 DEVICE = torch.device(os.environ.get("TSAE_TEST_DEVICE", "cpu"))

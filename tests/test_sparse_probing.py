@@ -16,7 +16,7 @@ from tests.test_language_model_pipeline import TINY_MODEL
 from tsae_core.config import ConfigError, HubProbeDataset
 from tsae_core.labelled_sets import block_kind, hub_labelled_texts, python_docs_set, split_by_group
 from tsae_core.probe_data import BinaryTask, ProbeSet, compact, exclusive_tasks
-from tsae_core.sae import SAEConfig, build_sae
+from tsae_core.sae import SAEConfig
 from tsae_core.sparse_probing import (
     SparseProbingData,
     evaluate_sparse_probing,
@@ -27,6 +27,7 @@ from tsae_core.sparse_probing import (
     sparse_probing_result,
     top_k_by_mean_difference,
 )
+from tsae_core.variants.registry import build_sae
 
 K_VALUES = [1, 2, 5, 10, 20, 50]
 SMALL_LM_PROBING = {"probing.train_size": 40, "probing.test_size": 20, "probing.max_classes": 3,
@@ -221,7 +222,7 @@ def test_synthetic_probing_writes_saebench_layout(synthetic_probing):
 def test_synthetic_probing_is_reproducible_and_kept(synthetic_probing, monkeypatch):
     cfg, data, r = synthetic_probing
     from tsae_core import sparse_probing
-    from tsae_core.sae import load_sae
+    from tsae_core.loading import load_sae
 
     again = sparse_probing_result(load_sae(cfg.run_dir / "saes" / "topk").eval(), SparseProbingData(cfg, progress=False), cfg)
     assert again["eval_result_details"] == r["eval_result_details"], "same seed, same numbers"

@@ -12,7 +12,7 @@ import torch
 from tests.conftest import ci_config
 from tests.test_language_model_pipeline import TINY_MODEL
 from tsae_core.config import INTERNET_PACKAGES, UnlearningConfig
-from tsae_core.sae import SAEConfig, build_sae
+from tsae_core.sae import SAEConfig
 from tsae_core.sources.corpus import _unit_hash, python_docs_documents
 from tsae_core.train import train_variant
 from tsae_core.typed import ConfigError
@@ -31,6 +31,7 @@ from tsae_core.unlearning import (
     skipped_reason,
     unlearning_path,
 )
+from tsae_core.variants.registry import build_sae
 
 
 # ------------------------------------------------------------------ the clamp
@@ -189,7 +190,7 @@ def test_synthetic_unlearning_end_to_end_and_reproducible(synthetic_run):
     data = build_unlearning_data(cfg)
     assert data.kind == "synthetic" and data.test.forget_NT.any() and data.test.retain_NT.any()
     assert not (data.test.forget_NT & data.test.retain_NT).any()
-    from tsae_core.sae import load_sae
+    from tsae_core.loading import load_sae
 
     sae = load_sae(cfg.run_dir / "saes" / "topk")
     a = evaluate_unlearning(sae, data)

@@ -12,9 +12,8 @@ Public API::
     out = sae(x_BTD)          # out.features (B,T,F), out.recon (B,T,D)
 """
 
-__version__ = "0.1.0"
-
-from tsae_core.config import ConfigError, ExperimentConfig, load_config  # noqa: E402
+from tsae_core.config import ConfigError, ExperimentConfig, load_config
+from tsae_core.version import __version__
 
 __all__ = ["__version__", "ConfigError", "ExperimentConfig", "load_config", "load_sae", "ActivationStore"]
 
@@ -22,7 +21,7 @@ __all__ = ["__version__", "ConfigError", "ExperimentConfig", "load_config", "loa
 def __getattr__(name: str):
     # Lazy imports keep `import tsae_core` light for the runner's validation step.
     if name == "load_sae":
-        from tsae_core.sae import load_sae
+        from tsae_core.loading import load_sae
 
         return load_sae
     if name == "ActivationStore":

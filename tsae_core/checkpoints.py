@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from tsae_core.io import read_json, torch_save, write_json, write_text
+from tsae_core.sae import SAEFileError, verify_sae_files
 
 FAILED = "failed.json"
 """Written instead of the SAE files when training ends in a collapsed SAE (see `record_failure`)."""
@@ -112,3 +113,21 @@ def recorded_failure(paths: TrainPaths, train_hash: str) -> str | None:
         return record["reason"] if record.get("train_hash") == train_hash else None
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
+
+
+def trained_state(paths: TrainPaths, train_hash: str) -> tuple[str, str]:
+    """("trained", ""), ("failed", reason) for a recorded failed training of this hash, or
+    ("missing", why) when the SAE must be (re)trained: absent, trained for other parameters, or
+    files that fail their checksum."""
+    reason = recorded_failure(paths, train_hash)
+    if reason is not None:
+        return "failed", reason
+    if not paths.sae_dir.joinpath("cfg.json").is_file():
+        return "missing", f"{paths.sae_dir} is not trained"
+    try:
+        cfg = verify_sae_files(paths.sae_dir)
+    except SAEFileError as e:
+        return "missing", str(e).split("; ")[0]
+    if cfg.get("train_hash") != train_hash:
+        return "missing", f"{paths.sae_dir} was trained with other parameters"
+    return "trained", ""

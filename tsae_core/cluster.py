@@ -300,11 +300,12 @@ def cluster_run_variant(cfg: Any, name: str, store: Any, run_dir: str | Path, to
     `analysis/clusters_<name>.json`: per alive latent its label, 2-D embedding and kind; the count
     selection, the cluster profiles, example contexts (language models; decoded with `tokenizer`)
     and, with ground truth, the scores against the true kinds."""
+    from tsae_core.device import resolve_device
     from tsae_core.evaluate import eval_batches  # late: evaluation pulls in the model stack
     from tsae_core.io import provenance, write_json
-    from tsae_core.sae import load_sae, recorded_weights_sha256
+    from tsae_core.loading import load_sae
+    from tsae_core.sae import recorded_weights_sha256
     from tsae_core.seeds import derive_seed
-    from tsae_core.train import resolve_device
 
     cc, run_dir = cfg.cluster, Path(run_dir)
     sae = load_sae(run_dir / "saes" / name, device=resolve_device(cfg.run.device))

@@ -20,8 +20,10 @@ from safetensors import SafetensorError, safe_open
 
 from tsae_core.coactivation import CoFiring
 from tsae_core.config import ExperimentConfig
+from tsae_core.device import resolve_device
 from tsae_core.eval_files import eval_key, kept_evaluation, saebench_identity
 from tsae_core.io import provenance, save_tensors, write_json
+from tsae_core.loading import load_sae
 from tsae_core.metrics.core import CoreMetrics, misc_metrics
 from tsae_core.metrics.geometry import cofiring_max_cosine, decoder_geometry, labels_from_groups, max_decoder_cosine
 from tsae_core.metrics.ground_truth import GroundTruthMetrics, matched_persistence
@@ -30,10 +32,9 @@ from tsae_core.metrics.position import PositionDependence, ReconstructionByPosit
 from tsae_core.metrics.redundancy import CrossPositionRedundancy
 from tsae_core.metrics.temporal import TemporalMetrics
 from tsae_core.progress import tqdm
-from tsae_core.sae import SAE, load_sae, read_sae_cfg, recorded_weights_sha256
+from tsae_core.sae import SAE, read_sae_cfg, recorded_weights_sha256
 from tsae_core.seeds import derive_seed
 from tsae_core.sources.factory import load_model
-from tsae_core.train import resolve_device
 
 TEMPORAL_MAX_LAG = 32
 REDUNDANCY_MAX_LAG = 4

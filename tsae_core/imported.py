@@ -21,8 +21,9 @@ from tsae_core.checkpoints import TrainPaths
 from tsae_core.config import ConfigError, ExperimentConfig, resolve_path
 from tsae_core.interop import SAELENS_WEIGHTS, NotRepresentable, is_saelens_folder
 from tsae_core.io import sha256_file
+from tsae_core.loading import load_sae
 from tsae_core.repair import invocation, repair_command, run_dir_of_sae
-from tsae_core.sae import SAE, SAE_WEIGHTS, SAEFileError, load_sae, save_sae, verify_sae_files
+from tsae_core.sae import SAE, SAE_WEIGHTS, SAEFileError, save_sae, verify_sae_files
 from tsae_core.saelens_check import nonfinite_problems
 
 
@@ -92,7 +93,7 @@ def import_variant(cfg: ExperimentConfig, name: str, store: Any, run_dir: Path, 
                    force: bool = False) -> dict[str, Any]:
     """Copy the SAE that `load_from` names into `saes/<name>/` (unless already there for the same
     `train_hash`, which covers the source's weights); returns a training's summary, with zero steps."""
-    from tsae_core.train import trained_state
+    from tsae_core.checkpoints import trained_state
 
     inst = cfg.instance(name)
     folder = source_folder(cfg, name)

@@ -28,7 +28,7 @@ orthogonal) are plain SAEs at inference and are written as such; their training-
 orthogonal variant's groups) are left out. Each folder is written whole into a temporary directory
 beside the target, then renamed onto it.
 
-**Import** (`load_saelens_sae`, reached through `tsae_core.sae.load_sae`). SAELens `standard`,
+**Import** (`tsae_core.saelens_import.load_saelens_sae`, reached through `tsae_core.loading.load_sae`). SAELens `standard`,
 `topk` and `jumprelu` become tsae `relu`, `topk` and `jumprelu` SAEs with scaling factor 1.0.
 `apply_b_dec_to_input: false` is folded into b_enc (b_enc += b_dec W_enc) and TopK's
 `rescale_acts_by_decoder_norm: true` into the weights (SAELens's `fold_W_dec_norm`); the weights
@@ -51,22 +51,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import safetensors
 import torch
-from safetensors.torch import load_file
 
-from tsae_core.io import TEMP_PREFIX, TEMP_SUFFIX, read_json, save_tensors, write_json
-from tsae_core.sae import (
-    SAE,
-    SAE_CFG,
-    SAE_WEIGHTS,
-    SAEConfig,
-    SAEFileError,
-    build_sae,
-    load_sae,
-    read_sae_cfg,
+from tsae_core.io import TEMP_PREFIX, TEMP_SUFFIX, save_tensors, write_json
+from tsae_core.loading import load_sae
+from tsae_core.sae import SAE, SAE_CFG, SAE_WEIGHTS, SAEConfig, SAEFileError, read_sae_cfg
+from tsae_core.saelens_check import (  # noqa: F401 (the import side's names, importable from here)
+    ACTIVATION_TO_SAELENS,
+    SAELENS_CFG,
+    SAELENS_TO_ACTIVATION,
+    SAELENS_WEIGHTS,
+    NotRepresentable,
+    saelens_problems,
 )
-from tsae_core.saelens_check import SAELENS_CFG, SAELENS_WEIGHTS, saelens_problems
+from tsae_core.saelens_import import is_saelens_folder, load_saelens_sae  # noqa: F401 (the import side)
+from tsae_core.variants.registry import variant_class
+from tsae_core.version import __version__
 
 SAELENS_FORMAT_VERSION = "6.54.12"
 """The SAELens release whose `load_from_disk` the exported folders are written for (and tested against)."""
@@ -80,22 +80,14 @@ INFERENCE_METHODS = {
 }
 """Methods of `SAE` that make its inference; a class overriding any of them is not a plain SAE."""
 
-ACTIVATION_TO_SAELENS = {"relu": "standard", "topk": "topk", "batchtopk": "jumprelu", "jumprelu": "jumprelu"}
-SAELENS_TO_ACTIVATION = {"standard": "relu", "topk": "topk", "jumprelu": "jumprelu"}
 _LANGUAGE_MODEL_KINDS = ("tinylm", "hf", "gguf")
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
-class NotRepresentable(ValueError):
-    """An SAE that the other library's format cannot express; the message says why."""
-
-
 # -- which SAEs SAELens can represent -----------------------------------------------------------
 def saelens_refusal(architecture: str) -> str | None:
     """None when `architecture`'s inference is the token-wise SAE's, else why SAELens cannot represent it."""
-    from tsae_core.variants.registry import variant_class
-
     cls = variant_class(architecture)
     reasons = list(dict.fromkeys(why for name, why in INFERENCE_METHODS.items() if getattr(cls, name) is not getattr(SAE, name)))
     if not reasons:
@@ -139,8 +131,6 @@ def saelens_tensors(sae: SAE) -> dict[str, torch.Tensor]:
 
 def saelens_metadata(cfg: SAEConfig, name: str | None = None, weights_sha256: str | None = None) -> dict[str, Any]:
     """SAELens `metadata`: what the activations were taken from, and tsae's own record under `tsae`."""
-    from tsae_core import __version__
-
     source = cfg.source or {}
     meta: dict[str, Any] = {"sae_lens_version": SAELENS_FORMAT_VERSION, "sae_lens_training_version": None}
     language_model = source.get("kind") in _LANGUAGE_MODEL_KINDS
@@ -331,110 +321,3 @@ def export_command(source: str, out: str, fmt: str, force: bool = False) -> int:
         print(f"tsae export: not exported to SAELens:\n{lines}\nexported: {exported}", file=sys.stderr)
         return 1
     return 0
-
-
-# -- import ---------------------------------------------------------------------------------------
-def is_saelens_folder(directory: str | Path) -> bool:
-    """A SAELens folder: `sae_weights.safetensors` and `cfg.json`, and no tsae weights file."""
-    d = Path(directory)
-    return (d / SAELENS_WEIGHTS).is_file() and (d / SAELENS_CFG).is_file() and not (d / SAE_WEIGHTS).is_file()
-
-
-def _major_version(version: Any) -> int | None:
-    try:
-        return int(str(version).strip().lstrip("v").split(".")[0])
-    except ValueError:
-        return None
-
-
-def _refuse(directory: Path, why: str) -> NotRepresentable:
-    return NotRepresentable(f"cannot open the SAELens SAE in {directory} as a tsae SAE: {why}")
-
-
-def load_saelens_sae(directory: str | Path) -> SAE:
-    """The tsae SAE equivalent to the SAELens 6.x folder `directory` (CPU, float32, train mode).
-
-    SAELens folders carry no checksum, so their bytes are not checked: only the config's values and
-    the tensors' names and shapes. `NotRepresentable` names what tsae cannot express."""
-    directory = Path(directory)
-    try:
-        raw = read_json(directory / SAELENS_CFG)
-    except (OSError, ValueError) as e:
-        raise SAEFileError(f"unreadable SAELens config {directory / SAELENS_CFG} ({type(e).__name__}: {e})") from None
-    if not isinstance(raw, dict):
-        raise SAEFileError(f"unreadable SAELens config {directory / SAELENS_CFG} (expected a JSON object)")
-    if "weights_sha256" in raw or "activation" in raw:
-        raise SAEFileError(f"{directory / SAELENS_CFG} is a tsae config, but the weights are named {SAELENS_WEIGHTS}; "
-                           f"name them {SAE_WEIGHTS} (or export the SAE with `tsae export ... --format saelens`)")
-    meta = raw.get("metadata") if isinstance(raw.get("metadata"), dict) else {}
-    version = meta.get("sae_lens_version") or raw.get("sae_lens_version")
-    major = _major_version(version) if version else None
-    if major is None or major < 6:
-        raise _refuse(directory, f"its cfg.json is from SAELens {version or 'before 6.0 (no version recorded)'}, "
-                                 "and only the 6.x format is read; load it with SAELens 6 (`SAE.load_from_disk`) "
-                                 "and write it again with `save_model`")
-    architecture = raw.get("architecture", "standard")
-    if architecture not in SAELENS_TO_ACTIVATION:
-        raise _refuse(directory, f"architecture {architecture!r} has no tsae counterpart (tsae reads "
-                                 f"{', '.join(SAELENS_TO_ACTIVATION)})")
-    norm = raw.get("normalize_activations", "none")
-    if norm != "none":
-        why = ("its activation scaling factor is not in the folder; fold it with "
-               "`sae.fold_activation_norm_scaling_factor(s)` in SAELens and save again"
-               if norm == "expected_average_only_in" else "it normalises each input at run time, which a tsae SAE does not")
-        raise _refuse(directory, f"normalize_activations is {norm!r}: {why}")
-    try:
-        d_in, d_sae = int(raw["d_in"]), int(raw["d_sae"])
-    except (KeyError, TypeError, ValueError) as e:
-        raise SAEFileError(f"SAELens config {directory / SAELENS_CFG} lacks a valid {e}") from None
-    try:
-        tensors = load_file(str(directory / SAELENS_WEIGHTS))
-    except (OSError, safetensors.SafetensorError) as e:
-        raise SAEFileError(f"unreadable SAELens weights {directory / SAELENS_WEIGHTS} ({type(e).__name__}: {e})") from None
-    scaling = tensors.pop("scaling_factor", None)
-    if scaling is not None and not torch.allclose(scaling.float(), torch.ones_like(scaling.float())):
-        raise _refuse(directory, "it has a finetuning scaling factor other than 1")
-    shapes = {"W_enc": (d_in, d_sae), "b_enc": (d_sae,), "W_dec": (d_sae, d_in), "b_dec": (d_in,)}
-    if architecture == "jumprelu":
-        shapes["threshold"] = (d_sae,)
-    if set(tensors) != set(shapes):
-        raise _refuse(directory, f"architecture {architecture!r} needs the tensors {sorted(shapes)}, the file has {sorted(tensors)}")
-    wrong = {n: tuple(t.shape) for n, t in tensors.items() if tuple(t.shape) != shapes[n]}
-    if wrong:
-        raise SAEFileError(f"SAELens weights {directory / SAELENS_WEIGHTS} have shapes {wrong}, expected "
-                           f"{ {n: shapes[n] for n in wrong} } for d_in {d_in}, d_sae {d_sae}")
-    if problems := saelens_problems(raw, tensors):
-        raise _refuse(directory, "; ".join(f"{directory / file}: {why}" for file, why in problems))
-    k = int(raw["k"]) if architecture == "topk" else None
-
-    w = {n: t.to(torch.float64) for n, t in tensors.items()}
-    if architecture == "topk" and raw.get("rescale_acts_by_decoder_norm", False):
-        # SAELens picks the top k of pre * ||W_dec_i|| and decodes f / ||W_dec_i||: the same as unit rows
-        norms = w["W_dec"].norm(dim=-1)
-        w["W_enc"], w["b_enc"], w["W_dec"] = w["W_enc"] * norms, w["b_enc"] * norms, w["W_dec"] / norms[:, None]
-    if not raw.get("apply_b_dec_to_input", True):
-        # SAELens: pre = x W_enc + b_enc;  tsae: (x - b_dec) W_enc + b_enc'  with  b_enc' = b_enc + b_dec W_enc
-        w["b_enc"] = w["b_enc"] + w["b_dec"] @ w["W_enc"]
-
-    activation = SAELENS_TO_ACTIVATION[architecture]
-    source = {
-        "kind": "saelens",
-        "model": meta.get("model_name"),
-        "hook_name": meta.get("hook_name"),
-        "context_size": meta.get("context_size"),
-        "prepend_bos": meta.get("prepend_bos"),
-        "dataset": meta.get("dataset_path"),
-        "saelens": {key: raw.get(key) for key in ("architecture", "dtype", "apply_b_dec_to_input", "normalize_activations",
-                                                  "reshape_activations", "rescale_acts_by_decoder_norm")}
-        | {"sae_lens_version": version},
-    }
-    if isinstance(meta.get("tsae"), dict):
-        source["tsae"] = meta["tsae"]  # a folder tsae exported: its original record
-    cfg = SAEConfig(architecture="standard", activation=activation, d_in=d_in, d_sae=d_sae, k=k,
-                    activation_scaling_factor=1.0, unit_norm_decoder=activation != "relu", source=source)
-    sae = build_sae(cfg)
-    try:
-        sae.load_weight_tensors({n: t.to(torch.float32) for n, t in w.items()})
-    except ValueError as e:
-        raise SAEFileError(f"cannot load the SAELens weights in {directory} ({e})") from None
-    return sae

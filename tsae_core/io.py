@@ -29,6 +29,8 @@ from typing import Any
 import torch
 from safetensors.torch import save as safetensors_bytes
 
+from tsae_core.version import __version__
+
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
@@ -222,8 +224,6 @@ def machine_description() -> dict[str, Any]:
 
 def provenance(config_hash: str | None = None) -> dict[str, Any]:
     """The stamp every JSON carries: tsae version, git commit, creation time, config hash."""
-    from tsae_core import __version__
-
     return {
         "version": __version__,
         "git_commit": git_commit(),

@@ -20,19 +20,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import safetensors
 import torch
-from safetensors.torch import load_file
 from torch import nn
 
 from tsae_core import losses, sparse_codes
 from tsae_core.activations import make_activation
-from tsae_core.config import VariantConfig
 from tsae_core.io import provenance, read_json, save_tensors, sha256_file, write_json
 from tsae_core.linear import centered_linear
 from tsae_core.sources.base import sequence_document_ids
 from tsae_core.sparse_codes import Pick, SparseCodes
 from tsae_core.typed import ConfigError, build
+from tsae_core.variant_config import VariantConfig
 
 PENALTY_KEY = {"relu": "l1_coefficient", "jumprelu": "l0_coefficient"}
 """Activations whose sparsity comes from a penalty (and so can be given a target L0), and the cfg key of its coefficient."""
@@ -74,29 +72,6 @@ class SAEConfig:
     aux_k: int = 0
     source: dict[str, Any] = field(default_factory=dict)
     options: dict[str, Any] = field(default_factory=dict)
-
-    @classmethod
-    def from_variant(cls, v: VariantConfig, d_in: int, scaling_factor: float, source: dict[str, Any]) -> SAEConfig:
-        return cls(
-            architecture=v.architecture,
-            activation=v.activation,
-            d_in=d_in,
-            d_sae=v.d_sae,
-            k=None if v.activation == "relu" else v.k,
-            activation_scaling_factor=float(scaling_factor),
-            # The L1 recipe weights the penalty by decoder norms instead of constraining them.
-            unit_norm_decoder=v.activation != "relu",
-            l1_coefficient=v.l1_coefficient if v.activation == "relu" else 0.0,
-            l0_coefficient=v.l0_coefficient if v.activation == "jumprelu" else 0.0,
-            target_l0=v.target_l0 if v.activation in PENALISED else 0.0,
-            bandwidth=(v.bandwidth or paper_bandwidth(d_in)) if v.activation == "jumprelu" else 0.0,
-            threshold_lr_multiplier=v.threshold_lr_multiplier,
-            pre_act_coefficient=v.pre_act_coefficient if v.activation == "jumprelu" else 0.0,
-            aux_k_coefficient=0.0 if v.activation == "relu" else v.aux_k_coefficient,
-            aux_k=v.aux_k or d_in // 2,
-            source=dict(source),
-            options=resolved_options(v),
-        )
 
 
 @dataclass
@@ -460,20 +435,6 @@ def geometric_median(points_ND: torch.Tensor, iters: int = 50, eps: float = 1e-6
     return y
 
 
-def resolved_options(v: VariantConfig) -> dict[str, Any]:
-    """Every knob of the variant, defaults included, so cfg.json and the eval record all of them."""
-    from tsae_core.variants.registry import variant_class
-
-    parsed = variant_class(v.architecture).parse_options(v.options)
-    return {} if parsed is None else dataclasses.asdict(parsed)
-
-
-def build_sae(cfg: SAEConfig) -> SAE:
-    from tsae_core.variants.registry import variant_class
-
-    return variant_class(cfg.architecture)(cfg)
-
-
 class SAEFileError(FileNotFoundError):
     """An SAE's files are missing, unreadable or fail their checksum; the message names the file and the
     fix, `problem` the same without the fix (for a caller that knows a better one)."""
@@ -499,7 +460,7 @@ def sae_fix(directory: str | Path, missing: bool = False) -> str:
             "whose files fail their check)")
 
 
-def _damaged(directory: str | Path, problem: str) -> SAEFileError:
+def damaged_sae(directory: str | Path, problem: str) -> SAEFileError:
     return SAEFileError(f"{problem}; {sae_fix(directory)}", problem)
 
 
@@ -520,9 +481,9 @@ def read_sae_cfg(directory: str | Path) -> dict[str, Any]:
     try:
         raw = read_json(path)
     except (OSError, ValueError) as e:
-        raise _damaged(path.parent, f"unreadable SAE config {path} ({type(e).__name__}: {e})") from None
+        raise damaged_sae(path.parent, f"unreadable SAE config {path} ({type(e).__name__}: {e})") from None
     if not isinstance(raw, dict):
-        raise _damaged(path.parent, f"unreadable SAE config {path} (expected a JSON object, found {type(raw).__name__})")
+        raise damaged_sae(path.parent, f"unreadable SAE config {path} (expected a JSON object, found {type(raw).__name__})")
     return raw
 
 
@@ -541,37 +502,12 @@ def verify_sae_files(directory: str | Path) -> dict[str, Any]:
     raw = read_sae_cfg(directory)
     weights = directory / SAE_WEIGHTS
     if not weights.is_file():
-        raise _damaged(directory, f"{weights} is missing (its cfg.json is there)")
+        raise damaged_sae(directory, f"{weights} is missing (its cfg.json is there)")
     expected = raw.get("weights_sha256")
     if not isinstance(expected, str):
-        raise _damaged(directory, f"{directory / SAE_CFG} records no checksum of {weights.name} (written by an older tsae)")
+        raise damaged_sae(directory, f"{directory / SAE_CFG} records no checksum of {weights.name} (written by an older tsae)")
     actual = sha256_file(weights)
     if actual != expected:
-        raise _damaged(directory, f"corrupted SAE weights {weights}: sha256 {actual[:16]}... but cfg.json records "
+        raise damaged_sae(directory, f"corrupted SAE weights {weights}: sha256 {actual[:16]}... but cfg.json records "
                                   f"{expected[:16]}...")
     return raw
-
-
-def load_sae(directory: str | Path, device: str | torch.device = "cpu") -> SAE:
-    """Load any variant from `saes/<variant>/`, in eval mode, ready for inference.
-
-    The weights are checked against the checksum in cfg.json first: flipped or truncated bytes are
-    an `SAEFileError` naming the file and the fix, never silently different numbers.
-
-    A SAELens 6.x folder (`sae_weights.safetensors` + its `cfg.json`) opens too, as the equivalent
-    tsae SAE (`tsae_core.interop.load_saelens_sae`). SAELens records no checksum of its weights, so
-    those bytes are not checked."""
-    directory = Path(directory)
-    from tsae_core.interop import is_saelens_folder, load_saelens_sae
-
-    if is_saelens_folder(directory):
-        return load_saelens_sae(directory).to(device).eval()
-    raw = verify_sae_files(directory)
-    names = {f.name for f in dataclasses.fields(SAEConfig)}
-    try:
-        cfg = SAEConfig(**{k: v for k, v in raw.items() if k in names})
-        sae = build_sae(cfg)
-        sae.load_weight_tensors(load_file(str(directory / SAE_WEIGHTS)))
-    except (TypeError, ValueError, KeyError, ConfigError, safetensors.SafetensorError) as e:
-        raise _damaged(directory, f"cannot load the SAE in {directory} ({type(e).__name__}: {e})") from None
-    return sae.to(device).eval()

@@ -1,5 +1,5 @@
 """What a SAELens SAE must be for tsae and SAELens to compute the same codes from it: one check that
-import (`load_from`, `interop.load_saelens_sae`) and export (`interop.export_saelens`) share.
+import (`load_from`, `saelens_import.load_saelens_sae`) and export (`interop.export_saelens`) share.
 
 - Every weight is finite: a NaN or Inf weight makes codes NaN, and the failure would surface far away
   (in scikit-learn, during evaluation) without naming the file.
@@ -22,6 +22,12 @@ import torch
 
 SAELENS_WEIGHTS = "sae_weights.safetensors"
 SAELENS_CFG = "cfg.json"
+ACTIVATION_TO_SAELENS = {"relu": "standard", "topk": "topk", "batchtopk": "jumprelu", "jumprelu": "jumprelu"}
+SAELENS_TO_ACTIVATION = {"standard": "relu", "topk": "topk", "jumprelu": "jumprelu"}
+
+
+class NotRepresentable(ValueError):
+    """An SAE that the other library's format cannot express; the message says why."""
 
 
 def nonfinite_problems(tensors: dict[str, torch.Tensor]) -> list[str]:

@@ -279,8 +279,9 @@ def evaluate_sparse_probing(cfg: ExperimentConfig, name: str, run_dir: Path, dat
     unless `force`. Pass one `SparseProbingData` for all SAEs of a run: the sets and their
     raw-activation probes are then built once. With `probing.enabled: false` nothing is written and
     the returned dict says why (`skipped`)."""
-    from tsae_core.sae import load_sae, recorded_weights_sha256
-    from tsae_core.train import resolve_device
+    from tsae_core.device import resolve_device
+    from tsae_core.loading import load_sae
+    from tsae_core.sae import recorded_weights_sha256
 
     inst = cfg.instance(name)
     ids = {"variant": inst.variant, "instance": inst.name, "seed": inst.seed}

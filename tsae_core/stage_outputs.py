@@ -16,14 +16,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tsae_core.checkpoints import TrainPaths, recorded_failure
+from tsae_core.checkpoints import TrainPaths, recorded_failure, trained_state
 from tsae_core.config import ExperimentConfig
 from tsae_core.evaluate import latents_path
 from tsae_core.harvest import harvest_hash
 from tsae_core.io import read_json
 from tsae_core.sae import recorded_weights_sha256
 from tsae_core.store import ActivationStore, StoreError, verify_file
-from tsae_core.train import trained_instances, trained_state, variant_train_hash
+from tsae_core.train import trained_instances, variant_train_hash
 
 NEEDS = {"harvest": (), "train": ("harvest",), "evaluate": ("harvest", "train"), "cluster": ("harvest", "train"),
          "plot": ("train", "evaluate", "autointerp", "cluster"), "autointerp": ("harvest", "train"),

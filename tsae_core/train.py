@@ -21,7 +21,6 @@ import json
 import shutil
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,30 +32,22 @@ from tsae_core.checkpoints import (
     latest_checkpoint,
     load_checkpoint,
     record_failure,
-    recorded_failure,
     save_checkpoint,
+    trained_state,
     truncate_curves,
 )
 from tsae_core.config import ExperimentConfig, Instance
+from tsae_core.device import resolve_device, tf32_matmuls
 from tsae_core.imported import import_variant, source_digest, source_folder
 from tsae_core.interrupts import Interrupted, StepInterrupt
 from tsae_core.io import DiskFull, is_disk_full
 from tsae_core.prefetch import Prefetched
 from tsae_core.progress import tqdm
-from tsae_core.sae import (
-    PENALISED,
-    SAE,
-    LossContext,
-    SAEConfig,
-    SAEFileError,
-    build_sae,
-    geometric_median,
-    save_sae,
-    verify_sae_files,
-)
+from tsae_core.sae import PENALISED, SAE, LossContext, geometric_median, save_sae, verify_sae_files
 from tsae_core.seeds import derive_seed
 from tsae_core.sparse_codes import use_sparse_path
 from tsae_core.target_l0 import DEFAULT_RATE, SparsityController
+from tsae_core.variants.registry import build_sae, sae_config
 
 CALIBRATION_BATCHES = 16
 """Batches used after training to fix inference statistics (batchtopk's threshold)."""
@@ -70,28 +61,6 @@ class TrainingDiverged(RuntimeError):
 
 class TrainingCollapsed(RuntimeError):
     """Training ended in an SAE that does nothing (no logged step, or every latent silent)."""
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"run.device is {name!r} but no CUDA device is available; use run.device=cpu or auto")
-    return torch.device(name)
-
-
-@contextlib.contextmanager
-def tf32_matmuls(device: torch.device) -> Iterator[None]:
-    """On a GPU, TF32 for the float32 matmuls that bf16 autocast leaves in float32; restored after."""
-    if device.type != "cuda":
-        yield
-        return
-    before = torch.get_float32_matmul_precision()
-    torch.set_float32_matmul_precision("high")
-    try:
-        yield
-    finally:
-        torch.set_float32_matmul_precision(before)
 
 
 def lr_multiplier(step: int, total: int, warmup: int, decay_fraction: float) -> float:
@@ -154,28 +123,6 @@ def variant_train_hash(cfg: ExperimentConfig, name: str, data_hash: str) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def trained_state(paths: TrainPaths, train_hash: str) -> tuple[str, str]:
-    """("trained", ""), ("failed", reason) for a recorded failed training of this hash, or
-    ("missing", why) when the SAE must be (re)trained: absent, trained for other parameters, or
-    files that fail their checksum."""
-    reason = recorded_failure(paths, train_hash)
-    if reason is not None:
-        return "failed", reason
-    if not paths.sae_dir.joinpath("cfg.json").is_file():
-        return "missing", f"{paths.sae_dir} is not trained"
-    try:
-        cfg = verify_sae_files(paths.sae_dir)
-    except SAEFileError as e:
-        return "missing", str(e).split("; ")[0]
-    if cfg.get("train_hash") != train_hash:
-        return "missing", f"{paths.sae_dir} was trained with other parameters"
-    return "trained", ""
-
-
-def is_trained(paths: TrainPaths, train_hash: str) -> bool:
-    return trained_state(paths, train_hash)[0] == "trained"
-
-
 def data_hash(store: Any) -> str:
     """The identity of the training data: the harvest hash its manifest was written for."""
     return store.manifest.get("tsae", {}).get("config_hash", "")
@@ -194,7 +141,7 @@ def trained_instances(cfg: ExperimentConfig, run_dir: Path, instances: list[Inst
 def _init_sae(cfg: ExperimentConfig, name: str, store: Any, device: torch.device) -> SAE:
     inst = cfg.instance(name)
     source = dict(store.manifest.get("source", {}), context_size=store.context_size)
-    sae = build_sae(SAEConfig.from_variant(cfg.variants[inst.variant], store.d_in, store.scaling_factor, source))
+    sae = build_sae(sae_config(cfg.variants[inst.variant], store.d_in, store.scaling_factor, source))
     # common random numbers: every variant of one seed draws its shared parameters from the same stream
     gen = torch.Generator().manual_seed(derive_seed(inst.seed, "init"))
     sample_ND = _token_sample(store, n_tokens=8192) * store.scaling_factor

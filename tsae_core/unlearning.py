@@ -86,9 +86,10 @@ import torch.nn.functional as F_nn
 from tsae_core.config import ExperimentConfig, UnlearningConfig
 from tsae_core.eval_files import eval_key, kept_evaluation, saebench_identity
 from tsae_core.io import provenance, write_json
+from tsae_core.loading import load_sae
 from tsae_core.metrics.model import counted_positions
 from tsae_core.progress import tqdm
-from tsae_core.sae import SAE, load_sae, recorded_weights_sha256
+from tsae_core.sae import SAE, recorded_weights_sha256
 from tsae_core.seeds import derive_seed
 from tsae_core.sources.corpus import _unit_hash, corpus_fingerprint, python_docs_documents
 
@@ -592,7 +593,7 @@ def evaluate_unlearning_variant(cfg: ExperimentConfig, name: str, run_dir: Path,
     A file on disk made from the same weights, variant, settings and code is kept unless `force`.
     `data` is the run's `build_unlearning_data(cfg)` or a function returning it (called only if this
     SAE must be evaluated); None builds it here."""
-    from tsae_core.train import resolve_device
+    from tsae_core.device import resolve_device
 
     run_dir = Path(run_dir)
     key, path = unlearning_key(cfg, name, run_dir), unlearning_path(run_dir, name)

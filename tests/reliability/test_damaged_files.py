@@ -14,7 +14,8 @@ from tests.reliability.conftest import write_params
 from tsae_core.config import load_config
 from tsae_core.harvest import harvest
 from tsae_core.io import sha256_file
-from tsae_core.sae import SAEFileError, load_sae
+from tsae_core.loading import load_sae
+from tsae_core.sae import SAEFileError
 from tsae_core.stage_outputs import output_problems
 from tsae_core.store import ActivationStore, StoreError
 from tsae_core.train import TrainPaths, train_variant

@@ -16,8 +16,9 @@ from safetensors.torch import load_file, save_file
 
 from tests.reliability.conftest import TINY, write_params
 from tsae_core.io import sha256_file
+from tsae_core.loading import load_sae
 from tsae_core.runner import main
-from tsae_core.sae import SAEFileError, load_sae
+from tsae_core.sae import SAEFileError
 from tsae_core.store import ActivationStore, StoreError
 
 ONE = {"topk": TINY["variants"]["topk"]}

@@ -67,7 +67,8 @@ def assert_reads_only_its_documents_past(sae: SAE, x_BTD: torch.Tensor, doc_star
 @torch.no_grad()
 def assert_round_trip(sae: SAE, directory, x_BTD: torch.Tensor, doc_start_BT: torch.Tensor) -> None:
     """`save_sae` then `load_sae` gives the same reconstructions and the same active latents."""
-    from tsae_core.sae import load_sae, save_sae
+    from tsae_core.loading import load_sae
+    from tsae_core.sae import save_sae
 
     save_sae(sae, directory)
     loaded = load_sae(directory)

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from tsae_core import losses
-from tsae_core.sae import LossContext, SAEConfig, SAEOutput, build_sae
+from tsae_core.sae import LossContext, SAEConfig, SAEOutput
+from tsae_core.variants.registry import build_sae
 
 
 def _step_change(T=8, at=4):

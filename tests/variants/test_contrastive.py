@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from tsae_core import losses
-from tsae_core.sae import LossContext, SAEConfig, SAEOutput, build_sae
+from tsae_core.sae import LossContext, SAEConfig, SAEOutput
+from tsae_core.variants.registry import build_sae
 
 
 def _sae(queue_size=64, window=2, d_sae=40):

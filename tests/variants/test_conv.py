@@ -8,9 +8,10 @@ import torch
 
 from tests.variants.causality import assert_reads_only_its_documents_past, token_influence
 from tsae_core import losses
-from tsae_core.sae import SAE, LossContext, SAEConfig, SAEOutput, build_sae
+from tsae_core.sae import SAE, LossContext, SAEConfig, SAEOutput
 from tsae_core.sequence import document_ids, shift_within_document
 from tsae_core.variants.conv import adjacent_change, causal_depthwise_conv, pool_blocks, pooled_change
+from tsae_core.variants.registry import build_sae
 
 
 def _sae(activation="topk", **options) -> SAE:
@@ -155,7 +156,7 @@ def test_hierarchy_term_is_the_mean_over_scales_on_the_reconstruction_scale():
 
 def test_trains_loads_and_evaluates_on_sequences(harvested):
     from tsae_core.evaluate import evaluate_variant
-    from tsae_core.sae import load_sae
+    from tsae_core.loading import load_sae
     from tsae_core.train import train_variant
 
     cfg, store = harvested

@@ -8,10 +8,11 @@ import torch
 
 from tests.variants.causality import assert_round_trip, earlier_document_influence
 from tsae_core.evaluate import evaluate_variant
-from tsae_core.sae import LossContext, SAEConfig, build_sae
+from tsae_core.sae import LossContext, SAEConfig
 from tsae_core.sequence import document_ids
 from tsae_core.train import train_variant
 from tsae_core.variants.crosscoder import window_layout
+from tsae_core.variants.registry import build_sae
 
 D = 8
 

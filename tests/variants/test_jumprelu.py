@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from tsae_core.activations import JumpReLU
-from tsae_core.sae import load_sae
+from tsae_core.loading import load_sae
 
 
 def test_forward_is_a_jump_and_thresholds_get_pseudo_gradients():
@@ -32,7 +32,8 @@ def test_thresholds_start_at_the_wanted_firing_rate():
 
 
 def test_threshold_round_trips_through_the_saelens_name(tmp_path):
-    from tsae_core.sae import SAEConfig, build_sae, save_sae
+    from tsae_core.sae import SAEConfig, save_sae
+    from tsae_core.variants.registry import build_sae
 
     sae = build_sae(SAEConfig(architecture="standard", activation="jumprelu", d_in=4, d_sae=6, k=2, bandwidth=0.05))
     with torch.no_grad():

@@ -6,9 +6,10 @@ import pytest
 import torch
 
 from tsae_core import losses
-from tsae_core.sae import SAEConfig, build_sae
+from tsae_core.sae import SAEConfig
 from tsae_core.train import train_variant
 from tsae_core.variants.matryoshka import prefix_sizes
+from tsae_core.variants.registry import build_sae
 
 
 def test_prefix_sizes_from_fractions_and_counts():
@@ -34,7 +35,7 @@ def test_trained_prefixes_reconstruct_alone(harvested):
     fvu = {}
     for name in ("matryoshka", "batchtopk"):
         train_variant(cfg, name, store, cfg.run_dir, progress=False)
-        from tsae_core.sae import load_sae
+        from tsae_core.loading import load_sae
 
         sae = load_sae(cfg.run_dir / "saes" / name)
         batch = next(iter(store.split("eval").batches(32, shuffle=False)))

@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from tsae_core import losses
-from tsae_core.sae import LossContext, SAEConfig, SAEOutput, build_sae
+from tsae_core.sae import LossContext, SAEConfig, SAEOutput
 from tsae_core.variants.orthogonal import _pad_groups, balanced_coactivation_order
+from tsae_core.variants.registry import build_sae
 
 
 def _pair(cos: float) -> torch.Tensor:

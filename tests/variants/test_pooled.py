@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from tests.variants.causality import assert_reads_only_its_documents_past, assert_round_trip, token_influence
-from tsae_core.sae import SAE, SAEConfig, build_sae
+from tsae_core.sae import SAE, SAEConfig
 from tsae_core.variants.pooled import window_mean
+from tsae_core.variants.registry import build_sae
 
 
 def _sae(activation="topk", window=4) -> SAE:

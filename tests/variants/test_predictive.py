@@ -9,9 +9,10 @@ import torch
 from tests.variants.causality import assert_round_trip, earlier_document_influence, future_influence, past_influence
 from tsae_core.comparison import compare_variants
 from tsae_core.evaluate import evaluate_variant
-from tsae_core.sae import LossContext, SAEConfig, build_sae
+from tsae_core.sae import LossContext, SAEConfig
 from tsae_core.train import train_variant
 from tsae_core.variants.predictive import PredictionCollapseWarning, collapse_verdict
+from tsae_core.variants.registry import build_sae
 
 
 def _sae(activation="topk", k=3, **options):

@@ -7,9 +7,11 @@ import pytest
 import torch
 
 from tests.variants.causality import assert_reads_only_its_documents_past, token_influence
+from tsae_core.loading import load_sae
 from tsae_core.metrics.position import position_bins
-from tsae_core.sae import SAE, LossContext, SAEConfig, build_sae, load_sae, save_sae
+from tsae_core.sae import SAE, LossContext, SAEConfig, save_sae
 from tsae_core.sequence import causal_window_mask
+from tsae_core.variants.registry import build_sae
 from tsae_core.variants.relational import local_linear_attention
 
 

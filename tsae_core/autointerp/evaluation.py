@@ -31,7 +31,8 @@ from tsae_core.autointerp.sampling import scan
 from tsae_core.config import AUTOINTERP_NOT_ASKED_KEYS, ExperimentConfig, resolve_path
 from tsae_core.eval_files import eval_key, kept_evaluation, saebench_identity
 from tsae_core.io import provenance, write_json
-from tsae_core.sae import load_sae, recorded_weights_sha256
+from tsae_core.loading import load_sae
+from tsae_core.sae import recorded_weights_sha256
 
 UNMATCHED_BELOW = 0.5
 """Oracle runs: a latent whose decoder direction has cosine below this with every true feature is
@@ -92,7 +93,7 @@ def autointerp_variant(cfg: ExperimentConfig, name: str, store: Any, run_dir: Pa
             kept = {k: v for k, v in kept.items() if k not in ("controls_not_run", "random_transformer_control")} | fields
             write_json(path, kept, stamp=provenance(cfg.hash()))
         return kept
-    from tsae_core.train import resolve_device
+    from tsae_core.device import resolve_device
 
     sae = load_sae(run_dir / "saes" / name, device=resolve_device(cfg.run.device))
     truth = store.ground_truth()

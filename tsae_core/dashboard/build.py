@@ -60,10 +60,12 @@ class _Run:
     """What the pages read of a run: SAEs, their per-latent arrays, evals and clusterings."""
 
     def __init__(self, cfg: Any) -> None:
+        from tsae_core.device import resolve_device
         from tsae_core.evaluate import latents_path
-        from tsae_core.sae import load_sae, recorded_weights_sha256
+        from tsae_core.loading import load_sae
+        from tsae_core.sae import recorded_weights_sha256
         from tsae_core.store import ActivationStore
-        from tsae_core.train import resolve_device, trained_instances
+        from tsae_core.train import trained_instances
 
         self.cfg = cfg
         run = cfg.run_dir

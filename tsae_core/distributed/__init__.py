@@ -84,7 +84,7 @@ def init(device: str = "auto") -> torch.device:
 
     On CUDA each process takes the GPU of its LOCAL_RANK and the group talks NCCL (gloo for CPU
     tensors); on CPU, gloo."""
-    from tsae_core.train import resolve_device
+    from tsae_core.device import resolve_device
 
     chosen = resolve_device(device)
     if world_size() > 1 and chosen.type == "cuda":

@@ -14,8 +14,8 @@ from typing import Any
 import torch
 
 from tsae_core.config import ExperimentConfig
+from tsae_core.device import resolve_device
 from tsae_core.sources.lm import LANGUAGE_MODEL_KINDS  # noqa: F401 (importable from here)
-from tsae_core.train import resolve_device
 
 
 def _model_dtype(cfg: ExperimentConfig, device: torch.device) -> torch.dtype:

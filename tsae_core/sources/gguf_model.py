@@ -29,8 +29,9 @@ import torch
 from tsae_core.source_config import GGUFConfig
 from tsae_core.sources.corpus import python_docs_corpus, python_source_corpus, split_documents
 from tsae_core.sources.gguf_file import packaged_model_file
-from tsae_core.sources.hf import bos_id, load_texts, special_ids, tokenize_documents
+from tsae_core.sources.hf import load_texts
 from tsae_core.sources.lm import LanguageModelSource, pack_contexts
+from tsae_core.sources.text_contexts import bos_id, special_ids, tokenize_documents
 
 GGUF_HELP = "reading GGUF files needs the `gguf` package: python -m pip install gguf"
 

@@ -20,6 +20,7 @@ import torch
 
 from tsae_core.sources.corpus import split_documents
 from tsae_core.sources.lm import LanguageModelSource, pack_contexts
+from tsae_core.sources.text_contexts import bos_id, special_ids, tokenize_documents  # noqa: F401 (importable from here)
 
 _TRUE = {"1", "ON", "YES", "TRUE"}
 _BUILDERS = {".txt": "text", ".text": "text", ".jsonl": "json", ".json": "json"}
@@ -174,30 +175,6 @@ def _take_texts(rows: Any, text_column: str, max_documents: int, what: str) -> l
             if len(texts) >= max_documents:
                 break
     return texts
-
-
-def tokenize_documents(tokenizer: Any, texts: list[str], batch_size: int = 256) -> list[list[int]]:
-    """Token ids of each text, without special tokens (pack_contexts adds BOS per document)."""
-    ids: list[list[int]] = []
-    for lo in range(0, len(texts), batch_size):
-        # verbose=False: documents longer than the model's context are expected; packing cuts them.
-        enc = tokenizer(texts[lo : lo + batch_size], add_special_tokens=False, verbose=False)
-        ids.extend(list(map(int, seq)) for seq in enc["input_ids"])
-    return ids
-
-
-def bos_id(tokenizer: Any) -> int:
-    """The id that starts every context: the tokenizer's BOS, else its EOS (GPT-2 style)."""
-    for attr in ("bos_token_id", "eos_token_id"):
-        value = getattr(tokenizer, attr, None)
-        if value is not None:
-            return int(value)
-    raise ValueError(f"tokenizer {type(tokenizer).__name__} has neither a BOS nor an EOS token; cannot mark context starts")
-
-
-def special_ids(tokenizer: Any) -> list[int]:
-    """All special-token ids of the tokenizer (BOS, EOS, pad, ...), to mark as special when packing."""
-    return sorted({int(i) for i in getattr(tokenizer, "all_special_ids", []) or []})
 
 
 def hf_source(

@@ -1,4 +1,5 @@
-"""Labelled text as model contexts: one context per text, and the model's activations at the hook.
+"""Text as token ids for a model: each document's ids, the BOS and special ids every context uses, and
+labelled text as model contexts (one context per text) with the model's activations at the hook.
 
 Probing and unlearning ask about given texts (a docstring, a chunk of a topic), not about the packed
 stream harvest reads, so each text gets a context of its own:
@@ -18,7 +19,29 @@ from typing import Any
 
 import torch
 
-from tsae_core.sources.hf import bos_id, special_ids, tokenize_documents
+
+def tokenize_documents(tokenizer: Any, texts: list[str], batch_size: int = 256) -> list[list[int]]:
+    """Token ids of each text, without special tokens (pack_contexts adds BOS per document)."""
+    ids: list[list[int]] = []
+    for lo in range(0, len(texts), batch_size):
+        # verbose=False: documents longer than the model's context are expected; packing cuts them.
+        enc = tokenizer(texts[lo : lo + batch_size], add_special_tokens=False, verbose=False)
+        ids.extend(list(map(int, seq)) for seq in enc["input_ids"])
+    return ids
+
+
+def bos_id(tokenizer: Any) -> int:
+    """The id that starts every context: the tokenizer's BOS, else its EOS (GPT-2 style)."""
+    for attr in ("bos_token_id", "eos_token_id"):
+        value = getattr(tokenizer, attr, None)
+        if value is not None:
+            return int(value)
+    raise ValueError(f"tokenizer {type(tokenizer).__name__} has neither a BOS nor an EOS token; cannot mark context starts")
+
+
+def special_ids(tokenizer: Any) -> list[int]:
+    """All special-token ids of the tokenizer (BOS, EOS, pad, ...), to mark as special when packing."""
+    return sorted({int(i) for i in getattr(tokenizer, "all_special_ids", []) or []})
 
 
 def encode_texts(tokenizer: Any, texts: Sequence[str]) -> list[list[int]]:
