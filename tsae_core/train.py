@@ -1,6 +1,6 @@
 """Training one SAE variant: schedule, guards, dead-latent tracking, checkpoints and curves.
 
-The recipe (DESIGN §7): Adam; linear warmup, constant, linear decay to zero over the final
+The recipe (docs/design.md, "The training recipe"): Adam; linear warmup, constant, linear decay to zero over the final
 `decay_fraction`; sparsity coefficient warmed up; global grad-norm clip; unit-norm decoder rows
 with the parallel gradient removed (except the L1 recipe); AuxK on dead latents. A non-finite
 loss stops training with `TrainingDiverged`, keeping the last good checkpoint. A training that

@@ -115,15 +115,6 @@ class GroundTruthMetrics:
         corr = torch.where(var_a > 0, corr, torch.zeros_like(corr)).clamp(-1, 1)
         return torch.where(var_b > 0, corr, torch.full_like(corr, float("nan")))
 
-    def per_feature(self) -> dict[str, list]:
-        """Per true feature: kind, best cosine, matched latent, activation correlation (NaN: never fired)."""
-        return {
-            "kind": self.kinds,
-            "best_cos": self.best_cos_G.cpu().tolist(),
-            "best_latent": self.best_latent_G.cpu().tolist(),
-            "act_corr": self.activation_correlation().tolist(),
-        }
-
     def _group_summary(self, idx: list[int], corr_G: torch.Tensor) -> dict[str, Any]:
         cos = self.best_cos_G.cpu()[idx]
         corr = corr_G[idx]

@@ -52,10 +52,6 @@ class GroundTruth:
         """Boolean (G,) mask of the features of one kind."""
         return torch.tensor([k == kind for k in self.kinds], dtype=torch.bool)
 
-    def rare_mask(self, threshold: float) -> torch.Tensor:
-        """Boolean (G,) mask of features with stationary rate below `threshold`."""
-        return self.rates_G < threshold
-
     def save(self, path: str | Path) -> None:
         tensors = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "kinds"}
         # safetensors metadata holds strings only, hence the JSON-encoded list

@@ -3,7 +3,7 @@
 The same code serves the repo's tiny byte-level model and hub models; only how the model and the
 token ids are obtained differs (`tinylm.py`, `hf.py`).
 
-Packing (DESIGN §3): documents are concatenated into one stream, each preceded by BOS,
+Packing (docs/design.md, "Packing"): documents are concatenated into one stream, each preceded by BOS,
 
     stream = BOS d1_0 d1_1 ... BOS d2_0 d2_1 ... BOS d3_0 ...
 

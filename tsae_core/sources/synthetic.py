@@ -1,4 +1,4 @@
-"""The synthetic temporal benchmark (DESIGN §6): known feature directions with known temporal statistics.
+"""The synthetic temporal benchmark (docs/sae-family.md, "The synthetic benchmark"): known feature directions with known temporal statistics.
 
 Generative model, for G = n_fast + n_slow + n_positional true features with unit directions d_g:
 
