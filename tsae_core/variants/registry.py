@@ -1,4 +1,5 @@
-"""Architecture name -> SAE class. Adding a variant: one file in this package and one line here."""
+"""Architecture name -> SAE class. Adding a variant: one file in this package and one line in
+`REGISTRY` (docs/extending.md); code outside the package registers its class with `register_variant`."""
 
 from __future__ import annotations
 
@@ -18,30 +19,38 @@ from tsae_core.variants.predictive import PredictiveSAE
 from tsae_core.variants.relational import RelationalSAE
 
 
-def _registry() -> dict[str, type[SAE]]:
-    return {
-        "standard": SAE,
-        "consistency": ConsistencySAE,
-        "contrastive": ContrastiveSAE,
-        "conv": ConvSAE,
-        "crosscoder": CrosscoderSAE,
-        "matryoshka": MatryoshkaSAE,
-        "orthogonal": OrthogonalSAE,
-        "pooled": PooledSAE,
-        "predictive": PredictiveSAE,
-        "relational": RelationalSAE,
-    }
+REGISTRY: dict[str, type[SAE]] = {
+    "standard": SAE,
+    "consistency": ConsistencySAE,
+    "contrastive": ContrastiveSAE,
+    "conv": ConvSAE,
+    "crosscoder": CrosscoderSAE,
+    "matryoshka": MatryoshkaSAE,
+    "orthogonal": OrthogonalSAE,
+    "pooled": PooledSAE,
+    "predictive": PredictiveSAE,
+    "relational": RelationalSAE,
+}
+
+
+def register_variant(architecture: str, cls: type[SAE]) -> None:
+    """Make `architecture: <name>` in a params file build `cls`, in this process (a notebook or script
+    of your own; the runner's notebooks run in kernels of their own, which see only `REGISTRY`)."""
+    if not (isinstance(cls, type) and issubclass(cls, SAE)):
+        raise TypeError(f"a variant is a subclass of tsae_core.sae.SAE, got {cls!r}")
+    if REGISTRY.get(architecture, cls) is not cls:
+        raise ValueError(f"architecture {architecture!r} is already {REGISTRY[architecture].__name__}; choose another name")
+    REGISTRY[architecture] = cls
 
 
 def architectures() -> list[str]:
-    return sorted(_registry())
+    return sorted(REGISTRY)
 
 
 def variant_class(architecture: str) -> type[SAE]:
-    reg = _registry()
-    if architecture not in reg:
-        raise ValueError(f"unknown architecture {architecture!r}; known: {', '.join(sorted(reg))}")
-    return reg[architecture]
+    if architecture not in REGISTRY:
+        raise ValueError(f"unknown architecture {architecture!r}; known: {', '.join(sorted(REGISTRY))}")
+    return REGISTRY[architecture]
 
 
 def validate_variant(cfg: VariantConfig) -> None:
