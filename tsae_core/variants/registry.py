@@ -18,7 +18,6 @@ from tsae_core.variants.pooled import PooledSAE
 from tsae_core.variants.predictive import PredictiveSAE
 from tsae_core.variants.relational import RelationalSAE
 
-
 REGISTRY: dict[str, type[SAE]] = {
     "standard": SAE,
     "consistency": ConsistencySAE,
