@@ -160,7 +160,7 @@ def test_the_answer_names_a_prior_better_when_its_json_says_so(run_dir, tmp_path
     row = next(r for r in compare_variants(run.evals) if r["variant"] == "consistency" and r["metric"] == "autocorr_lag1")
     assert row["verdict"] == "better"
     answer = _section(build_report(run), "Answer")
-    sentence = next(s for s in answer.split(". ") if s.startswith("consistency vs topk"))
+    sentence = next(line for line in answer.splitlines() if line.startswith("- consistency vs topk"))
     assert re.search(r"better on [^;]*lag-1 autocorrelation \+0\.111 \[", sentence)
     assert "lag-1 autocorrelation gain is within what the smoothing control pooled gives" in sentence
 
@@ -265,3 +265,18 @@ def test_every_metric_has_plain_words():
     from tsae_core.comparison import METRICS
 
     assert all(m.name in PLAIN_NAMES or m.name.startswith("gt_recovered_") for m in METRICS)
+
+
+def test_a_prior_that_only_costs_reconstruction_is_said_so(run_dir, tmp_path):
+    copy = _copy(run_dir, tmp_path)
+    for seed, cost in ((0, 0.010), (1, 0.0102)):
+        topk = read_json(copy / "eval" / f"topk-seed{seed}.json")
+
+        def same_but_ev(e, t=topk, cost=cost):
+            e.update({k: json.loads(json.dumps(t[k])) for k in ("eval_result_metrics", "temporal", "redundancy", "geometry", "ground_truth")})
+            e["eval_result_metrics"]["reconstruction_quality"]["explained_variance"] -= cost
+
+        _edit(copy / "eval" / f"consistency-seed{seed}.json", same_but_ev)
+    answer = _section(build_report(load_run(copy)), "Answer")
+    line = next(line for line in answer.splitlines() if line.startswith("- consistency vs topk"))
+    assert "nothing separates it from topk but its reconstruction; at a cost in explained variance -1.01 points [" in line

@@ -87,6 +87,8 @@ def variant_sentence(variant: str, rows: list[dict[str, Any]], comparisons: list
         return None
     better, worse = _claims(mine)
     parts = [f"better on {_effects(better)}"] * bool(better) + [f"worse on {_effects(worse)}"] * bool(worse)
+    if not (better or worse):  # only its reconstruction separates it
+        parts.append(f"nothing separates it from {mine[0]['baseline']} but its reconstruction")
     parts += _costs(mine)
     parts += [c for x in comparisons if x.prior == variant and (c := _control_clause(x))]
     return f"{variant} vs {mine[0]['baseline']}: " + "; ".join(parts) + "."
@@ -100,7 +102,7 @@ def seeds_text(rows: list[dict[str, Any]], variants: list[str]) -> str:
 
 def answer_paragraph(rows: list[dict[str, Any]], roles: Roles, comparisons: list[ControlComparison],
                      expected: dict[str, str] | None = None) -> str:
-    """The plain-words answer (see the module docstring)."""
+    """The plain-words answer (see the module docstring): a lead, then one item per prior or control."""
     expected = expected or {}
     compared = roles.priors + roles.compared_controls()
     if not compared:
@@ -118,5 +120,5 @@ def answer_paragraph(rows: list[dict[str, Any]], roles: Roles, comparisons: list
     lonely = [v for v, b in roles.baselines.items() if b is None and v not in roles.controls]
     sentences += [f"No baseline in this run for {', '.join(lonely)}."] * bool(lonely)
     lead = (f"Each variant against its token-wise baseline at matched L0, over {seeds_text(rows, compared)} paired seeds "
-            "(variant − baseline, mean over seeds, 95% interval in brackets; EV-like fractions in percentage points).")
-    return lead + " " + " ".join(sentences)
+            "(variant − baseline, mean over seeds, 95% interval in brackets; EV-like fractions in percentage points):")
+    return lead + "\n\n" + "\n".join(f"- {s}" for s in sentences)
