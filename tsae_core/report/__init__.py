@@ -8,7 +8,7 @@ them, the mechanism tests. See docs/reports.md. Modules, one concept each:
 - `loading`: a run's JSON files (`RunResults`);
 - `roles`: baselines, priors, controls and sweep points;
 - `text`: how numbers and tables print;
-- `answer`: the generated paragraph;
+- `answer`: the generated answer (a lead, one item per prior or control);
 - `run_setup`, `health`, `summary`, `verdicts`, `temporal`, `curves`, `mechanisms`: one section each;
 - `figures`: the figures; `document`: the assembled report.
 """
