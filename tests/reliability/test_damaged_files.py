@@ -174,7 +174,7 @@ def test_sae_files_are_byte_identical_across_processes(pristine, tmp_path):
     from tests.reliability.conftest import ROOT
 
     cfg0, sums = pristine
-    code = ("import sys; from tsae_core.sae import load_sae, save_sae; "
+    code = ("import sys; from tsae_core.loading import load_sae; from tsae_core.sae import save_sae; "
             "save_sae(load_sae(sys.argv[1]), sys.argv[2])")
     digests = set()
     for i in range(3):
