@@ -119,6 +119,7 @@ def answer_paragraph(rows: list[dict[str, Any]], roles: Roles, comparisons: list
         sentences.append(f"The control {s}" if s else f"Nothing separates the control {c} from {roles.baselines[c]}.")
     lonely = [v for v, b in roles.baselines.items() if b is None and v not in roles.controls]
     sentences += [f"No baseline in this run for {', '.join(lonely)}."] * bool(lonely)
-    lead = (f"Each variant against its token-wise baseline at matched L0, over {seeds_text(rows, compared)} paired seeds "
+    n_seeds = seeds_text(rows, compared)
+    lead = (f"Each variant against its token-wise baseline at matched L0, over {n_seeds} paired seed{'s' * (n_seeds != '1')} "
             "(variant − baseline, mean over seeds, 95% interval in brackets; EV-like fractions in percentage points):")
     return lead + "\n\n" + "\n".join(f"- {s}" for s in sentences)
