@@ -23,7 +23,7 @@ def _work(params: str, overrides: dict, name: str) -> tuple[str, float, dict]:
     torch.set_num_threads(1)
     from tsae_core import ActivationStore
     from tsae_core.config import load_config
-    from tsae_core.evaluate import evaluate_variant, summary_row
+    from tsae_core.evals.core import evaluate_variant, summary_row
     from tsae_core.train import train_variant
 
     t0 = time.perf_counter()

@@ -39,7 +39,7 @@ force = False  # re-evaluate every SAE, even those whose evaluation is up to dat
 import pandas as pd
 
 from tsae_core import ActivationStore, load_config
-from tsae_core.evaluate import evaluate_variant, summary_table
+from tsae_core.evals.core import evaluate_variant, summary_table
 from tsae_core.sources.factory import load_model
 from tsae_core.train import trained_instances
 
@@ -76,8 +76,8 @@ print("all SAEs healthy" if not unhealthy else f"UNHEALTHY SAEs: {unhealthy}")
 # probe on the raw activation's dimensions: the reference an SAE is read against.
 
 # %%
-from tsae_core.sparse_probing import SparseProbingData, evaluate_sparse_probing
-from tsae_core.sparse_probing import summary_rows as probing_rows
+from tsae_core.evals.probing.run import SparseProbingData, evaluate_sparse_probing
+from tsae_core.evals.probing.run import summary_rows as probing_rows
 
 probing_data = SparseProbingData(cfg, model=model)  # the labelled sets, built once and only if an SAE needs them
 probing = {name: evaluate_sparse_probing(cfg, name, cfg.run_dir, probing_data, force=force) for name in results}
@@ -100,8 +100,8 @@ for r in rows:
 # later tokens, is skipped.
 
 # %%
-from tsae_core.unlearning import evaluate_unlearning_run
-from tsae_core.unlearning import summary_rows as unlearning_rows
+from tsae_core.evals.unlearning.run import evaluate_unlearning_run
+from tsae_core.evals.unlearning.run import summary_rows as unlearning_rows
 
 unlearning = evaluate_unlearning_run(cfg, names=list(results), model=model, force=force)
 rows = unlearning_rows(unlearning)

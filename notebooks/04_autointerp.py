@@ -33,7 +33,7 @@ force = False
 
 # %%
 from tsae_core import load_config
-from tsae_core.autointerp import autointerp_run
+from tsae_core.evals.autointerp.evaluation import autointerp_run
 
 cfg = load_config(params, overrides)
 if cfg.autointerp.backend == "none":

@@ -53,8 +53,7 @@ import pandas as pd
 from IPython.display import Image, Markdown, display
 
 from tsae_core import ActivationStore, load_config
-from tsae_core.cluster import cluster_run_variant
-from tsae_core.cluster_report import (
+from tsae_core.evals.cluster.report import (
     collapsed,
     descriptor_summary,
     examples_text,
@@ -64,6 +63,7 @@ from tsae_core.cluster_report import (
     truth_table,
     variant_summary,
 )
+from tsae_core.evals.cluster.run import cluster_run_variant
 from tsae_core.plots import plot_feature_clusters
 from tsae_core.sources.factory import load_tokenizer
 from tsae_core.train import trained_instances

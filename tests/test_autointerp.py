@@ -16,7 +16,9 @@ import torch
 
 from tests.conftest import ci_config
 from tests.saebench_schema import saebench_schema, schema_errors
-from tsae_core.autointerp import (
+from tsae_core.config import ConfigError, load_config
+from tsae_core.evals.autointerp import prompts
+from tsae_core.evals.autointerp.client import (
     AuthenticationFailed,
     BadResponse,
     ChatClient,
@@ -26,13 +28,11 @@ from tsae_core.autointerp import (
     ModelNotServed,
     RequestBudgetExceeded,
     ResponseCache,
-    autointerp_variant,
-    prompts,
 )
-from tsae_core.autointerp.judges import OracleJudge
-from tsae_core.autointerp.pipeline import run_autointerp
-from tsae_core.autointerp.sampling import Scan, sample_latent, top_indices
-from tsae_core.config import ConfigError, load_config
+from tsae_core.evals.autointerp.evaluation import autointerp_variant
+from tsae_core.evals.autointerp.judges import OracleJudge
+from tsae_core.evals.autointerp.pipeline import run_autointerp
+from tsae_core.evals.autointerp.sampling import Scan, sample_latent, top_indices
 
 KEY = "sk-test-0123456789abcdef"
 ENV = "TSAE_TEST_JUDGE_KEY"

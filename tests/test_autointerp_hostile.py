@@ -16,16 +16,16 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from tests.test_autointerp import ENV, KEY, MESSAGES, FakeServer, _llm_cfg, api_key, server, trained  # noqa: F401 (fixtures)
-from tsae_core.autointerp import (
+from tsae_core.config import project_root
+from tsae_core.evals.autointerp.client import (
     AuthenticationFailed,
     BadResponse,
     ChatClient,
     EndpointError,
     EndpointTimeout,
     ResponseCache,
-    autointerp_variant,
 )
-from tsae_core.config import project_root
+from tsae_core.evals.autointerp.evaluation import autointerp_variant
 
 COMPLETION = {"id": "x", "object": "chat.completion",
               "choices": [{"index": 0, "message": {"role": "assistant", "content": "1, 3"}, "finish_reason": "stop"}]}
@@ -111,7 +111,7 @@ def test_timeout_bounds_the_whole_request_of_a_trickling_server(trickle, tmp_pat
 
 CTRL_C_CHILD = """
 import sys, time
-from tsae_core.autointerp import ChatClient, ResponseCache
+from tsae_core.evals.autointerp.client import ChatClient, ResponseCache
 client = ChatClient(sys.argv[1], "judge-model", cache=ResponseCache(sys.argv[2]), timeout_s=120, retries=3, concurrency=2)
 bodies = [client.body([{"role": "user", "content": str(i)}], 5) for i in range(4)]
 print("waiting", flush=True)

@@ -10,7 +10,16 @@ from sklearn.datasets import make_blobs
 from sklearn.metrics import adjusted_rand_score
 
 from tests.conftest import ci_config
-from tsae_core.cluster import (
+from tsae_core.config import ConfigError
+from tsae_core.evals.cluster.report import (
+    context_lines,
+    descriptor_summary,
+    examples_text,
+    profile_table,
+    selection_table,
+    variant_summary,
+)
+from tsae_core.evals.cluster.run import (
     PositionProfile,
     compare_with_truth,
     embed_2d,
@@ -20,16 +29,7 @@ from tsae_core.cluster import (
     position_profile,
     select_clusters,
 )
-from tsae_core.cluster_report import (
-    context_lines,
-    descriptor_summary,
-    examples_text,
-    profile_table,
-    selection_table,
-    variant_summary,
-)
-from tsae_core.coactivation import CoFiring, coactivation_embedding
-from tsae_core.config import ConfigError
+from tsae_core.evals.coactivation import CoFiring, coactivation_embedding
 from tsae_core.metrics.temporal import TemporalMetrics
 from tsae_core.sources.tinylm import BOS_ID, ByteTokenizer
 from tsae_core.top_contexts import TopContexts, token_strings
@@ -166,7 +166,7 @@ class _OracleSAE(torch.nn.Module):
 
 def test_cluster_run_variant_on_a_harvested_run(harvested, monkeypatch):
     import tsae_core.loading
-    from tsae_core.cluster import cluster_run_variant
+    from tsae_core.evals.cluster.run import cluster_run_variant
     from tsae_core.io import read_json
     from tsae_core.metrics.geometry import group_condition_numbers
 
@@ -325,7 +325,7 @@ class _TokenStore:
 
 def test_language_model_clustering_has_examples_and_prints_no_nan(harvested, monkeypatch, tmp_path):
     import tsae_core.loading
-    from tsae_core.cluster import cluster_run_variant
+    from tsae_core.evals.cluster.run import cluster_run_variant
 
     cfg, store = harvested
     cfg = ci_config(cfg.run_dir.parent, **{"cluster.n_clusters": [2, 3, 4], "cluster.method": "agglomerative"})

@@ -164,9 +164,9 @@ DASHBOARD = {"dashboard.n_features": 5, "dashboard.n_concepts": 2, "dashboard.ra
 
 @pytest.fixture(scope="module")
 def lm_dashboard(tmp_path_factory):
-    from tsae_core.cluster import cluster_run_variant
     from tsae_core.dashboard import build_dashboard
-    from tsae_core.evaluate import evaluate_variant
+    from tsae_core.evals.cluster.run import cluster_run_variant
+    from tsae_core.evals.core import evaluate_variant
     from tsae_core.harvest import harvest
     from tsae_core.sources.factory import load_tokenizer
     from tsae_core.store import ActivationStore
@@ -194,7 +194,7 @@ def _text(path):
 def test_every_sae_gets_an_index_and_its_sampled_pages(lm_dashboard):
     from safetensors.torch import load_file
 
-    from tsae_core.evaluate import latents_path
+    from tsae_core.evals.core import latents_path
 
     cfg, manifest, _ = lm_dashboard
     d = cfg.run_dir / "dashboard"
@@ -215,7 +215,7 @@ def test_every_sae_gets_an_index_and_its_sampled_pages(lm_dashboard):
 def test_a_feature_page_shows_its_contexts_and_profiles(lm_dashboard):
     """The top context's number is the latent's largest activation over the evaluated tokens,
     recomputed here by encoding the same sequences."""
-    from tsae_core.evaluate import eval_batches
+    from tsae_core.evals.core import eval_batches
     from tsae_core.loading import load_sae
 
     cfg, manifest, store = lm_dashboard

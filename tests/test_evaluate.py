@@ -9,7 +9,7 @@ import pytest
 from safetensors.torch import load_file
 
 from tests.conftest import ci_config
-from tsae_core.evaluate import evaluate_variant, latents_path
+from tsae_core.evals.core import evaluate_variant, latents_path
 from tsae_core.stage_outputs import output_problems
 from tsae_core.train import train_variant
 

@@ -11,7 +11,7 @@ import pytest
 from tests.conftest import ci_config
 from tsae_core import comparison
 from tsae_core.comparison import Metric, compare_variants
-from tsae_core.evaluate import evaluate_variant
+from tsae_core.evals.core import evaluate_variant
 from tsae_core.sae import SAE, LossContext, SAEOutput
 from tsae_core.train import train_variant
 from tsae_core.typed import check

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from tsae_core.evaluate import assess_health
+from tsae_core.evals.core import assess_health
 
 
 def _result(l0=16.0, dense=0.01, dead=0.02, ev=0.95, ce=0.98, activation="topk", d_in=128, target=0.0, silent=0.0):

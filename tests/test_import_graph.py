@@ -23,7 +23,9 @@ def _modules() -> dict[str, Path]:
 
 def import_graph() -> dict[str, set[str]]:
     """module -> the package modules it imports, anywhere in its body (`from pkg import submodule`
-    counts as the submodule, as Python resolves it)."""
+    counts as the submodule, as Python resolves it), and the sub-packages above each one it imports
+    (importing `a.b.c` runs `a/b/__init__.py` first). A package's own modules are not linked to its
+    `__init__` this way, nor is any module to the root package's: that `__init__` has begun before them."""
     mods = _modules()
     graph: dict[str, set[str]] = {}
     for name, f in mods.items():
@@ -42,7 +44,9 @@ def import_graph() -> dict[str, set[str]]:
                 deps |= subs
                 if len(subs) < len(node.names) and prefix in mods:
                     deps.add(prefix)
-        graph[name] = deps - {name}
+        parents = {".".join(d.split(".")[:k]) for d in deps for k in range(2, d.count(".") + 1)}
+        parents = {p for p in parents & mods.keys() if not name.startswith(p + ".")}
+        graph[name] = (deps | parents) - {name}
     return graph
 
 
@@ -87,6 +91,8 @@ def test_the_graph_reads_imports_inside_functions():
     graph = import_graph()
     assert "tsae_core.variants.registry" in graph["tsae_core.config"]  # config validates variants in a function
     assert "tsae_core.sae" in graph["tsae_core.loading"]
+    # importing a module of a sub-package runs that sub-package's __init__ first
+    assert "tsae_core.evals.autointerp" in graph["tsae_core.config"]
 
 
 def test_tsae_core_has_no_import_cycle():

@@ -11,7 +11,7 @@ import torch
 
 from tests.conftest import ci_config
 from tsae_core.config import ConfigError
-from tsae_core.evaluate import evaluate_variant
+from tsae_core.evals.core import evaluate_variant
 from tsae_core.imported import ImportRefused, check_fits
 from tsae_core.interop import export_saelens
 from tsae_core.io import read_json

@@ -210,7 +210,7 @@ def test_final_metrics_table_matches_inputs(evals, tmp_path):
     numbers = _check_png(plots.plot_final_metrics(evals, tmp_path), "final_metrics")
     row = numbers["variants"].index("topk")
     assert numbers["explained_variance"][row] == pytest.approx(0.95)
-    assert numbers["mmcs"][row] == pytest.approx(0.93)
+    assert numbers["gt_mmcs"][row] == pytest.approx(0.93)
     assert numbers["cossim"][numbers["variants"].index("batchtopk")] is None
 
 

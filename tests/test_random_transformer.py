@@ -117,8 +117,8 @@ CONTROL_SCORES = {"topk": 0.111, "consistency": 0.222}
 def oracle_run(tmp_path_factory):
     """The CI run with topk and consistency trained, evaluated and scored by the oracle, and a control
     run `ci-rt` whose autointerp files are the main run's with known scores."""
-    from tsae_core.autointerp import autointerp_variant
-    from tsae_core.evaluate import evaluate_variant
+    from tsae_core.evals.autointerp.evaluation import autointerp_variant
+    from tsae_core.evals.core import evaluate_variant
     from tsae_core.store import ActivationStore
     from tsae_core.train import train_variant
 
@@ -240,7 +240,7 @@ def test_the_plot_fingerprint_follows_the_control_files(oracle_run):
 
 
 def test_results_name_the_control_run_instead_of_claiming_it_was_not_run(oracle_run):
-    from tsae_core.autointerp import autointerp_variant
+    from tsae_core.evals.autointerp.evaluation import autointerp_variant
 
     out, store = oracle_run
     quiet = {"progress": False, "log": lambda _: None}

@@ -7,7 +7,7 @@ import pytest
 from tests.conftest import ci_config
 from tsae_core.aggregate import aggregate_seeds
 from tsae_core.config import ConfigError
-from tsae_core.evaluate import evaluate_variant, summary_table
+from tsae_core.evals.core import evaluate_variant, summary_table
 from tsae_core.plots import plot_all
 
 

@@ -14,10 +14,9 @@ import torch
 from tests.conftest import ci_config
 from tests.test_language_model_pipeline import TINY_MODEL
 from tsae_core.config import ConfigError, HubProbeDataset
-from tsae_core.labelled_sets import block_kind, hub_labelled_texts, python_docs_set, split_by_group
-from tsae_core.probe_data import BinaryTask, ProbeSet, compact, exclusive_tasks
-from tsae_core.sae import SAEConfig
-from tsae_core.sparse_probing import (
+from tsae_core.evals.probing.data import BinaryTask, ProbeSet, compact, exclusive_tasks
+from tsae_core.evals.probing.labelled_sets import block_kind, hub_labelled_texts, python_docs_set, split_by_group
+from tsae_core.evals.probing.run import (
     SparseProbingData,
     evaluate_sparse_probing,
     mean_pool,
@@ -27,6 +26,7 @@ from tsae_core.sparse_probing import (
     sparse_probing_result,
     top_k_by_mean_difference,
 )
+from tsae_core.sae import SAEConfig
 from tsae_core.variants.registry import build_sae
 
 K_VALUES = [1, 2, 5, 10, 20, 50]
@@ -221,7 +221,7 @@ def test_synthetic_probing_writes_saebench_layout(synthetic_probing):
 
 def test_synthetic_probing_is_reproducible_and_kept(synthetic_probing, monkeypatch):
     cfg, data, r = synthetic_probing
-    from tsae_core import sparse_probing
+    from tsae_core.evals.probing import run as sparse_probing
     from tsae_core.loading import load_sae
 
     again = sparse_probing_result(load_sae(cfg.run_dir / "saes" / "topk").eval(), SparseProbingData(cfg, progress=False), cfg)
@@ -324,7 +324,7 @@ def test_probing_json_validates_against_saebench_schema(synthetic_probing, lm_pr
 
 
 def test_summary_rows_name_the_sae_and_carry_both_probes(synthetic_probing):
-    from tsae_core import sparse_probing
+    from tsae_core.evals.probing import run as sparse_probing
 
     _, _, r = synthetic_probing
     (row,) = sparse_probing.summary_rows({"topk": r})

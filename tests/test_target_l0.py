@@ -11,7 +11,7 @@ import torch
 
 from tests.conftest import ci_config
 from tsae_core.config import ConfigError, config_from_dict
-from tsae_core.evaluate import evaluate_variant
+from tsae_core.evals.core import evaluate_variant
 from tsae_core.loading import load_sae
 from tsae_core.target_l0 import BOUND, SparsityController
 from tsae_core.train import train_variant

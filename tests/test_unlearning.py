@@ -12,25 +12,20 @@ import torch
 from tests.conftest import ci_config
 from tests.test_language_model_pipeline import TINY_MODEL
 from tsae_core.config import INTERNET_PACKAGES, UnlearningConfig
+from tsae_core.evals.unlearning.data import build_unlearning_data, forget_retain_texts
+from tsae_core.evals.unlearning.run import (
+    evaluate_unlearning,
+    evaluate_unlearning_run,
+    evaluate_unlearning_variant,
+    skipped_reason,
+    unlearning_path,
+)
+from tsae_core.evals.unlearning.selection import LatentStats, clamp_edit, latent_stats, random_latents, select_latents
+from tsae_core.evals.unlearning.sweep import score
 from tsae_core.sae import SAEConfig
 from tsae_core.sources.corpus import _unit_hash, python_docs_documents
 from tsae_core.train import train_variant
 from tsae_core.typed import ConfigError
-from tsae_core.unlearning import (
-    LatentStats,
-    build_unlearning_data,
-    clamp_edit,
-    evaluate_unlearning,
-    evaluate_unlearning_run,
-    evaluate_unlearning_variant,
-    forget_retain_texts,
-    latent_stats,
-    random_latents,
-    score,
-    select_latents,
-    skipped_reason,
-    unlearning_path,
-)
 from tsae_core.variants.registry import build_sae
 
 
@@ -308,8 +303,8 @@ def test_language_model_unlearning_end_to_end(lm_unlearning):
 
 
 def test_restart_at_the_hook_matches_run_with_hooks(lm_unlearning):
+    from tsae_core.evals.unlearning.data import _lm_runner
     from tsae_core.sources.factory import load_model
-    from tsae_core.unlearning import _lm_runner
 
     cfg, _ = lm_unlearning
     model = load_model(cfg)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import pytest
 
 from tsae_core.config import load_config
-from tsae_core.evaluate import evaluate_variant
+from tsae_core.evals.core import evaluate_variant
 from tsae_core.harvest import harvest
 from tsae_core.store import ActivationStore
 from tsae_core.train import train_variant

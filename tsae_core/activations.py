@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -19,12 +20,41 @@ from torch import nn
 from tsae_core.sparse_codes import Pick, SparseCodes, offsets_from_rows, regular_offsets
 
 
-class ReLU(nn.Module):
+class Activation(nn.Module):
+    """Pre-activations (N, F) -> codes (N, F); `mask_N` (True = the token counts) keeps special tokens
+    out of a batch-level budget. What an activation declares, each with a default that does nothing:"""
+
+    fits_to_data: ClassVar[bool] = False
+    """True when `init_from_sample` sets initial values from pre-activations of a data sample (jumprelu's
+    thresholds); the SAE then computes that sample's pre-activations once, before training."""
+    calibrated: ClassVar[bool] = False
+    """True when `calibrate` fixes inference-time statistics from final-weight batches (batchtopk's threshold)."""
+
+    def forward(self, pre_NF: torch.Tensor, mask_N: torch.Tensor | None = None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def init_from_sample(self, pre_NF: torch.Tensor) -> None:
+        """Set data-dependent initial values (only called when `fits_to_data`)."""
+
+    def calibrate(self, pre_batches: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """Fix inference-time statistics from (pre_NF, mask_N) batches (only called when `calibrated`)."""
+
+    def export_tensors(self) -> dict[str, torch.Tensor]:
+        """Tensors written with the SAE's weights under SAELens's names (`threshold`); none by default."""
+        return {}
+
+    def import_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        """Read back what `export_tensors` wrote."""
+        if tensors:
+            raise ValueError(f"{type(self).__name__} keeps no tensors with the weights, got {sorted(tensors)}")
+
+
+class ReLU(Activation):
     def forward(self, pre_NF: torch.Tensor, mask_N: torch.Tensor | None = None) -> torch.Tensor:
         return torch.relu(pre_NF)
 
 
-class TopK(nn.Module):
+class TopK(Activation):
     def __init__(self, k: int):
         super().__init__()
         self.k = k
@@ -70,12 +100,14 @@ def batch_top(scores_NF: torch.Tensor, n_keep: int,
     return values, rows * F + cand_cols.flatten()[pick]
 
 
-class BatchTopK(nn.Module):
+class BatchTopK(Activation):
     """Top k*N over a batch while training; a fixed threshold at inference.
 
     The threshold is an exponential moving average of the smallest activation kept in each
     training batch, so that at inference the mean L0 stays close to k.
     """
+
+    calibrated = True
 
     def __init__(self, k: int, d_sae: int, ema_decay: float = 0.99):
         super().__init__()
@@ -201,7 +233,7 @@ class _StepFn(torch.autograd.Function):
         return None, grad_theta, None
 
 
-class JumpReLU(nn.Module):
+class JumpReLU(Activation):
     """Per-latent thresholds theta = exp(log_theta), learned with straight-through estimators of
     bandwidth eps. The sparsity penalty is on L0 = sum_i H(pre_i - theta_i) (see `SAE.loss_terms`).
 
@@ -209,6 +241,8 @@ class JumpReLU(nn.Module):
     so training starts at the wanted L0 instead of half the dictionary: with a small window the
     thresholds move slowly, and a dense start would need many steps to become sparse.
     """
+
+    fits_to_data = True
 
     def __init__(self, d_sae: int, k: int, bandwidth: float = 2.0, init_threshold: float = 0.01):
         super().__init__()
@@ -242,7 +276,7 @@ class JumpReLU(nn.Module):
             self.log_threshold.copy_(tensors["threshold"].clamp_min(1e-12).log())
 
 
-def make_activation(name: str, k: int, d_sae: int, bandwidth: float = 2.0) -> nn.Module:
+def make_activation(name: str, k: int, d_sae: int, bandwidth: float = 2.0) -> Activation:
     if name == "relu":
         return ReLU()
     if name == "topk":

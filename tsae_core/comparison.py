@@ -46,92 +46,33 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 from scipy import stats
 
 from tsae_core.aggregate import group_by_variant
+from tsae_core.metric_table import (  # noqa: F401 (the compared metrics, importable from here)
+    BY_NAME,
+    GT_KINDS,
+    METRICS,
+    Direction,
+    Metric,
+    metric_value,
+)
 
 LEVEL = 0.95
 """Coverage of the interval on the difference of means."""
 L0_TOLERANCE = 0.10
 """Largest relative L0 difference at which a comparison counts as at matched L0."""
 BASELINE_ARCHITECTURE = "standard"
-GT_KINDS = ("fast", "slow", "positional", "rare_fast", "rare_slow")
-"""Feature kinds of the synthetic source whose recovery is compared (besides `overall`)."""
-
-Direction = Literal["higher", "lower", "matched", "neutral"]
-_EM = ("eval_result_metrics",)
-
-
-@dataclass(frozen=True)
-class Metric:
-    """One compared number: the first of `paths` present in an eval JSON."""
-
-    name: str
-    """Key of the metric in the rows."""
-    label: str
-    """Column title in the figure."""
-    paths: tuple[tuple[str, ...], ...]
-    """Where the value sits in an eval JSON; the first present wins."""
-    direction: Direction
-    """`higher` / `lower`: which way is better; `matched`: must agree (L0); `neutral`: a control."""
-
-
-METRICS: tuple[Metric, ...] = (
-    Metric("explained_variance", "explained\nvariance", ((*_EM, "reconstruction_quality", "explained_variance"),), "higher"),
-    Metric("ce_loss_score", "CE loss\nscore", ((*_EM, "model_performance_preservation", "ce_loss_score"),), "higher"),
-    Metric("kl_div_score", "KL div\nscore", ((*_EM, "model_behavior_preservation", "kl_div_score"),), "higher"),
-    Metric("l0", "L0\n(relative)", ((*_EM, "sparsity", "l0_reconstruction"), (*_EM, "sparsity", "l0_sparse"),
-                                     (*_EM, "sparsity", "l0")), "matched"),
-    Metric("dead_fraction", "dead\nfraction", ((*_EM, "sparsity", "dead_fraction"),), "lower"),
-    Metric("autocorr_lag1", "lag-1\nautocorr.", (("temporal", "autocorr_lag1_mean"),), "higher"),
-    Metric("autocorr_lag1_control", "autocorr.\nshuffled", (("temporal", "autocorr_lag1_mean_control"),), "neutral"),
-    Metric("autocorr_lag1_doc_shuffled", "autocorr.\ndoc-shuffled", (("temporal", "autocorr_lag1_doc_shuffled_mean"),),
-           "neutral"),
-    Metric("position_dependence", "position\ndependence", (("temporal", "position_dependence_mean"),), "neutral"),
-    Metric("redundancy", "redundancy", (("redundancy", "score"),), "lower"),
-    Metric("max_decoder_cos", "max decoder\ncosine", (("geometry", "max_decoder_cos_mean"),), "lower"),
-    Metric("max_cos_cofiring", "max decoder cos.\nco-firing", (("geometry", "max_cos_cofiring_mean"),), "lower"),
-    Metric("slow_persistence", "slow features'\nlag-1 (matched)", (("ground_truth", "persistence", "slow", "matched_autocorr_lag1"),),
-           "higher"),
-    Metric("slow_persistence_doc_shuffled", "slow lag-1\ndoc-shuffled",
-           (("ground_truth", "persistence", "slow", "matched_autocorr_lag1_doc_shuffled"),), "neutral"),
-    Metric("gt_recovered_overall", "GT recovered\noverall", (("ground_truth", "overall", "frac_recovered"),), "higher"),
-    *(Metric(f"gt_recovered_{k}", f"GT recovered\n{k.replace('_', ' ')}", (("ground_truth", "by_kind", k, "frac_recovered"),),
-             "higher") for k in GT_KINDS),
-    Metric("probing_top1", "probing\ntop-1 acc.", (("sparse_probing", *_EM, "sae", "sae_top_1_test_accuracy"),), "higher"),
-    Metric("probing_top5", "probing\ntop-5 acc.", (("sparse_probing", *_EM, "sae", "sae_top_5_test_accuracy"),), "higher"),
-    Metric("unlearning_score", "unlearning\nscore", (("unlearning", *_EM, "unlearning", "unlearning_score"),), "higher"),
-    Metric("unlearning_control", "unlearning\nrandom latents", (("unlearning", *_EM, "unlearning", "control_unlearning_score"),),
-           "neutral"),
-    Metric("autointerp_score", "autointerp\nscore", (("autointerp", *_EM, "autointerp", "autointerp_score"),), "higher"),
-    Metric("autointerp_shuffled_explanation", "autointerp\nshuffled expl.",
-           (("autointerp", *_EM, "controls", "shuffled_explanation_score"),), "neutral"),
-    Metric("autointerp_random_transformer", "autointerp\nrandom transformer",
-           (("autointerp_random_transformer", *_EM, "autointerp", "autointerp_score"),), "neutral"),
-)
-
-
-def metric_value(e: dict[str, Any], metric: Metric) -> float | None:
-    """The metric's value in one eval JSON as a finite float, or None when absent or not finite."""
-    for path in metric.paths:
-        v: Any = e
-        for key in path:
-            v = v.get(key) if isinstance(v, dict) else None
-        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
-            return float(v)
-    return None
-
 
 def _cfg(es: list[dict[str, Any]]) -> dict[str, Any]:
     return es[0].get("sae_cfg") or {}
 
 
 L0_METRIC = next(m for m in METRICS if m.direction == "matched")
-L0_SPARSE = Metric("l0_sparse", "sparse-code L0", ((*_EM, "sparsity", "l0_sparse"), (*_EM, "sparsity", "l0")), "neutral")
+L0_SPARSE = BY_NAME["l0_sparse"]
 
 
 def _mean_metric(es: list[dict[str, Any]], metric: Metric) -> float | None:

@@ -11,11 +11,14 @@ import dataclasses
 import hashlib
 import itertools
 import json
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from tsae_core.evals.autointerp.config import AUTOINTERP_NOT_ASKED_KEYS, AUTOINTERP_TRANSPORT_KEYS, AutointerpConfig  # noqa: F401 (every section importable from here)
+from tsae_core.evals.cluster.config import ClusterConfig  # noqa: F401 (every section importable from here)
+from tsae_core.evals.probing.config import HubProbeDataset, ProbingConfig  # noqa: F401 (every section importable from here)
+from tsae_core.evals.unlearning.config import INTERNET_PACKAGES, UnlearningConfig  # noqa: F401 (every section importable from here)
 from tsae_core.params_file import (  # noqa: F401 (part of this module's interface)
     apply_overrides,
     find_params_file,
@@ -26,23 +29,13 @@ from tsae_core.params_file import (  # noqa: F401 (part of this module's interfa
     system_folder_problem,
 )
 from tsae_core.source_config import GGUFConfig, HFConfig, SourceConfig, SyntheticConfig, TinyLMConfig  # noqa: F401 (every section importable from here)
-from tsae_core.typed import ConfigError, build
+from tsae_core.typed import PLAIN_NAME, ConfigError, build, check_plain_name  # noqa: F401 (check_plain_name: part of this module's interface)
 from tsae_core.typed import check as _check
 from tsae_core.variant_config import VariantConfig  # noqa: F401 (every section importable from here)
 
 # --------------------------------------------------------------------------------------------
 # Sections
 # --------------------------------------------------------------------------------------------
-
-_PLAIN_NAME = re.compile(r"^[A-Za-z0-9._-]+$")
-
-
-def check_plain_name(name: str, key: str) -> None:
-    """A name that becomes a file or folder name: letters, digits, `.`, `_`, `-`; not `.` or `..`."""
-    _check(bool(_PLAIN_NAME.fullmatch(name)) and name not in (".", ".."), key,
-           f"{name!r} must be a plain name (letters, digits, '.', '_', '-'; not '.' or '..'): it names a folder")
-
-
 
 @dataclass(frozen=True)
 class RunConfig:
@@ -167,46 +160,6 @@ class EvalConfig:
 
 
 @dataclass(frozen=True)
-class ClusterConfig:
-    method: Literal["kmeans", "agglomerative", "gmm"] = "kmeans"
-    """How latents are grouped: k-means, Ward agglomerative (memory quadratic in alive latents) or a
-    Gaussian mixture with diagonal covariances."""
-    n_clusters: int | list[int] = field(default_factory=lambda: list(range(2, 11)))
-    """Clusters of learned features: a number, or a list of candidates of which the one with the
-    highest silhouette score is kept."""
-    max_lag: int = 16
-    """Autocorrelation lags used as temporal descriptors of a feature."""
-    max_sequences: int = 256
-    """Eval sequences used to describe features."""
-    coactivation_dims: int = 8
-    """Dimensions of the co-activation descriptor (truncated SVD of which latents fire on the same
-    tokens); 0 leaves co-activation out."""
-    example_latents: int = 2
-    """Language-model sources: latents per cluster shown with their top-activating contexts."""
-    example_contexts: int = 3
-    """Top-activating contexts kept per latent (at most one per sequence)."""
-    context_before: int = 16
-    """Tokens shown before the activating token (within its document)."""
-    context_after: int = 4
-    """Tokens shown after the activating token (within its document)."""
-
-    def __post_init__(self) -> None:
-        candidates = self.candidate_counts()
-        _check(len(candidates) > 0, "cluster.n_clusters", "give a number of clusters or a list of candidates")
-        _check(all(k >= 2 for k in candidates), "cluster.n_clusters", f"every count must be >= 2, got {self.n_clusters}")
-        _check(len(set(candidates)) == len(candidates), "cluster.n_clusters", f"must not repeat a count, got {self.n_clusters}")
-        _check(self.max_lag >= 1, "cluster.max_lag", "must be >= 1")
-        _check(self.max_sequences > 0, "cluster.max_sequences", "must be > 0")
-        _check(self.coactivation_dims >= 0, "cluster.coactivation_dims", "must be >= 0 (0: no co-activation descriptor)")
-        for name in ("example_latents", "example_contexts", "context_before", "context_after"):
-            _check(getattr(self, name) >= 0, f"cluster.{name}", "must be >= 0")
-
-    def candidate_counts(self) -> list[int]:
-        """The numbers of clusters to try, in the order given."""
-        return [self.n_clusters] if isinstance(self.n_clusters, int) else list(self.n_clusters)
-
-
-@dataclass(frozen=True)
 class DashboardConfig:
     """The static HTML feature browser (`runs/<run>/dashboard/`) and its blind-rating page
     (`tsae_core.dashboard`)."""
@@ -252,64 +205,6 @@ class DashboardConfig:
                f"concepts are the baseline's first sampled features; ask for at most dashboard.n_features ({self.n_features})")
 
 
-INTERNET_PACKAGES = (
-    "base64", "cgi", "cgitb", "email", "ftplib", "html", "http", "imaplib", "ipaddress", "json", "mimetypes",
-    "nntplib", "poplib", "quopri", "smtpd", "smtplib", "socketserver", "telnetlib", "urllib", "uuid", "webbrowser",
-    "wsgiref", "xml", "xmlrpc",
-)
-"""The stdlib packages of the library reference's chapters "Internet Data Handling", "Structured Markup
-Processing Tools" and "Internet Protocols and Support" that have docstrings in the corpus (502 of its
-2,246 docstrings with CPython 3.11: email 133, xml 83, http 51, ipaddress 33, urllib 26, ...)."""
-
-
-@dataclass(frozen=True)
-class UnlearningConfig:
-    """The offline analogue of SAEBench's unlearning eval (`tsae_core.unlearning`): clamp the latents
-    that fire on a "forget" set and not on a "retain" set, and measure what the model loses on each."""
-
-    enabled: bool = True
-    """Run the unlearning eval (language-model and synthetic sources; the crosscoder is always skipped)."""
-    forget_packages: list[str] = field(default_factory=lambda: list(INTERNET_PACKAGES))
-    """Language models: the forget set is the corpus docstrings of these top-level stdlib packages; the
-    retain set is every other docstring (pydoc topics are left out of both: a different genre)."""
-    retain_thresholds: list[float] = field(default_factory=lambda: [0.001, 0.01])
-    """Sweep: a latent is eligible only if it fires on at most this fraction of retain-selection tokens."""
-    n_latents: list[int] = field(default_factory=lambda: [4, 12, 32])
-    """Sweep: how many eligible latents are clamped (the top ones by forget/retain firing ratio)."""
-    multipliers: list[float] = field(default_factory=lambda: [1.0, 4.0, 16.0])
-    """Sweep: an active selected latent is clamped to -multiplier x its mean active value on the
-    selection data (SAEBench clamps to -multiplier in absolute units: 25, 50, 100, 200)."""
-    max_retain_increase: float = 0.01
-    """The constraint of the score: retain CE may rise by at most this fraction of the clean retain CE
-    (synthetic: retain damage, a fraction of the retain tokens' variance, at most this)."""
-    max_contexts: int = 64
-    """Contexts in each of the four sets (forget / retain x selection / test); synthetic: sequences in
-    each of the selection and test splits."""
-    min_contexts: int = 16
-    """Fewer forget contexts than this in either half is an error (choose more or other forget_packages)."""
-    split_seed: int = 0
-    """Seed of the text hash that splits each set into its selection and test halves."""
-    control_seeds: list[int] = field(default_factory=lambda: [0])
-    """Seeds of the random-latent control (the same sweep with random eligible latents); empty: no control."""
-    synthetic_forget_features: int = 8
-    """Synthetic source: the forget set is this many slow true features (the most frequent ones)."""
-
-    def __post_init__(self) -> None:
-        _check(bool(self.forget_packages), "unlearning.forget_packages", "name at least one stdlib package")
-        _check(len(set(self.forget_packages)) == len(self.forget_packages), "unlearning.forget_packages", "must not repeat a package")
-        _check(bool(self.retain_thresholds) and all(0 < t <= 1 for t in self.retain_thresholds), "unlearning.retain_thresholds",
-               f"give firing frequencies in (0, 1], got {self.retain_thresholds}")
-        _check(bool(self.n_latents) and all(n > 0 for n in self.n_latents), "unlearning.n_latents",
-               f"give counts > 0, got {self.n_latents}")
-        _check(bool(self.multipliers) and all(m > 0 for m in self.multipliers), "unlearning.multipliers",
-               f"give multipliers > 0 (the clamp value is -multiplier x scale), got {self.multipliers}")
-        _check(0 <= self.max_retain_increase < 1, "unlearning.max_retain_increase", "must be in [0, 1)")
-        _check(self.min_contexts >= 1, "unlearning.min_contexts", "must be >= 1")
-        _check(self.max_contexts >= self.min_contexts, "unlearning.max_contexts", f"must be >= min_contexts ({self.min_contexts})")
-        _check(len(set(self.control_seeds)) == len(self.control_seeds), "unlearning.control_seeds", "must not repeat a seed")
-        _check(self.synthetic_forget_features > 0, "unlearning.synthetic_forget_features", "must be > 0")
-
-
 @dataclass(frozen=True)
 class PlotConfig:
     dpi: int = 120
@@ -319,222 +214,6 @@ class PlotConfig:
 
     def __post_init__(self) -> None:
         _check(self.dpi > 10, "plot.dpi", "must be > 10")
-
-
-AUTOINTERP_TRANSPORT_KEYS = ("concurrency", "timeout_s", "retries", "backoff_s", "max_requests", "cache_dir")
-"""Settings of `autointerp` that change how requests travel, never what they ask: outside the result's key."""
-AUTOINTERP_NOT_ASKED_KEYS = (*AUTOINTERP_TRANSPORT_KEYS, "control_run")
-"""Settings of `autointerp` outside the result's key: the transport, and the control run (read by the plot stage)."""
-
-
-@dataclass(frozen=True)
-class AutointerpConfig:
-    """Automated interpretability in SAEBench's protocol (`tsae_core.autointerp`): an explainer LLM
-    describes each sampled latent from its top and importance-weighted examples, a scorer LLM
-    predicts from that description which of 14 shuffled sequences make it fire."""
-
-    backend: Literal["none", "openai", "oracle"] = "none"
-    """`none`: off (the stage only says how to turn it on); `openai`: any OpenAI-compatible chat
-    endpoint (a hosted API, vLLM, llama.cpp server, Ollama); `oracle`: no LLM, the synthetic
-    source's true features explain and score (a check of the pipeline)."""
-    base_url: str = ""
-    """The endpoint's base URL, up to and including `/v1` (e.g. `https://api.openai.com/v1`,
-    `http://127.0.0.1:8000/v1` for vLLM, `http://127.0.0.1:11434/v1` for Ollama)."""
-    model: str = ""
-    """The judge model's name as the endpoint serves it (explainer and scorer alike)."""
-    api_key_env: str = ""
-    """Name of the environment variable holding the API key (never the key itself); empty: no key
-    is sent (local servers)."""
-    temperature: float | None = None
-    """Sampling temperature sent with every request; null leaves it out (the endpoint's default,
-    as SAEBench does)."""
-    n_latents: int = 1000
-    """Latents sampled at random among those alive (SAEBench: 1000)."""
-    dead_latent_threshold: int = 15
-    """A latent is sampled only if it fires on more than this many scanned tokens (SAEBench: 15)."""
-    seed: int = 42
-    """Seed of the latent sample and of every example draw (SAEBench: 42)."""
-    max_tokens: int = 2_000_000
-    """Eval-split tokens scanned for examples, at most (SAEBench: 2M tokens at context 128); a
-    store with fewer eval tokens is scanned whole."""
-    buffer: int = 10
-    """Tokens shown on each side of an example's chosen token (SAEBench: 10, windows of 21 tokens)."""
-    act_threshold_frac: float = 0.01
-    """A token counts as active (marked, and making its sequence a positive) above this fraction of
-    the latent's largest top-example activation (SAEBench: 0.01)."""
-    n_top_ex_for_generation: int = 10
-    """Top-activating examples shown to the explainer (SAEBench: 10)."""
-    n_iw_sampled_ex_for_generation: int = 5
-    """Importance-weighted examples shown to the explainer (SAEBench: 5)."""
-    n_top_ex_for_scoring: int = 2
-    """Top-activating examples among the scorer's sequences (SAEBench: 2)."""
-    n_iw_sampled_ex_for_scoring: int = 2
-    """Importance-weighted examples among the scorer's sequences (SAEBench: 2)."""
-    n_random_ex_for_scoring: int = 10
-    """Random sequences among the scorer's sequences (SAEBench: 10)."""
-    max_tokens_in_explanation: int = 30
-    """Completion-token limit of an explanation (SAEBench: 30)."""
-    use_demos_in_explanation: bool = True
-    """Give the explainer four example explanations (SAEBench: true)."""
-    random_example_labels: Literal["activations", "saebench"] = "activations"
-    """Whether a random scoring sequence is a positive: `activations` when the latent fires in it
-    (above the threshold), as for every other sequence; `saebench` never (SAEBench's shortcut,
-    which counts a correct "fires" on a random sequence as wrong)."""
-    temporal_window: int = 32
-    """The temporal rescoring: the scorer is shown this many tokens before each example's chosen
-    token (instead of `buffer`), with the same explanations; 0 skips it."""
-    shuffled_control: bool = True
-    """Also score each latent with another latent's explanation (a control: what a description
-    unrelated to the latent scores)."""
-    concurrency: int = 8
-    """Requests in flight at once."""
-    timeout_s: float = 60.0
-    """Seconds a request may take before it counts as failed (and is retried)."""
-    retries: int = 4
-    """Retries of a request after a 429, a 5xx, a timeout or a dropped connection, with exponential backoff."""
-    backoff_s: float = 2.0
-    """First backoff in seconds (doubled after each retry; a server's Retry-After wins, up to 60 s)."""
-    max_requests: int = 5000
-    """A run of one SAE that needs more requests than this (not counting cached ones) stops before
-    calling anything (1000 latents cost 4000 with both controls)."""
-    cache_dir: str = ""
-    """Response cache, keyed by the sha256 of the full request: a rerun costs nothing and scores the
-    same; empty: `<run>/autointerp_cache`. Relative to the project root unless absolute."""
-    control_run: str = ""
-    """The random-transformer control: the name of a run (under the same `run.out_dir`) that trained
-    the same variants, with the same autointerp judge and settings, on a randomly initialised copy of
-    the model (`source.random_init: true`). The plot stage attaches its `eval/autointerp/<sae>.json`
-    to the SAE of the same name as `autointerp_random_transformer` (comparison column and a bar in
-    autointerp.png); a run directory that does not exist stops the plot stage with a message saying
-    how to make it. Empty: no such control."""
-
-    def __post_init__(self) -> None:
-        if self.backend == "openai":
-            _check(bool(self.base_url), "autointerp.base_url",
-                   "set the endpoint, e.g. https://api.openai.com/v1 or http://127.0.0.1:8000/v1 (vLLM)")
-            _check(self.base_url.startswith(("http://", "https://")), "autointerp.base_url",
-                   f"must start with http:// or https://, got {self.base_url!r}")
-            _check(bool(self.model), "autointerp.model", "name the judge model the endpoint serves, e.g. gpt-4o-mini")
-        _check(not self.api_key_env or re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", self.api_key_env) is not None,
-               "autointerp.api_key_env", "must be the NAME of an environment variable (e.g. OPENAI_API_KEY), never the key itself")
-        _check(self.n_latents > 0, "autointerp.n_latents", "must be > 0")
-        _check(self.dead_latent_threshold >= 0, "autointerp.dead_latent_threshold", "must be >= 0")
-        _check(self.max_tokens > 0, "autointerp.max_tokens", "must be > 0")
-        _check(self.buffer >= 1, "autointerp.buffer", "must be >= 1")
-        _check(0 < self.act_threshold_frac < 1, "autointerp.act_threshold_frac", "must be in (0, 1)")
-        for name in ("n_top_ex_for_generation", "n_iw_sampled_ex_for_generation", "n_top_ex_for_scoring",
-                     "n_iw_sampled_ex_for_scoring", "n_random_ex_for_scoring"):
-            _check(getattr(self, name) >= 0, f"autointerp.{name}", "must be >= 0")
-        _check(self.n_top_ex_for_generation + self.n_iw_sampled_ex_for_generation > 0, "autointerp.n_top_ex_for_generation",
-               "the explainer needs at least one example")
-        _check(self.max_tokens_in_explanation > 0, "autointerp.max_tokens_in_explanation", "must be > 0")
-        _check(self.temporal_window >= 0, "autointerp.temporal_window", "must be >= 0 (0 skips the temporal rescoring)")
-        _check(self.concurrency >= 1, "autointerp.concurrency", "must be >= 1")
-        _check(self.timeout_s > 0, "autointerp.timeout_s", "must be > 0")
-        _check(self.retries >= 0, "autointerp.retries", "must be >= 0")
-        _check(self.backoff_s >= 0, "autointerp.backoff_s", "must be >= 0")
-        _check(self.max_requests >= 0, "autointerp.max_requests", "must be >= 0")
-        if self.control_run:
-            check_plain_name(self.control_run, "autointerp.control_run")
-
-    @property
-    def n_ex_for_scoring(self) -> int:
-        return self.n_top_ex_for_scoring + self.n_iw_sampled_ex_for_scoring + self.n_random_ex_for_scoring
-
-    @property
-    def n_correct_for_scoring(self) -> int:
-        return self.n_top_ex_for_scoring + self.n_iw_sampled_ex_for_scoring
-
-    @property
-    def max_tokens_in_prediction(self) -> int:
-        """Completion-token limit of a prediction: comma-separated numbers (SAEBench: 2 n + 5)."""
-        return 2 * self.n_ex_for_scoring + 5
-
-
-@dataclass(frozen=True)
-class HubProbeDataset:
-    """A labelled text set read with `datasets.load_dataset(path, name, data_files=..., split=...)`:
-    a hub dataset on a machine that reaches the hub, or local files (`path: json`, `data_files: x.jsonl`)."""
-
-    path: str = ""
-    """First argument of `datasets.load_dataset`: a hub name (e.g. fancyzhx/ag_news) or a builder (json, csv)."""
-    name: str | None = None
-    """The dataset's configuration name (None: its default)."""
-    data_files: str | list[str] = field(default_factory=list)
-    """Local files for a builder such as json or csv, relative to the project root unless absolute."""
-    split: str = "train"
-    """Split to read; probe-train and probe-test contexts are both cut from it (by a hash of the text)."""
-    text_column: str = "text"
-    """Column holding the text (one context per row: its beginning, truncated to the context)."""
-    label_column: str = "label"
-    """Column holding the class (a string or an integer; integers are named by the dataset's class names when it has them)."""
-    max_rows: int = 20_000
-    """Read at most this many rows (the first ones of the split)."""
-
-    def __post_init__(self) -> None:
-        _check(bool(self.path), "path", "name the dataset (a hub name, or json / csv with data_files)")
-        _check(self.max_rows > 0, "max_rows", "must be > 0")
-
-
-@dataclass(frozen=True)
-class ProbingConfig:
-    """SAEBench-style sparse probing (`tsae_core.sparse_probing`): per labelled set, binary one-vs-rest
-    tasks on mean-pooled codes, a logistic regression on the k latents with the largest class-mean
-    difference, against the same probe on the raw activations."""
-
-    enabled: bool = True
-    """Run sparse probing after the evaluation (false: recorded as skipped)."""
-    datasets: list[str] = field(default_factory=list)
-    """Labelled sets to probe: offline names (python_docs.kind, python_docs.package, python_docs.code
-    for language-model sources, synthetic.slow for the synthetic one) or keys of `hub`; empty: the
-    source's offline sets."""
-    hub: dict[str, HubProbeDataset] = field(default_factory=dict)
-    """Named sets read with `datasets.load_dataset` (hub datasets on machines that reach the hub, or local files)."""
-    k_values: list[int] = field(default_factory=lambda: [1, 2, 5, 10, 20, 50])
-    """Numbers of latents (or raw dimensions) a sparse probe reads; values above the width are left out."""
-    train_size: int = 200
-    """Contexts per binary task in its probe-train set, half positive, half negative (fewer where a class has fewer)."""
-    test_size: int = 100
-    """Contexts per binary task in its probe-test set, balanced the same way."""
-    test_fraction: float = 0.25
-    """Share of documents (by a hash of their text and `seed`) whose contexts form the probe-test side."""
-    max_classes: int = 5
-    """One-vs-rest tasks per set: its most frequent classes (a set of two classes gives one task)."""
-    context_length: int = 0
-    """Tokens per probing context, BOS included (0: harvest.context_size)."""
-    chunk_chars: int = 0
-    """Characters of text per context cut from a corpus document (0: context_length - 1, a byte each for the tiny model)."""
-    max_contexts_per_document: int = 4
-    """Contexts cut from one document at most (so that long documents do not dominate a class)."""
-    max_documents: int = 0
-    """Read at most this many corpus documents (0: all); for tests."""
-    batch_sequences: int = 64
-    """Contexts per forward pass of the model and of the SAE."""
-    seed: int = 42
-    """Seed of the document split, the task sampling and the probes (SAEBench's random_seed)."""
-    max_iter: int = 1000
-    """Iterations of the logistic regression's solver (L2, C = 1, lbfgs)."""
-
-    def __post_init__(self) -> None:
-        _check(len(set(self.datasets)) == len(self.datasets), "probing.datasets", f"must not repeat a set, got {self.datasets}")
-        for name in self.hub:
-            check_plain_name(name, f"probing.hub.{name}")
-        _check(bool(self.k_values) and all(k > 0 for k in self.k_values), "probing.k_values", "give positive numbers of latents")
-        _check(len(set(self.k_values)) == len(self.k_values), "probing.k_values", "must not repeat a value")
-        for name in ("train_size", "test_size"):
-            _check(getattr(self, name) >= 8, f"probing.{name}", "must be >= 8 (four positives and four negatives)")
-        _check(0 < self.test_fraction < 1, "probing.test_fraction", "must be in (0, 1)")
-        _check(self.max_classes >= 2, "probing.max_classes", "must be >= 2")
-        _check(self.context_length == 0 or self.context_length >= 2, "probing.context_length", "must be 0 (harvest.context_size) or >= 2")
-        for name in ("chunk_chars", "max_documents"):
-            _check(getattr(self, name) >= 0, f"probing.{name}", "must be >= 0")
-        for name in ("max_contexts_per_document", "batch_sequences", "max_iter"):
-            _check(getattr(self, name) > 0, f"probing.{name}", "must be > 0")
-        from tsae_core.labelled_sets import OFFLINE_SETS  # late: a light module, but it needs no config
-
-        for name in self.datasets:
-            _check(name in OFFLINE_SETS or name in self.hub, "probing.datasets",
-                   f"unknown set {name!r}: offline sets are {', '.join(OFFLINE_SETS)}; a hub set must be a key of probing.hub")
 
 
 @dataclass(frozen=True)
@@ -684,7 +363,7 @@ def _expand_sweeps(data: dict[str, Any], cfg: ExperimentConfig, origin: str) -> 
             raise ConfigError(f"{origin}: sweep.{sweep_name}.variant: {sw.variant!r} is not a variant; "
                               f"variants are {', '.join(variants)}")
         for name, point in _grid_points(sweep_name, sw):
-            if not _PLAIN_NAME.fullmatch(name):
+            if not PLAIN_NAME.fullmatch(name):
                 raise ConfigError(f"{origin}: sweep.{sweep_name}: point {name!r} is not a plain name (letters, digits, "
                                   f"'.', '_', '-'): sweep over numbers or plain words")
             if name in variants:

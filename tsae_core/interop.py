@@ -21,9 +21,8 @@ raw-unit reconstruction). The fold is computed in float64 and rounded once to th
 
 JumpReLU in SAELens is relu(pre) 1[pre > theta], in tsae pre 1[pre > theta]: equal where no threshold
 is negative, which export checks with the same rules as import (`tsae_core.saelens_check`). Only SAEs whose inference is the token-wise SAE's can be written: an
-architecture whose class overrides a method of the inference path (`INFERENCE_METHODS`) — an encoder
-that reads other tokens, a different decoder or forward pass — is refused, naming why
-(`saelens_refusal`). Variants that only add training losses (consistency, contrastive, matryoshka,
+architecture whose class declares `token_wise = False` (an encoder that reads other tokens, a
+different forward pass) is refused, naming why (`saelens_refusal`, from its `reads_other_tokens`). Variants that only add training losses (consistency, contrastive, matryoshka,
 orthogonal) are plain SAEs at inference and are written as such; their training-only tensors (the
 orthogonal variant's groups) are left out. Each folder is written whole into a temporary directory
 beside the target, then renamed onto it.
@@ -71,15 +70,6 @@ from tsae_core.version import __version__
 SAELENS_FORMAT_VERSION = "6.54.12"
 """The SAELens release whose `load_from_disk` the exported folders are written for (and tested against)."""
 
-INFERENCE_METHODS = {
-    "forward": "its forward pass is not the token-wise encode, activate, decode",
-    "encode_pre": "its encoder reads other tokens of the document",
-    "encode_pre_masked": "its encoder reads other tokens of the document",
-    "decode": "its decoder is not the linear decoder of the codes",
-    "causal_reconstruction": "its reconstruction reads other tokens",
-}
-"""Methods of `SAE` that make its inference; a class overriding any of them is not a plain SAE."""
-
 _LANGUAGE_MODEL_KINDS = ("tinylm", "hf", "gguf")
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -89,11 +79,10 @@ os.umask(_UMASK)
 def saelens_refusal(architecture: str) -> str | None:
     """None when `architecture`'s inference is the token-wise SAE's, else why SAELens cannot represent it."""
     cls = variant_class(architecture)
-    reasons = list(dict.fromkeys(why for name, why in INFERENCE_METHODS.items() if getattr(cls, name) is not getattr(SAE, name)))
-    if not reasons:
+    if cls.token_wise:
         return None
-    return (f"architecture {architecture!r}: {'; '.join(reasons)}, while a SAELens SAE encodes each token "
-            f"on its own with one linear encoder and decoder")
+    return (f"architecture {architecture!r}: {cls.reads_other_tokens or 'its inference is not token-wise'}, while a "
+            f"SAELens SAE encodes each token on its own with one linear encoder and decoder")
 
 
 def saelens_architecture(sae: SAE) -> str:

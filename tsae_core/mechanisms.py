@@ -35,6 +35,7 @@ import numpy as np
 from tsae_core.comparison import paired_interval
 from tsae_core.config import ExperimentConfig, config_from_dict, read_params, resolve_path
 from tsae_core.io import provenance, write_json
+from tsae_core.metric_table import value
 
 LEVELS = (0.0, 1.0, 10.0)
 """Multiples of the prior's coefficient that are trained."""
@@ -42,20 +43,20 @@ DEFAULT_PARAMS = "params/mechanisms.yaml"
 
 
 def _slow_persistence(e: dict[str, Any]) -> float:
-    return e["ground_truth"]["persistence"]["slow"]["matched_autocorr_lag1"]
+    return value(e, "slow_persistence")
 
 
 def _slow_persistence_control(e: dict[str, Any]) -> float:
-    return e["ground_truth"]["persistence"]["slow"]["matched_autocorr_lag1_doc_shuffled"]
+    return value(e, "slow_persistence_doc_shuffled")
 
 
 def _cofiring_cosine(e: dict[str, Any]) -> float:
-    return e["geometry"]["max_cos_cofiring_mean"]
+    return value(e, "max_cos_cofiring")
 
 
 def _target_miss(e: dict[str, Any]) -> float:
     target = e["sae_cfg"]["target_l0"]
-    return abs(e["eval_result_metrics"]["sparsity"]["l0"] / target - 1.0)
+    return abs(value(e, "l0_sae") / target - 1.0)
 
 
 @dataclass(frozen=True)
@@ -141,7 +142,7 @@ def run_mechanism(cfg: ExperimentConfig, priors: list[str], progress: bool = Fal
     """Train and evaluate every level of every prior at every seed of `cfg` (a `mechanism_config`), and
     summarise: per prior and level, the statistic at each seed, its mean, the paired difference from
     level 0 with its 95% interval, and the verdict."""
-    from tsae_core.evaluate import evaluate_variant
+    from tsae_core.evals.core import evaluate_variant
     from tsae_core.harvest import harvest
     from tsae_core.store import ActivationStore
     from tsae_core.train import train_variant
@@ -173,8 +174,7 @@ def _summarise(prior: str, cfg: ExperimentConfig, evals: dict[str, dict[str, Any
         row: dict[str, Any] = {"level": level, "coefficient": level * _get(m.variant, m.knob),
                                "values": values, "mean": float(np.mean(list(values.values()))),
                                "std": float(np.std(list(values.values()), ddof=1)) if len(values) > 1 else None,
-                               "explained_variance": float(np.mean([e["eval_result_metrics"]["reconstruction_quality"]
-                                                                    ["explained_variance"] for e in by_level[level].values()]))}
+                               "explained_variance": float(np.mean([value(e, "explained_variance") for e in by_level[level].values()]))}
         if m.control is not None:
             row["control_mean"] = float(np.mean([m.control(e) for e in by_level[level].values()]))
         if level != 0.0:

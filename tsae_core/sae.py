@@ -18,7 +18,7 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -183,13 +183,26 @@ class SAE(nn.Module):
         self.b_dec.copy_(b_dec if b_dec is not None else torch.zeros(self.cfg.d_in))
 
     # -- declared capabilities -------------------------------------------------------------------
+    token_wise: ClassVar[bool] = True
+    """Inference is the token-wise SAE's: each token encoded on its own by the linear encoder and the
+    activation, reconstructed by the linear decoder of its code. SAELens can hold such an SAE (`tsae
+    export` writes it; `tsae_core.interop`). A class whose encoder, forward pass or reconstruction reads
+    other tokens declares False and says how in `reads_other_tokens`. Declared, not inferred from the
+    methods a class overrides: an override that computes the same thing faster keeps it True (a test
+    compares every token-wise architecture's output with the standard SAE's)."""
+    reads_other_tokens: ClassVar[str] = ""
+    """For a class that is not `token_wise`: how its inference departs from the token-wise SAE's."""
+    causal: ClassVar[bool] = True
+    """The code and reconstruction of token t read tokens up to t only: what a clamp at t may hand a
+    causal language model (the unlearning eval needs it). The crosscoder's window reads later tokens."""
+
     @property
     def linear_encoder(self) -> bool:
         """True when the pre-activations are the base linear map (x_n - b_dec) W_enc + b_enc alone, so
         that the sparse training path can take the encoder's gradient at the kept codes only. A variant
         whose encoder adds anything (other tokens, positions) says False; a control whose knobs reduce
         it to the token-wise SAE (`pooled` with `window: 1`) says True and then runs the base's code."""
-        return type(self).encode_pre is SAE.encode_pre and type(self).encode_pre_masked is SAE.encode_pre_masked
+        return self.token_wise
 
     @property
     def uses_codes_in_loss(self) -> bool:
@@ -330,10 +343,11 @@ class SAE(nn.Module):
 
     @torch.no_grad()
     def init_from_sample(self, x_n_ND: torch.Tensor) -> None:
-        """After `reset_parameters`: fit data-dependent initial values (jumprelu's thresholds)."""
-        init = getattr(self.activation, "init_from_sample", None)
-        if init is not None:
-            init(self.encode_pre(x_n_ND.unsqueeze(0)).squeeze(0))
+        """After `reset_parameters`: fit data-dependent initial values (jumprelu's thresholds). The sample
+        holds unrelated tokens: an encoder that reads other tokens sees each as a document of its own."""
+        if self.activation.fits_to_data:
+            x_BTD = x_n_ND.unsqueeze(0) if self.token_wise else x_n_ND.unsqueeze(1)
+            self.activation.init_from_sample(self.encode_pre(x_BTD).reshape(x_n_ND.shape[0], -1))
 
     @torch.no_grad()
     def after_step(self, out: SAEOutput, ctx: LossContext) -> None:
@@ -380,14 +394,13 @@ class SAE(nn.Module):
     @torch.no_grad()
     def calibrate(self, batches: list) -> None:
         """Fix inference-time statistics from final-weight batches (batchtopk's threshold)."""
-        calibrate = getattr(self.activation, "calibrate", None)
-        if calibrate is None:
+        if not self.activation.calibrated:
             return
         pre_batches = []
         for b in batches:
             pre = self.encode_pre_masked(b.acts_BTD * self.cfg.activation_scaling_factor, b.mask_BT, b.doc_start_BT, b.position_BT)
             pre_batches.append((pre.reshape(-1, self.cfg.d_sae), b.mask_BT.reshape(-1)))
-        calibrate(pre_batches)
+        self.activation.calibrate(pre_batches)
 
     # -- decoder-norm handling (unit-norm recipe) -----------------------------------------------
     @torch.no_grad()
@@ -408,9 +421,7 @@ class SAE(nn.Module):
         variant-specific tensors under their own names."""
         # parameters and persistent buffers (non-persistent ones are training-only state)
         tensors = {name: t.detach() for name, t in self.state_dict().items() if not name.startswith("activation.")}
-        export = getattr(self.activation, "export_tensors", None)
-        if export is not None:
-            tensors.update(export())
+        tensors.update(self.activation.export_tensors())
         return tensors
 
     def load_weight_tensors(self, tensors: dict[str, torch.Tensor]) -> None:

@@ -18,7 +18,7 @@ from typing import Any
 
 from tsae_core.checkpoints import TrainPaths, recorded_failure, trained_state
 from tsae_core.config import ExperimentConfig
-from tsae_core.evaluate import latents_path
+from tsae_core.evals.core import latents_path
 from tsae_core.harvest import harvest_hash
 from tsae_core.io import read_json
 from tsae_core.sae import recorded_weights_sha256

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import types
 import typing
 from typing import Any, Literal
@@ -22,6 +23,15 @@ def check(ok: bool, key: str, message: str) -> None:
     """Raise `ConfigError("key: message")` unless `ok` (for range checks in `__post_init__`)."""
     if not ok:
         raise ConfigError(f"{key}: {message}")
+
+
+PLAIN_NAME = re.compile(r"^[A-Za-z0-9._-]+$")
+
+
+def check_plain_name(name: str, key: str) -> None:
+    """A name that becomes a file or folder name: letters, digits, `.`, `_`, `-`; not `.` or `..`."""
+    check(bool(PLAIN_NAME.fullmatch(name)) and name not in (".", ".."), key,
+           f"{name!r} must be a plain name (letters, digits, '.', '_', '-'; not '.' or '..'): it names a folder")
 
 
 def build(cls: type, data: Any, key: str) -> Any:

@@ -186,9 +186,9 @@ def test_sae_files_are_byte_identical_across_processes(pristine, tmp_path):
 
 def test_stale_eval_and_clustering_are_detected(run):
     cfg, _ = run
-    from tsae_core.evaluate import evaluate_variant
-    from tsae_core.sparse_probing import SparseProbingData, evaluate_sparse_probing
-    from tsae_core.unlearning import evaluate_unlearning_run
+    from tsae_core.evals.core import evaluate_variant
+    from tsae_core.evals.probing.run import SparseProbingData, evaluate_sparse_probing
+    from tsae_core.evals.unlearning.run import evaluate_unlearning_run
 
     store = ActivationStore.open(cfg.run_dir / "activations")
     probing = SparseProbingData(cfg, progress=False)
@@ -209,7 +209,7 @@ def test_stale_eval_and_clustering_are_detected(run):
 def test_evaluation_is_kept_until_its_sae_changes(run):
     """Rerunning the evaluate stage after one SAE is retrained re-evaluates that SAE alone."""
     cfg, _ = run
-    from tsae_core.evaluate import evaluate_variant
+    from tsae_core.evals.core import evaluate_variant
 
     store = ActivationStore.open(cfg.run_dir / "activations")
     first = evaluate_variant(cfg, "topk", store, cfg.run_dir, progress=False)

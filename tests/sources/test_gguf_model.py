@@ -87,7 +87,7 @@ def test_bridge_serves_hf_hidden_states_and_logits(packaged, bridge):
 
 def test_harvest_train_and_evaluate_through_the_gguf_kind(packaged, tmp_path):
     """`source.kind: gguf` from params to CE score: the factory, harvest, training and evaluation."""
-    from tsae_core.evaluate import evaluate_variant
+    from tsae_core.evals.core import evaluate_variant
     from tsae_core.harvest import harvest
     from tsae_core.sources.factory import load_model
     from tsae_core.store import ActivationStore
@@ -130,7 +130,7 @@ def _huge_bos_model(model, factor: float = 1000.0):
 
 def test_huge_bos_norm_stays_out_of_scaling_factor_training_and_metrics(packaged, tmp_path, monkeypatch):
     from tsae_core import harvest as harvest_module
-    from tsae_core.evaluate import evaluate_variant
+    from tsae_core.evals.core import evaluate_variant
     from tsae_core.harvest import harvest
     from tsae_core.sources.gguf_model import load_gguf_model, model_source
     from tsae_core.store import ActivationStore

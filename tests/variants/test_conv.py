@@ -155,7 +155,7 @@ def test_hierarchy_term_is_the_mean_over_scales_on_the_reconstruction_scale():
 
 
 def test_trains_loads_and_evaluates_on_sequences(harvested):
-    from tsae_core.evaluate import evaluate_variant
+    from tsae_core.evals.core import evaluate_variant
     from tsae_core.loading import load_sae
     from tsae_core.train import train_variant
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from tests.variants.causality import assert_round_trip, earlier_document_influence
-from tsae_core.evaluate import evaluate_variant
+from tsae_core.evals.core import evaluate_variant
 from tsae_core.sae import LossContext, SAEConfig
 from tsae_core.sequence import document_ids
 from tsae_core.train import train_variant

@@ -8,7 +8,7 @@ import torch
 
 from tests.variants.causality import assert_round_trip, earlier_document_influence, future_influence, past_influence
 from tsae_core.comparison import compare_variants
-from tsae_core.evaluate import evaluate_variant
+from tsae_core.evals.core import evaluate_variant
 from tsae_core.sae import LossContext, SAEConfig
 from tsae_core.train import train_variant
 from tsae_core.variants.predictive import PredictionCollapseWarning, collapse_verdict

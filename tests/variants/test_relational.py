@@ -149,7 +149,7 @@ def test_jumprelu_thresholds_start_from_token_wise_pre_activations():
 
 
 def test_trains_loads_and_evaluates_on_sequences(harvested):
-    from tsae_core.evaluate import evaluate_variant
+    from tsae_core.evals.core import evaluate_variant
     from tsae_core.train import train_variant
 
     cfg, store = harvested

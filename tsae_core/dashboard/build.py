@@ -15,6 +15,7 @@ from tsae_core.dashboard import observe as ob
 from tsae_core.dashboard import pages as pg
 from tsae_core.dashboard.rating import KEY_FILE, make_key, make_pairs
 from tsae_core.io import provenance, read_json, write_json, write_text
+from tsae_core.metric_table import value
 from tsae_core.progress import tqdm
 from tsae_core.seeds import derive_seed
 
@@ -61,7 +62,7 @@ class _Run:
 
     def __init__(self, cfg: Any) -> None:
         from tsae_core.device import resolve_device
-        from tsae_core.evaluate import latents_path
+        from tsae_core.evals.core import latents_path
         from tsae_core.loading import load_sae
         from tsae_core.sae import recorded_weights_sha256
         from tsae_core.store import ActivationStore
@@ -92,7 +93,7 @@ class _Run:
 def build_dashboard(cfg: Any, progress: bool = True) -> dict[str, Any]:
     """Gather every SAE's feature data, write the pages into a fresh folder and swap it in whole, then
     the blind-rating key. Returns the manifest."""
-    from tsae_core.evaluate import eval_batches
+    from tsae_core.evals.core import eval_batches
     from tsae_core.sources.factory import load_model, load_tokenizer
 
     dc, seed = cfg.dashboard, cfg.run.seed
@@ -206,16 +207,15 @@ def _index_rows(r: _Run, n: str, obs: ob.Observed) -> list[dict[str, Any]]:
 
 
 def _metrics(r: _Run, n: str) -> dict[str, Any]:
-    m = r.evals[n].get("eval_result_metrics", {})
-    return {"ev": m.get("reconstruction_quality", {}).get("explained_variance"), "l0": m.get("sparsity", {}).get("l0_sparse"),
-            "healthy": bool((r.evals[n].get("health") or {}).get("healthy"))}
+    e = r.evals[n]
+    return {"ev": value(e, "explained_variance"), "l0": value(e, "l0_sparse"), "healthy": bool((e.get("health") or {}).get("healthy"))}
 
 
 def _overview(r: _Run, n: str, obs: ob.Observed) -> dict[str, Any]:
     """The run index's row: the eval's own numbers (the whole eval split, as in the figures)."""
-    temporal = r.evals[n].get("temporal", {})
+    e = r.evals[n]
     return {"name": n, **_metrics(r, n), "alive": int(r.latents[n]["alive"].sum()), "pages": len(obs.pages),
-            "lag1": temporal.get("autocorr_lag1_mean"), "lag1_control": temporal.get("autocorr_lag1_doc_shuffled_mean")}
+            "lag1": value(e, "autocorr_lag1"), "lag1_control": value(e, "autocorr_lag1_doc_shuffled")}
 
 
 def _summary(r: _Run, n: str) -> str:

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from tsae_core.cluster import POSITION_BINS, PositionProfile
+from tsae_core.evals.cluster.run import POSITION_BINS, PositionProfile
 from tsae_core.metrics.temporal import TemporalMetrics
 from tsae_core.top_contexts import document_ids, token_strings
 

@@ -133,7 +133,7 @@ def cofiring_max_cosine(firing_NF: Any, W_dec_FD: torch.Tensor) -> tuple[dict[st
     and that of a latent it co-fires with (NaN where it has no co-firing partner).
 
     Latents i, j co-fire when n_ij >= COFIRING_MIN_TOKENS and n_ij >= COFIRING_EXCESS n_i n_j / N over
-    the N evaluated tokens (`firing_NF`, a scipy sparse 0/1 matrix, `tsae_core.coactivation.CoFiring`);
+    the N evaluated tokens (`firing_NF`, a scipy sparse 0/1 matrix, `tsae_core.evals.coactivation.CoFiring`);
     the counts come from one sparse product, never an F x F dense array of tokens. Returns the summary
     (`max_cos_cofiring_mean` over latents with a partner, and the share of alive latents that have one)
     and the per-latent values."""

@@ -9,18 +9,19 @@ from typing import Any
 import numpy as np
 from matplotlib.ticker import PercentFormatter
 
-from tsae_core.plots.common import _MP, _RQ, _SP, Evals, PathLike, _figure, _get, _num, _save, _seed_std, _styled
+from tsae_core.metric_table import BY_NAME, value
+from tsae_core.plots.common import Evals, PathLike, _figure, _get, _save, _seed_std, _styled
 
 HEADLINE = [
-    ("explained variance", (*_RQ, "explained_variance"), False, 0.02),
-    ("L0 of the sparse code (latents / token)", (*_SP, "l0_sparse"), False, 1.0),
-    ("dead latents", (*_SP, "dead_fraction"), True, 0.1),
-    ("lag-1 autocorrelation", ("temporal", "autocorr_lag1_mean"), False, 0.02),
-    ("true features recovered", ("ground_truth", "overall", "frac_recovered"), True, 0.1),
-    ("rare slow features recovered", ("ground_truth", "by_kind", "rare_slow", "frac_recovered"), True, 0.1),
-    ("CE loss score", (*_MP, "ce_loss_score"), False, 0.02),
+    ("explained variance", "explained_variance", False, 0.02),
+    ("L0 of the sparse code (latents / token)", "l0_sparse", False, 1.0),
+    ("dead latents", "dead_fraction", True, 0.1),
+    ("lag-1 autocorrelation", "autocorr_lag1", False, 0.02),
+    ("true features recovered", "gt_recovered_overall", True, 0.1),
+    ("rare slow features recovered", "gt_recovered_rare_slow", True, 0.1),
+    ("CE loss score", "ce_loss_score", False, 0.02),
 ]
-"""(title, path in the eval JSON, is a fraction, smallest y-span drawn); a metric no eval has is left out.
+"""(title, metric of `tsae_core.metric_table`, is a fraction, smallest y-span drawn); a metric no eval has is left out.
 The smallest span keeps differences below noise level from filling a panel."""
 
 BASELINE = "topk"
@@ -55,7 +56,7 @@ def plot_ablation(variant: str, sweeps: dict[str, dict[str, Any]], evals: Evals,
     """`ablation_<variant>.png`: a row per sweep of `variant`, a column per headline metric. The variant
     as configured is a point of each sweep at its own knob values (and a dashed line); the TopK
     baseline is a dotted line."""
-    metrics = [m for m in HEADLINE if any(_num(_get(e, *m[1])) is not None for e in evals.values())]
+    metrics = [m for m in HEADLINE if any(value(e, m[1]) is not None for e in evals.values())]
     if not metrics or not sweeps:
         return None
     fig, axes = _figure(len(sweeps), len(metrics), (3.1 * len(metrics) + 1, 2.9 * len(sweeps) + 0.8))
@@ -75,17 +76,18 @@ def plot_ablation(variant: str, sweeps: dict[str, dict[str, Any]], evals: Evals,
             label = ", ".join(f"{k.rsplit('.', 1)[-1]} = {v}" for k, v in fixed.items()) or sweep_name
             series[label] = [members.get(x) for x in xs]
         data["sweeps"][sweep_name] = {"knob": x_knob, "values": xs, "series": {}}
-        for col, (title, path, is_frac, min_span) in enumerate(metrics):
+        for col, (title, name, is_frac, min_span) in enumerate(metrics):
+            path = BY_NAME[name].paths[0]
             ax = axes[row, col]
             for i, (label, names) in enumerate(series.items()):
-                ys = [_num(_get(evals[n], *path)) if n else None for n in names]
+                ys = [value(evals[n], name) if n else None for n in names]
                 errs = [_seed_std(evals[n], *path) if n else None for n in names]
                 y = np.array([np.nan if v is None else v for v in ys])
                 ax.errorbar(pos, y, yerr=[0 if e is None else e for e in errs], marker="o", ms=5, lw=1.6, capsize=3,
                             color=f"C{i}", label=label)
-                data["sweeps"][sweep_name]["series"].setdefault(label, {})[path[-1]] = {"mean": ys, "seed_std": errs}
+                data["sweeps"][sweep_name]["series"].setdefault(label, {})[name] = {"mean": ys, "seed_std": errs}
             for ref, style, ref_label in ((variant, "--", f"{variant} as configured"), (BASELINE, ":", f"{BASELINE} baseline")):
-                v = _num(_get(evals.get(ref, {}), *path))
+                v = value(evals.get(ref, {}), name)
                 if v is not None:
                     ax.axhline(v, ls=style, color="0.25", lw=1.2, label=ref_label)
             lo, hi = ax.get_ylim()

@@ -11,6 +11,7 @@ import numpy as np
 import seaborn as sns
 from matplotlib.ticker import PercentFormatter
 
+from tsae_core.metric_table import value
 from tsae_core.plots.common import (
     _HEAT,
     _MB,
@@ -146,19 +147,15 @@ def plot_training_metrics(curves: Curves, out_dir: PathLike, colors: Colors = No
 
 
 _TABLE = [
-    ("explained\nvariance", (*_RQ, "explained_variance"), "f"),
-    ("cosine\nsim.", (*_RQ, "cossim"), "f"),
-    ("L0\n(matched)", (*_SP, "l0_sparse"), "int"),  # the sparse code's L0 (the crosscoder's per window position)
-    ("dead\nlatents", (*_SP, "dead_fraction"), "pct"),
-    ("GT\nMMCS", ("ground_truth", "overall", "mmcs"), "f"),
-    ("GT\nrecovered", ("ground_truth", "overall", "frac_recovered"), "pct"),
-    ("lag-1\nautocorr.", ("temporal", "autocorr_lag1_mean"), "f"),
+    ("explained\nvariance", "explained_variance", "f"),
+    ("cosine\nsim.", "cossim", "f"),
+    ("L0\n(sparse code)", "l0_sparse", "int"),  # the sparse code's L0 (the crosscoder's per window position)
+    ("dead\nlatents", "dead_fraction", "pct"),
+    ("GT\nMMCS", "gt_mmcs", "f"),
+    ("GT\nrecovered", "gt_recovered_overall", "pct"),
+    ("lag-1\nautocorr.", "autocorr_lag1", "f"),
 ]
-
-
-def _table_value(e: dict[str, Any], path: tuple[str, ...]) -> Any:
-    value = _get(e, *path)
-    return _get(e, *_SP, "l0") if value is None and path[-1] == "l0_sparse" else value  # older eval JSONs
+"""(column title, metric of `tsae_core.metric_table`, number format)."""
 
 
 @_styled
@@ -168,7 +165,7 @@ def plot_final_metrics(evals: Evals, out_dir: PathLike, colors: Colors = None) -
     if not variants:
         return None
     colors = colors or variant_colors(variants)
-    table = np.array([[_nan(_table_value(evals[v], path)) for _, path, _ in _TABLE] for v in variants], dtype=float)
+    table = np.array([[_nan(value(evals[v], name)) for _, name, _ in _TABLE] for v in variants], dtype=float)
     fig, axes = _figure(1, 2, (13, 1.8 + 0.5 * max(len(variants), 6)), width_ratios=[1, 1.5])
     ax_sc, ax_hm = axes[0]
     sick = unhealthy(evals, variants)
@@ -200,7 +197,7 @@ def plot_final_metrics(evals: Evals, out_dir: PathLike, colors: Colors = None) -
     ax_hm.grid(False)
     ax_hm.set_title("Final metrics (shade: rank within each column, darker = higher)")
     fig.suptitle("Final metrics per variant (held-out tokens)" + _unhealthy_note(sick))
-    cols = {path[-1]: table[:, j].tolist() for j, (_, path, _) in enumerate(_TABLE)}  # keyed by the eval JSON's names
+    cols = {name: table[:, j].tolist() for j, (_, name, _) in enumerate(_TABLE)}  # keyed by the metric's name
     return _save(fig, out_dir, "final_metrics", {"variants": variants, "colors": colors, "true_l0": true_l0,
                                                  "unhealthy": sick, **cols})
 

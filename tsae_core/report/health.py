@@ -1,4 +1,4 @@
-"""The Health section: every SAE with its verdict (`tsae_core.evaluate.assess_health`) and its problems;
+"""The Health section: every SAE with its verdict (`tsae_core.evals.core.assess_health`) and its problems;
 the ones the parameters expect to be unhealthy (`run.expected_unhealthy`) with the reason given.
 An unhealthy SAE is left out of every claim (its verdict rows say `excluded`)."""
 

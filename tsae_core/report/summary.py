@@ -11,16 +11,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from tsae_core.aggregate import group_by_variant
-from tsae_core.comparison import L0_SPARSE, METRICS, Metric, metric_value
+from tsae_core.metric_table import BY_NAME, Metric, metric_value
 from tsae_core.plots import variant_order
 from tsae_core.report.roles import Roles
 from tsae_core.report.text import md_table, mean_std_text
 
-METRIC_BY_NAME = {m.name: m for m in METRICS}
-"""Metric key -> the `tsae_core.comparison` metric."""
-SLOW_TRUTH = Metric("slow_persistence_truth", "slow features' true lag-1",
-                    (("ground_truth", "persistence", "slow", "true_autocorr_lag1"),), "neutral")
+METRIC_BY_NAME = BY_NAME
+"""Metric key -> its row of `tsae_core.metric_table`."""
+SLOW_TRUTH = BY_NAME["slow_true_persistence"]
 """The lag-1 autocorrelation of the slow true features themselves: what a perfect SAE's matched latents would show."""
+L0_SPARSE = BY_NAME["l0_sparse"]
 
 
 @dataclass(frozen=True)

@@ -68,6 +68,8 @@ class ConvOptions:
 
 
 class ConvSAE(SAE):
+    token_wise = False
+    reads_other_tokens = "its encoder reads other tokens of the document"
     Options = ConvOptions
 
     def __init__(self, cfg: SAEConfig):
@@ -98,13 +100,6 @@ class ConvSAE(SAE):
         readable_BTF = p_BTF if mask_BT is None else p_BTF * mask_BT.unsqueeze(-1).to(p_BTF.dtype)
         past_BTF = causal_depthwise_conv(readable_BTF, self.kernel_LF, doc_start_BT)
         return p_BTF + past_BTF + self.b_enc
-
-    @torch.no_grad()
-    def init_from_sample(self, x_n_ND: torch.Tensor) -> None:
-        """The sample holds unrelated tokens: each is encoded as a document of its own."""
-        init = getattr(self.activation, "init_from_sample", None)
-        if init is not None:
-            init(self.encode_pre(x_n_ND.unsqueeze(1)).squeeze(1))
 
     # -- losses --------------------------------------------------------------------------------
     @property

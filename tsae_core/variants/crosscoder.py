@@ -106,6 +106,10 @@ def window_topk(pre_WF: torch.Tensor, budget_W: torch.Tensor) -> torch.Tensor:
 
 
 class CrosscoderSAE(SAE):
+    token_wise = False
+    reads_other_tokens = ("its forward pass is not the token-wise encode, activate, decode; its encoder reads other tokens "
+                          "of the document; its reconstruction reads other tokens")
+    causal = False
     Options = CrosscoderOptions
 
     def __init__(self, cfg: SAEConfig):

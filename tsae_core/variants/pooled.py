@@ -38,6 +38,8 @@ class PooledOptions:
 
 
 class PooledSAE(SAE):
+    token_wise = False
+    reads_other_tokens = "its encoder reads other tokens of the document"
     Options = PooledOptions
 
     @property
@@ -52,13 +54,6 @@ class PooledSAE(SAE):
             return SAE.encode_pre(self, x_n_BTD, doc_start_BT, position_BT)
         pooled_BTD = window_mean(x_n_BTD - self.b_dec, self.options.window, mask_BT, doc_start_BT)
         return pooled_BTD @ self.W_enc + self.b_enc
-
-    @torch.no_grad()
-    def init_from_sample(self, x_n_ND: torch.Tensor) -> None:
-        """The sample holds unrelated tokens: each is encoded as a document of its own."""
-        init = getattr(self.activation, "init_from_sample", None)
-        if init is not None:
-            init(self.encode_pre(x_n_ND.unsqueeze(1)).squeeze(1))
 
 
 def window_mean(x_BTD: torch.Tensor, window: int, mask_BT: torch.Tensor | None, doc_start_BT: torch.Tensor | None) -> torch.Tensor:

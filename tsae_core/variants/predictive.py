@@ -138,6 +138,8 @@ class CausalCodeAttention(nn.Module):
 
 
 class PredictiveSAE(SAE):
+    token_wise = False
+    reads_other_tokens = "its forward pass is not the token-wise encode, activate, decode; its encoder reads other tokens of the document"
     Options = PredictiveOptions
 
     def __init__(self, cfg: SAEConfig):

@@ -87,6 +87,8 @@ class RelationalOptions:
 
 
 class RelationalSAE(SAE):
+    token_wise = False
+    reads_other_tokens = "its encoder reads other tokens of the document"
     Options = RelationalOptions
 
     def __init__(self, cfg: SAEConfig):
@@ -175,13 +177,6 @@ class RelationalSAE(SAE):
         readable_BT = torch.ones(B, T, dtype=torch.bool, device=u_BTF.device) if mask_BT is None else mask_BT.bool()
         out_BHTG = local_linear_attention(q_BHTE, k_BHSE, codes_BHSG, doc_start_BT, readable_BT, self.current_window)
         return out_BHTG.transpose(1, 2).reshape(B, T, F)
-
-    @torch.no_grad()
-    def init_from_sample(self, x_n_ND: torch.Tensor) -> None:
-        """The sample holds unrelated tokens: each is encoded as a document of its own."""
-        init = getattr(self.activation, "init_from_sample", None)
-        if init is not None:
-            init(self.encode_pre(x_n_ND.unsqueeze(1)).squeeze(1))
 
     @torch.no_grad()
     def calibrate(self, batches: list) -> None:

@@ -24,11 +24,11 @@ import random
 from collections.abc import Callable
 from typing import Any
 
-from tsae_core.autointerp import prompts
-from tsae_core.autointerp.client import RequestBudgetExceeded
-from tsae_core.autointerp.judges import RandomScorer, Task
-from tsae_core.autointerp.sampling import Example, LatentExamples, Scan, sample_latent
 from tsae_core.config import AutointerpConfig
+from tsae_core.evals.autointerp import prompts
+from tsae_core.evals.autointerp.client import RequestBudgetExceeded
+from tsae_core.evals.autointerp.judges import RandomScorer, Task
+from tsae_core.evals.autointerp.sampling import Example, LatentExamples, Scan, sample_latent
 from tsae_core.seeds import derive_seed
 
 RANDOM_SCORER_REPEATS = 200

@@ -21,9 +21,9 @@ from typing import Any
 
 import torch
 
-from tsae_core.autointerp.client import ChatClient, ResponseCache
-from tsae_core.autointerp.prompts import Messages
-from tsae_core.autointerp.sampling import Example, Scan
+from tsae_core.evals.autointerp.client import ChatClient, ResponseCache
+from tsae_core.evals.autointerp.prompts import Messages
+from tsae_core.evals.autointerp.sampling import Example, Scan
 
 
 @dataclass

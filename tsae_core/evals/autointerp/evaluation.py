@@ -24,12 +24,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tsae_core.autointerp.client import ChatClient, ResponseCache
-from tsae_core.autointerp.judges import LLMJudge, OracleJudge, best_true_features
-from tsae_core.autointerp.pipeline import mean_std, run_autointerp
-from tsae_core.autointerp.sampling import scan
 from tsae_core.config import AUTOINTERP_NOT_ASKED_KEYS, ExperimentConfig, resolve_path
-from tsae_core.eval_files import eval_key, kept_evaluation, saebench_identity
+from tsae_core.evals.autointerp.client import ChatClient, ResponseCache
+from tsae_core.evals.autointerp.judges import LLMJudge, OracleJudge, best_true_features
+from tsae_core.evals.autointerp.pipeline import mean_std, run_autointerp
+from tsae_core.evals.autointerp.sampling import scan
+from tsae_core.evals.files import eval_key, kept_evaluation, saebench_identity
 from tsae_core.io import provenance, write_json
 from tsae_core.loading import load_sae
 from tsae_core.sae import recorded_weights_sha256

@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 
-from tsae_core.labelled_sets import LabelledTexts, split_by_group
+from tsae_core.evals.probing.labelled_sets import LabelledTexts, split_by_group
 from tsae_core.seeds import derive_seed
 
 MIN_PER_CLASS = 4

@@ -5,7 +5,7 @@ are plain functions on arrays.
 
 Each alive latent is described by one row of
     [ log10 firing rate | autocorrelation at lags 1..K | ln(run length / i.i.d. run length)
-      | position profile (P bins) | co-activation embedding (C dims, `tsae_core.coactivation`) ]
+      | position profile (P bins) | co-activation embedding (C dims, `tsae_core.evals.coactivation`) ]
 The first four blocks are standardised per column (StandardScaler) and divided by sqrt(their width),
 so each has total variance 1: the K autocorrelation columns weigh as much as the one firing-rate
 column. The co-activation block keeps its own scale: a latent's squared row norm is the share of its
@@ -38,7 +38,7 @@ from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score, s
 from sklearn.mixture import GaussianMixture
 from sklearn.preprocessing import StandardScaler
 
-from tsae_core.coactivation import CoFiring, coactivation_embedding
+from tsae_core.evals.coactivation import CoFiring, coactivation_embedding
 from tsae_core.metrics.geometry import group_condition_numbers
 from tsae_core.metrics.ground_truth import cosine_matrix
 from tsae_core.metrics.temporal import TemporalMetrics
@@ -301,7 +301,7 @@ def cluster_run_variant(cfg: Any, name: str, store: Any, run_dir: str | Path, to
     selection, the cluster profiles, example contexts (language models; decoded with `tokenizer`)
     and, with ground truth, the scores against the true kinds."""
     from tsae_core.device import resolve_device
-    from tsae_core.evaluate import eval_batches  # late: evaluation pulls in the model stack
+    from tsae_core.evals.core import eval_batches  # late: evaluation pulls in the model stack
     from tsae_core.io import provenance, write_json
     from tsae_core.loading import load_sae
     from tsae_core.sae import recorded_weights_sha256

@@ -38,7 +38,7 @@ from typing import Any
 PYTHON_DOCS_SETS = ("python_docs.kind", "python_docs.package", "python_docs.code")
 """Offline sets of text, for language-model sources."""
 SYNTHETIC_SETS = ("synthetic.slow",)
-"""Offline sets of the synthetic source (built by `tsae_core.probe_data` from its true codes)."""
+"""Offline sets of the synthetic source (built by `tsae_core.evals.probing.data` from its true codes)."""
 OFFLINE_SETS = PYTHON_DOCS_SETS + SYNTHETIC_SETS
 PROSE_LETTER_SHARE = 0.85
 """A prose block has at least this share of letters and spaces."""

@@ -10,25 +10,5 @@ level, and a temporal rescoring with a wider window before each example's chosen
 
 Modules: `sampling` (what is shown), `prompts` (how it is asked and read), `client` (the endpoint,
 its cache and its errors), `judges` (LLM, oracle, random), `pipeline` (one SAE), `evaluation` (the
-JSON file per SAE, the stage).
+JSON file per SAE, the stage); `config` (the params section).
 """
-
-from tsae_core.autointerp.client import (  # noqa: F401
-    AuthenticationFailed,
-    AutointerpError,
-    BadResponse,
-    ChatClient,
-    EndpointError,
-    EndpointTimeout,
-    EndpointUnreachable,
-    MissingApiKey,
-    ModelNotServed,
-    RequestBudgetExceeded,
-    ResponseCache,
-)
-from tsae_core.autointerp.evaluation import (  # noqa: F401
-    autointerp_key,
-    autointerp_path,
-    autointerp_run,
-    autointerp_variant,
-)

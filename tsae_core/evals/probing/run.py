@@ -1,6 +1,6 @@
 """Sparse probing of an SAE's latents (SAEBench's protocol, its `sparse_probing` JSON layout).
 
-For each labelled set (`tsae_core.probe_data`: contexts and binary one-vs-rest tasks) and each task:
+For each labelled set (`tsae_core.evals.probing.data`: contexts and binary one-vs-rest tasks) and each task:
 
   1. pool    z_c = (1/|M_c|) sum_{t in M_c} f_t, over the context's tokens that count (M_c: not BOS,
              not padding), f_t the SAE's code at t (encoded with the context's mask, document starts
@@ -28,9 +28,9 @@ import numpy as np
 import torch
 
 from tsae_core.config import ExperimentConfig
-from tsae_core.eval_files import eval_key, kept_evaluation, saebench_identity
+from tsae_core.evals.files import eval_key, kept_evaluation, saebench_identity
+from tsae_core.evals.probing.data import BinaryTask, ProbeSet
 from tsae_core.io import provenance, write_json
-from tsae_core.probe_data import BinaryTask, ProbeSet
 
 EVAL_TYPE_ID = "sparse_probing"
 
@@ -147,7 +147,7 @@ class SparseProbingData:
 
     def dataset_names(self) -> list[str]:
         """The sets asked for: `probing.datasets`, or the source's offline sets."""
-        from tsae_core.labelled_sets import PYTHON_DOCS_SETS, SYNTHETIC_SETS
+        from tsae_core.evals.probing.labelled_sets import PYTHON_DOCS_SETS, SYNTHETIC_SETS
 
         p = self.cfg.probing
         return list(p.datasets) or list(SYNTHETIC_SETS if self.cfg.source.kind == "synthetic" else PYTHON_DOCS_SETS)
@@ -159,8 +159,8 @@ class SparseProbingData:
         return self._sets
 
     def _build(self) -> dict[str, ProbeSet]:
-        from tsae_core.labelled_sets import PYTHON_DOCS_SETS, SYNTHETIC_SETS, hub_labelled_texts, python_docs_set
-        from tsae_core.probe_data import synthetic_probe_set, text_probe_set
+        from tsae_core.evals.probing.data import synthetic_probe_set, text_probe_set
+        from tsae_core.evals.probing.labelled_sets import PYTHON_DOCS_SETS, SYNTHETIC_SETS, hub_labelled_texts, python_docs_set
 
         cfg, p, T = self.cfg, self.cfg.probing, self.context_length
         synthetic = cfg.source.kind == "synthetic"

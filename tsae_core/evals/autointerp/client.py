@@ -36,7 +36,7 @@ from typing import Any
 
 import httpx
 
-from tsae_core.autointerp.http import Abandoned, bounded_request, redact
+from tsae_core.evals.autointerp.http import Abandoned, bounded_request, redact
 from tsae_core.io import write_text
 
 MAX_RETRY_AFTER_S = 60.0

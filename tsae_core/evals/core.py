@@ -18,12 +18,13 @@ from typing import Any
 import torch
 from safetensors import SafetensorError, safe_open
 
-from tsae_core.coactivation import CoFiring
 from tsae_core.config import ExperimentConfig
 from tsae_core.device import resolve_device
-from tsae_core.eval_files import eval_key, kept_evaluation, saebench_identity
+from tsae_core.evals.coactivation import CoFiring
+from tsae_core.evals.files import eval_key, kept_evaluation, saebench_identity
 from tsae_core.io import provenance, save_tensors, write_json
 from tsae_core.loading import load_sae
+from tsae_core.metric_table import value as metric
 from tsae_core.metrics.core import CoreMetrics, misc_metrics
 from tsae_core.metrics.geometry import cofiring_max_cosine, decoder_geometry, labels_from_groups, max_decoder_cosine
 from tsae_core.metrics.ground_truth import GroundTruthMetrics, matched_persistence
@@ -359,7 +360,7 @@ def summary_row(name: str, result: dict[str, Any]) -> dict[str, Any]:
         "l0_sparse": m["sparsity"].get("l0_sparse", m["sparsity"]["l0"]),
         "dead_fraction": m["sparsity"]["dead_fraction"],
         "silent_token_fraction": m["sparsity"].get("silent_token_fraction"),
-        "autocorr_lag1": result.get("temporal", {}).get("autocorr_lag1_mean"),
+        "autocorr_lag1": metric(result, "autocorr_lag1"),
     }
     mp = m.get("model_performance_preservation")
     if mp:

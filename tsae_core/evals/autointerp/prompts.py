@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tsae_core.autointerp.sampling import Example
+from tsae_core.evals.autointerp.sampling import Example
 from tsae_core.top_contexts import token_strings
 
 Messages = list[dict[str, str]]
