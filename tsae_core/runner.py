@@ -232,6 +232,25 @@ def _run_stages(cfg: ExperimentConfig, params_file: Path, overrides: dict[str, A
 
 
 def main(argv: list[str] | None = None) -> int:
+    """`tsae COMMAND ...`: parse the command line and run the command; returns the exit status."""
+    args = _parser().parse_args(argv)
+    if args.command == "report":
+        from tsae_core.report import report_command
+
+        return report_command(args.runs, args.out)
+    if args.command == "ratings":
+        from tsae_core.dashboard.rating import ratings_command
+
+        return ratings_command(args.run_dir, args.files)
+    if args.command == "export":
+        from tsae_core.interop import export_command
+
+        return export_command(args.source, args.out, args.format, force=args.force)
+    return _run_or_validate(args)
+
+
+def _parser() -> argparse.ArgumentParser:
+    """The `tsae` command line: run, validate, export, ratings and report."""
     parser = argparse.ArgumentParser(prog="tsae", description="Temporal sparse autoencoders: run an experiment.")
     sub = parser.add_subparsers(dest="command", required=True)
     p_run = sub.add_parser("run", help="run an experiment's notebooks 01-07 with papermill")
@@ -255,19 +274,11 @@ def main(argv: list[str] | None = None) -> int:
     p_rep = sub.add_parser("report", help="write a results report per run from its JSON files (docs/reports.md)")
     p_rep.add_argument("runs", metavar="RUN", nargs="+", help="a run directory (runs/<run>) or a run name")
     p_rep.add_argument("--out", default="docs/results", help="folder of the reports (default: docs/results)")
-    args = parser.parse_args(argv)
-    if args.command == "report":
-        from tsae_core.report import report_command
+    return parser
 
-        return report_command(args.runs, args.out)
-    if args.command == "ratings":
-        from tsae_core.dashboard.rating import ratings_command
 
-        return ratings_command(args.run_dir, args.files)
-    if args.command == "export":
-        from tsae_core.interop import export_command
-
-        return export_command(args.source, args.out, args.format, force=args.force)
+def _run_or_validate(args: argparse.Namespace) -> int:
+    """`tsae validate` or `tsae run`, each failure turned into its message and exit status."""
     cfg: ExperimentConfig | None = None
     try:
         overrides = dict(parse_override(s) for s in args.sets)
@@ -295,7 +306,6 @@ def main(argv: list[str] | None = None) -> int:
     except (DiskFull, StageFailed, RunDirectoryLocked) as e:
         print(f"\ntsae: {e}", file=sys.stderr)  # on a line of its own, after any unfinished progress bar
         return EXIT_FAILED
-
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

@@ -39,64 +39,13 @@ def load_saelens_sae(directory: str | Path) -> SAE:
     SAELens folders carry no checksum, so their bytes are not checked: only the config's values and
     the tensors' names and shapes. `NotRepresentable` names what tsae cannot express."""
     directory = Path(directory)
-    try:
-        raw = read_json(directory / SAELENS_CFG)
-    except (OSError, ValueError) as e:
-        raise SAEFileError(f"unreadable SAELens config {directory / SAELENS_CFG} ({type(e).__name__}: {e})") from None
-    if not isinstance(raw, dict):
-        raise SAEFileError(f"unreadable SAELens config {directory / SAELENS_CFG} (expected a JSON object)")
-    if "weights_sha256" in raw or "activation" in raw:
-        raise SAEFileError(f"{directory / SAELENS_CFG} is a tsae config, but the weights are named {SAELENS_WEIGHTS}; "
-                           f"name them {SAE_WEIGHTS} (or export the SAE with `tsae export ... --format saelens`)")
+    raw = _read_saelens_cfg(directory)
     meta = raw.get("metadata") if isinstance(raw.get("metadata"), dict) else {}
     version = meta.get("sae_lens_version") or raw.get("sae_lens_version")
-    major = _major_version(version) if version else None
-    if major is None or major < 6:
-        raise _refuse(directory, f"its cfg.json is from SAELens {version or 'before 6.0 (no version recorded)'}, "
-                                 "and only the 6.x format is read; load it with SAELens 6 (`SAE.load_from_disk`) "
-                                 "and write it again with `save_model`")
-    architecture = raw.get("architecture", "standard")
-    if architecture not in SAELENS_TO_ACTIVATION:
-        raise _refuse(directory, f"architecture {architecture!r} has no tsae counterpart (tsae reads "
-                                 f"{', '.join(SAELENS_TO_ACTIVATION)})")
-    norm = raw.get("normalize_activations", "none")
-    if norm != "none":
-        why = ("its activation scaling factor is not in the folder; fold it with "
-               "`sae.fold_activation_norm_scaling_factor(s)` in SAELens and save again"
-               if norm == "expected_average_only_in" else "it normalises each input at run time, which a tsae SAE does not")
-        raise _refuse(directory, f"normalize_activations is {norm!r}: {why}")
-    try:
-        d_in, d_sae = int(raw["d_in"]), int(raw["d_sae"])
-    except (KeyError, TypeError, ValueError) as e:
-        raise SAEFileError(f"SAELens config {directory / SAELENS_CFG} lacks a valid {e}") from None
-    try:
-        tensors = load_file(str(directory / SAELENS_WEIGHTS))
-    except (OSError, safetensors.SafetensorError) as e:
-        raise SAEFileError(f"unreadable SAELens weights {directory / SAELENS_WEIGHTS} ({type(e).__name__}: {e})") from None
-    scaling = tensors.pop("scaling_factor", None)
-    if scaling is not None and not torch.allclose(scaling.float(), torch.ones_like(scaling.float())):
-        raise _refuse(directory, "it has a finetuning scaling factor other than 1")
-    shapes = {"W_enc": (d_in, d_sae), "b_enc": (d_sae,), "W_dec": (d_sae, d_in), "b_dec": (d_in,)}
-    if architecture == "jumprelu":
-        shapes["threshold"] = (d_sae,)
-    if set(tensors) != set(shapes):
-        raise _refuse(directory, f"architecture {architecture!r} needs the tensors {sorted(shapes)}, the file has {sorted(tensors)}")
-    wrong = {n: tuple(t.shape) for n, t in tensors.items() if tuple(t.shape) != shapes[n]}
-    if wrong:
-        raise SAEFileError(f"SAELens weights {directory / SAELENS_WEIGHTS} have shapes {wrong}, expected "
-                           f"{ {n: shapes[n] for n in wrong} } for d_in {d_in}, d_sae {d_sae}")
-    if problems := saelens_problems(raw, tensors):
-        raise _refuse(directory, "; ".join(f"{directory / file}: {why}" for file, why in problems))
+    architecture, d_in, d_sae = _check_saelens_cfg(directory, raw, version)
+    tensors = _read_saelens_tensors(directory, raw, architecture, d_in, d_sae)
     k = int(raw["k"]) if architecture == "topk" else None
-
-    w = {n: t.to(torch.float64) for n, t in tensors.items()}
-    if architecture == "topk" and raw.get("rescale_acts_by_decoder_norm", False):
-        # SAELens picks the top k of pre * ||W_dec_i|| and decodes f / ||W_dec_i||: the same as unit rows
-        norms = w["W_dec"].norm(dim=-1)
-        w["W_enc"], w["b_enc"], w["W_dec"] = w["W_enc"] * norms, w["b_enc"] * norms, w["W_dec"] / norms[:, None]
-    if not raw.get("apply_b_dec_to_input", True):
-        # SAELens: pre = x W_enc + b_enc;  tsae: (x - b_dec) W_enc + b_enc'  with  b_enc' = b_enc + b_dec W_enc
-        w["b_enc"] = w["b_enc"] + w["b_dec"] @ w["W_enc"]
+    w = _fold_saelens_conventions(raw, architecture, tensors)
 
     activation = SAELENS_TO_ACTIVATION[architecture]
     source = {
@@ -120,3 +69,77 @@ def load_saelens_sae(directory: str | Path) -> SAE:
     except ValueError as e:
         raise SAEFileError(f"cannot load the SAELens weights in {directory} ({e})") from None
     return sae
+
+
+def _read_saelens_cfg(directory: Path) -> dict[str, Any]:
+    """The folder's `cfg.json` as a dict; a missing, malformed or tsae config is an `SAEFileError`."""
+    try:
+        raw = read_json(directory / SAELENS_CFG)
+    except (OSError, ValueError) as e:
+        raise SAEFileError(f"unreadable SAELens config {directory / SAELENS_CFG} ({type(e).__name__}: {e})") from None
+    if not isinstance(raw, dict):
+        raise SAEFileError(f"unreadable SAELens config {directory / SAELENS_CFG} (expected a JSON object)")
+    if "weights_sha256" in raw or "activation" in raw:
+        raise SAEFileError(f"{directory / SAELENS_CFG} is a tsae config, but the weights are named {SAELENS_WEIGHTS}; "
+                           f"name them {SAE_WEIGHTS} (or export the SAE with `tsae export ... --format saelens`)")
+    return raw
+
+
+def _check_saelens_cfg(directory: Path, raw: dict[str, Any], version: Any) -> tuple[str, int, int]:
+    """The config's architecture, d_in and d_sae, after refusing versions and settings tsae cannot represent."""
+    major = _major_version(version) if version else None
+    if major is None or major < 6:
+        raise _refuse(directory, f"its cfg.json is from SAELens {version or 'before 6.0 (no version recorded)'}, "
+                                 "and only the 6.x format is read; load it with SAELens 6 (`SAE.load_from_disk`) "
+                                 "and write it again with `save_model`")
+    architecture = raw.get("architecture", "standard")
+    if architecture not in SAELENS_TO_ACTIVATION:
+        raise _refuse(directory, f"architecture {architecture!r} has no tsae counterpart (tsae reads "
+                                 f"{', '.join(SAELENS_TO_ACTIVATION)})")
+    norm = raw.get("normalize_activations", "none")
+    if norm != "none":
+        why = ("its activation scaling factor is not in the folder; fold it with "
+               "`sae.fold_activation_norm_scaling_factor(s)` in SAELens and save again"
+               if norm == "expected_average_only_in" else "it normalises each input at run time, which a tsae SAE does not")
+        raise _refuse(directory, f"normalize_activations is {norm!r}: {why}")
+    try:
+        d_in, d_sae = int(raw["d_in"]), int(raw["d_sae"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise SAEFileError(f"SAELens config {directory / SAELENS_CFG} lacks a valid {e}") from None
+    return architecture, d_in, d_sae
+
+
+def _read_saelens_tensors(directory: Path, raw: dict[str, Any], architecture: str, d_in: int, d_sae: int) -> dict[str, torch.Tensor]:
+    """The folder's weight tensors (less a unit `scaling_factor`), checked for names, shapes and values."""
+    try:
+        tensors = load_file(str(directory / SAELENS_WEIGHTS))
+    except (OSError, safetensors.SafetensorError) as e:
+        raise SAEFileError(f"unreadable SAELens weights {directory / SAELENS_WEIGHTS} ({type(e).__name__}: {e})") from None
+    scaling = tensors.pop("scaling_factor", None)
+    if scaling is not None and not torch.allclose(scaling.float(), torch.ones_like(scaling.float())):
+        raise _refuse(directory, "it has a finetuning scaling factor other than 1")
+    shapes = {"W_enc": (d_in, d_sae), "b_enc": (d_sae,), "W_dec": (d_sae, d_in), "b_dec": (d_in,)}
+    if architecture == "jumprelu":
+        shapes["threshold"] = (d_sae,)
+    if set(tensors) != set(shapes):
+        raise _refuse(directory, f"architecture {architecture!r} needs the tensors {sorted(shapes)}, the file has {sorted(tensors)}")
+    wrong = {n: tuple(t.shape) for n, t in tensors.items() if tuple(t.shape) != shapes[n]}
+    if wrong:
+        raise SAEFileError(f"SAELens weights {directory / SAELENS_WEIGHTS} have shapes {wrong}, expected "
+                           f"{ {n: shapes[n] for n in wrong} } for d_in {d_in}, d_sae {d_sae}")
+    if problems := saelens_problems(raw, tensors):
+        raise _refuse(directory, "; ".join(f"{directory / file}: {why}" for file, why in problems))
+    return tensors
+
+
+def _fold_saelens_conventions(raw: dict[str, Any], architecture: str, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The weights in float64 with SAELens's decoder-norm rescaling and unshifted input folded in, as tsae computes."""
+    w = {n: t.to(torch.float64) for n, t in tensors.items()}
+    if architecture == "topk" and raw.get("rescale_acts_by_decoder_norm", False):
+        # SAELens picks the top k of pre * ||W_dec_i|| and decodes f / ||W_dec_i||: the same as unit rows
+        norms = w["W_dec"].norm(dim=-1)
+        w["W_enc"], w["b_enc"], w["W_dec"] = w["W_enc"] * norms, w["b_enc"] * norms, w["W_dec"] / norms[:, None]
+    if not raw.get("apply_b_dec_to_input", True):
+        # SAELens: pre = x W_enc + b_enc;  tsae: (x - b_dec) W_enc + b_enc'  with  b_enc' = b_enc + b_dec W_enc
+        w["b_enc"] = w["b_enc"] + w["b_dec"] @ w["W_enc"]
+    return w

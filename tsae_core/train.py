@@ -208,8 +208,7 @@ def train_variant(cfg: ExperimentConfig, name: str, store: Any, run_dir: Path, p
     Skipped when its files are intact (checksum) and were trained with these parameters, unless
     `force`. A collapsed training is recorded (`failed.json`) and returned with `failed` set; Ctrl-C
     saves a checkpoint at the end of the current step and raises `Interrupted`."""
-    tc, inst = cfg.train, cfg.instance(name)
-    v = cfg.variants[inst.variant]
+    v = cfg.variants[cfg.instance(name).variant]
     paths = TrainPaths.of(run_dir, name)
     train_hash = variant_train_hash(cfg, name, data_hash(store))
     if v.load_from:  # an existing SAE, brought in: nothing to train
@@ -224,103 +223,125 @@ def train_variant(cfg: ExperimentConfig, name: str, store: Any, run_dir: Path, p
     if state == "missing" and (paths.sae_dir / "cfg.json").is_file() and distributed.is_main():
         print(f"[tsae] {why}; retraining {name}", file=sys.stderr, flush=True)  # a repair: shown on the terminal
 
-    device = resolve_device(cfg.run.device)
-    sae = _init_sae(cfg, name, store, device)
-    sae.sparse_path = sparse_path_for(sae, tc.sparse_codes, device)
-    lr = v.lr or v.default_lr * tc.lr_scale  # an explicit lr is taken as it is
-    opt = make_optimizer(sae, lr, tc.adam_betas)
-    loader = store.split("train").loader(tc.batch_sequences, seed=derive_seed(inst.seed, "data"),
-                                         part=distributed.batch_share(tc.batch_sequences))
-    tracker = DeadLatentTracker(v.d_sae, tc.dead_after_tokens, device)
-    controller = _controller(cfg, v, sae, lr)
-    start = _resume(paths, train_hash, device, sae, opt, loader, tracker, controller)
-    distributed.broadcast_state(sae)
-    main = distributed.is_main()
-    if main:
-        truncate_curves(paths.curves, start if start else -1)
-    batches = Prefetched(loader, device, ahead=PREFETCH_BATCHES if device.type == "cuda" else 0)
-
-    def checkpoint(step: int) -> None:
-        if main:
-            save_checkpoint(paths, step, {
-                "train_hash": train_hash, "sae": sae.state_dict(), "optimizer": opt.state_dict(), "loader": batches.state_dict(),
-                "tokens_since_fired": tracker.tokens_since_fired_F.cpu(), "variant_state": sae.training_state(),
-                "controller": controller.state_dict() if controller else None})
-
-    autocast = torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+    run = _Training(cfg, name, store, paths, train_hash)
     paths.curves.parent.mkdir(parents=True, exist_ok=True)
-    bar = tqdm(total=tc.steps, initial=start, desc=f"train {name}", disable=not progress or not main, unit="step")
-    last_record: dict[str, Any] = {}
-    t0, tokens_since_log = time.perf_counter(), 0
-    started = t0
-    curves = paths.curves.open("a") if main else contextlib.nullcontext()
-    with batches:  # the read-ahead thread, if any, ends with the training, however it ends
-        with curves as curves_file, StepInterrupt() as interrupt, tf32_matmuls(device):
-            for step in range(start, tc.steps):
-                batch = next(batches)
-                lr_now = lr * lr_multiplier(step, tc.steps, tc.warmup_steps, tc.decay_fraction)
-                for group in opt.param_groups:
-                    group["lr"] = lr_now * group.get("lr_multiplier", 1.0)
-                ctx = LossContext(batch.mask_BT, batch.doc_start_BT, sparsity_scale(step, tc.steps, tc.sparsity_warmup_fraction),
-                                  tracker.dead_F, step=step, seed=inst.seed,
-                                  penalty_coefficient=controller.coefficient if controller else None, doc_id_BT=batch.doc_id_BT)
-                out, terms = training_step(sae, opt, batch, ctx, tc.grad_clip, autocast,
-                                           on_nonfinite=lambda terms, g, step=step: _diverged(name, step, terms, g, paths))
-
-                fired_F, active_codes = firing(out, batch.mask_BT)
-                counts = distributed.BatchCounts.of(fired_F, active_codes, batches.counted_tokens, interrupt.requested)
-                tracker.update_fired(counts.fired_F, counts.n_tokens)
-                if controller:
-                    controller.update(step, counts.l0())
-                tokens_since_log += counts.n_tokens
-                done = step + 1
-                if done % tc.log_every == 0 or done == tc.steps:
-                    elapsed = max(time.perf_counter() - t0, 1e-9)
-                    last_record = _record(done, terms, out, batch, counts, tracker, lr_now, ctx, tokens_since_log / elapsed, tc)
-                    last_record.update(sae.curve_values())
-                    if main:
-                        _append_line(curves_file, paths.curves, json.dumps(last_record))
-                    bar.set_postfix(loss=f"{last_record['loss']:.3g}", l0=f"{last_record['l0']:.1f}", dead=f"{last_record['dead_fraction']:.2f}")
-                    t0, tokens_since_log = time.perf_counter(), 0
-                if (tc.checkpoint_every and done % tc.checkpoint_every == 0 and done < tc.steps) or (counts.stop and done < tc.steps):
-                    checkpoint(done)
-                bar.update(1)
-                if counts.stop and done < tc.steps:
-                    bar.close()
-                    distributed.barrier()  # rank 0's checkpoint is on disk before any process exits
-                    raise Interrupted(f"training of {name} interrupted at step {done} of {tc.steps}; a checkpoint was saved "
-                                      f"there, rerun to resume from step {done}")
+    bar = tqdm(total=cfg.train.steps, initial=run.start, desc=f"train {name}", disable=not progress or not run.main, unit="step")
+    started = time.perf_counter()
+    curves = paths.curves.open("a") if run.main else contextlib.nullcontext()
+    with run.batches:  # the read-ahead thread, if any, ends with the training, however it ends
+        with curves as curves_file, StepInterrupt() as interrupt, tf32_matmuls(run.device):
+            last_record = run.take_steps(bar, curves_file, interrupt, started)
         bar.close()
-        sae.calibrate([next(batches) for _ in range(CALIBRATION_BATCHES)])
-    distributed.sync_buffers(sae)  # BatchTopK: the mean of the ranks' calibrated thresholds
+        run.sae.calibrate([next(run.batches) for _ in range(CALIBRATION_BATCHES)])
+    distributed.sync_buffers(run.sae)  # BatchTopK: the mean of the ranks' calibrated thresholds
+    return run.finish(store.context_size, last_record, seconds=time.perf_counter() - started)
 
-    training = {
-        "steps": tc.steps, "tokens": tc.steps * tc.batch_sequences * store.context_size, "lr": lr,
-        "final": {k: last_record.get(k) for k in ("loss", "fvu", "l0", "dead_fraction")}, "resumed_from": start,
-        "seconds": round(time.perf_counter() - started, 1), "device": str(device),
-    }
-    if controller:
-        training["target_l0"] = {"target": controller.target, "start_coefficient": controller.start_coefficient,
-                                 "final_coefficient": controller.coefficient, "rate": controller.rate, "horizon": controller.horizon,
-                                 "control_steps": [controller.start_step, controller.freeze_step]}
-        sae.set_penalty_coefficient(controller.coefficient)
-    try:
-        _assert_healthy_training(name, training)
-    except TrainingCollapsed as e:
+
+class _Training:
+    """One SAE's training under way: the objects its steps, checkpoints, summary and saving share."""
+
+    def __init__(self, cfg: ExperimentConfig, name: str, store: Any, paths: TrainPaths, train_hash: str):
+        """Build the SAE, its optimizer, data, dead-latent tracker and controller, resumed from the newest checkpoint."""
+        tc, inst = cfg.train, cfg.instance(name)
+        v = cfg.variants[inst.variant]
+        device = resolve_device(cfg.run.device)
+        sae = _init_sae(cfg, name, store, device)
+        sae.sparse_path = sparse_path_for(sae, tc.sparse_codes, device)
+        lr = v.lr or v.default_lr * tc.lr_scale  # an explicit lr is taken as it is
+        opt = make_optimizer(sae, lr, tc.adam_betas)
+        loader = store.split("train").loader(tc.batch_sequences, seed=derive_seed(inst.seed, "data"),
+                                             part=distributed.batch_share(tc.batch_sequences))
+        tracker = DeadLatentTracker(v.d_sae, tc.dead_after_tokens, device)
+        controller = _controller(cfg, v, sae, lr)
+        start = _resume(paths, train_hash, device, sae, opt, loader, tracker, controller)
+        distributed.broadcast_state(sae)
+        main = distributed.is_main()  # rank 0: the process that writes curves, checkpoints and the SAE
         if main:
-            record_failure(paths, train_hash, str(e), training)
+            truncate_curves(paths.curves, start if start else -1)
+        self.batches = Prefetched(loader, device, ahead=PREFETCH_BATCHES if device.type == "cuda" else 0)
+        self.cfg, self.tc, self.inst, self.paths, self.train_hash, self.device = cfg, tc, inst, paths, train_hash, device
+        self.sae, self.lr, self.opt, self.tracker, self.controller, self.start, self.main = sae, lr, opt, tracker, controller, start, main
+
+    def checkpoint(self, step: int) -> None:
+        """Save (on rank 0) everything that resuming at `step` needs."""
+        if self.main:
+            save_checkpoint(self.paths, step, {
+                "train_hash": self.train_hash, "sae": self.sae.state_dict(), "optimizer": self.opt.state_dict(),
+                "loader": self.batches.state_dict(), "tokens_since_fired": self.tracker.tokens_since_fired_F.cpu(),
+                "variant_state": self.sae.training_state(), "controller": self.controller.state_dict() if self.controller else None})
+
+    def take_steps(self, bar: Any, curves_file: Any, interrupt: StepInterrupt, t0: float) -> dict[str, Any]:
+        """Train from `start` to the last step, logging curves and saving checkpoints; returns the last curve record."""
+        tc, sae, tracker, controller, name = self.tc, self.sae, self.tracker, self.controller, self.inst.name
+        autocast = torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda")
+        last_record: dict[str, Any] = {}
+        tokens_since_log = 0
+        for step in range(self.start, tc.steps):
+            batch = next(self.batches)
+            lr_now = self.lr * lr_multiplier(step, tc.steps, tc.warmup_steps, tc.decay_fraction)
+            for group in self.opt.param_groups:
+                group["lr"] = lr_now * group.get("lr_multiplier", 1.0)
+            ctx = LossContext(batch.mask_BT, batch.doc_start_BT, sparsity_scale(step, tc.steps, tc.sparsity_warmup_fraction),
+                              tracker.dead_F, step=step, seed=self.inst.seed,
+                              penalty_coefficient=controller.coefficient if controller else None, doc_id_BT=batch.doc_id_BT)
+            out, terms = training_step(sae, self.opt, batch, ctx, tc.grad_clip, autocast,
+                                       on_nonfinite=lambda terms, g, step=step: _diverged(name, step, terms, g, self.paths))
+
+            fired_F, active_codes = firing(out, batch.mask_BT)
+            counts = distributed.BatchCounts.of(fired_F, active_codes, self.batches.counted_tokens, interrupt.requested)
+            tracker.update_fired(counts.fired_F, counts.n_tokens)
+            if controller:
+                controller.update(step, counts.l0())
+            tokens_since_log += counts.n_tokens
+            done = step + 1
+            if done % tc.log_every == 0 or done == tc.steps:
+                elapsed = max(time.perf_counter() - t0, 1e-9)
+                last_record = _record(done, terms, out, batch, counts, tracker, lr_now, ctx, tokens_since_log / elapsed, tc)
+                last_record.update(sae.curve_values())
+                if self.main:
+                    _append_line(curves_file, self.paths.curves, json.dumps(last_record))
+                bar.set_postfix(loss=f"{last_record['loss']:.3g}", l0=f"{last_record['l0']:.1f}", dead=f"{last_record['dead_fraction']:.2f}")
+                t0, tokens_since_log = time.perf_counter(), 0
+            if (tc.checkpoint_every and done % tc.checkpoint_every == 0 and done < tc.steps) or (counts.stop and done < tc.steps):
+                self.checkpoint(done)
+            bar.update(1)
+            if counts.stop and done < tc.steps:
+                bar.close()
+                distributed.barrier()  # rank 0's checkpoint is on disk before any process exits
+                raise Interrupted(f"training of {name} interrupted at step {done} of {tc.steps}; a checkpoint was saved "
+                                  f"there, rerun to resume from step {done}")
+        return last_record
+
+    def finish(self, context_size: int, last_record: dict[str, Any], seconds: float) -> dict[str, Any]:
+        """Summarise the training, then save the SAE (rank 0), or record in `failed.json` that it collapsed; returns the summary."""
+        tc, controller, name, paths, main = self.tc, self.controller, self.inst.name, self.paths, self.main
+        training = {
+            "steps": tc.steps, "tokens": tc.steps * tc.batch_sequences * context_size, "lr": self.lr,
+            "final": {k: last_record.get(k) for k in ("loss", "fvu", "l0", "dead_fraction")}, "resumed_from": self.start,
+            "seconds": round(seconds, 1), "device": str(self.device),
+        }
+        if controller:
+            training["target_l0"] = {"target": controller.target, "start_coefficient": controller.start_coefficient,
+                                     "final_coefficient": controller.coefficient, "rate": controller.rate, "horizon": controller.horizon,
+                                     "control_steps": [controller.start_step, controller.freeze_step]}
+            self.sae.set_penalty_coefficient(controller.coefficient)
+        try:
+            _assert_healthy_training(name, training)
+        except TrainingCollapsed as e:
+            if main:
+                record_failure(paths, self.train_hash, str(e), training)
+                shutil.rmtree(paths.checkpoints, ignore_errors=True)
+                print(f"[tsae] {e}; recorded in {paths.failure}, the other SAEs go on", file=sys.stderr, flush=True)
+            distributed.barrier()
+            return {"variant": name, "skipped": False, "failed": str(e), **training}
+        if main:
+            save_sae(self.sae.cpu(), paths.sae_dir, extra_cfg={"train_hash": self.train_hash, "variant_name": self.inst.variant,
+                                                               "seed": self.inst.seed, "training": training},
+                     config_hash=self.cfg.hash())
+            paths.failure.unlink(missing_ok=True)
             shutil.rmtree(paths.checkpoints, ignore_errors=True)
-            print(f"[tsae] {e}; recorded in {paths.failure}, the other SAEs go on", file=sys.stderr, flush=True)
-        distributed.barrier()
-        return {"variant": name, "skipped": False, "failed": str(e), **training}
-    if main:
-        save_sae(sae.cpu(), paths.sae_dir, extra_cfg={"train_hash": train_hash, "variant_name": inst.variant, "seed": inst.seed,
-                                                      "training": training},
-                 config_hash=cfg.hash())
-        paths.failure.unlink(missing_ok=True)
-        shutil.rmtree(paths.checkpoints, ignore_errors=True)
-    distributed.barrier()  # the files are written before any rank goes on (or exits)
-    return {"variant": name, "skipped": False, **training}
+        distributed.barrier()  # the files are written before any rank goes on (or exits)
+        return {"variant": name, "skipped": False, **training}
 
 
 def _controller(cfg: ExperimentConfig, v: Any, sae: SAE, lr: float) -> SparsityController | None:

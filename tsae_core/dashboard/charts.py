@@ -36,62 +36,108 @@ def _fmt(v: float) -> str:
     return f"{v:.2f}".rstrip("0").rstrip(".")
 
 
-def chart(x: Sequence[float | int | str], series: Sequence[Series], title: str = "", xlabel: str = "", ylabel: str = "",
-          width: int = WIDTH, height: int = HEIGHT, log_y: bool = False) -> str:
-    """An <svg> element (a string) with the series drawn against x; None values leave gaps."""
-    n = len(x)
+def _y_range(series: Sequence[Series], log_y: bool) -> tuple[float, float]:
+    """The y axis's ends (log10 units when `log_y`): the finite values' span, 0 included on a linear axis."""
     finite = [float(v) for s in series for v in s.values if v is not None and math.isfinite(float(v))]
     if log_y:
         finite = [math.log10(v) for v in finite if v > 0]
     lo, hi = (min(finite + [0.0]), max(finite + [0.0])) if not log_y else (min(finite or [0.0]), max(finite or [1.0]))
     if hi - lo < 1e-12:
         hi = lo + 1.0
-    pw, ph = width - LEFT - RIGHT, height - TOP - BOTTOM
-    step = pw / max(n, 1)
+    return lo, hi
 
-    def px(i: float) -> float:
-        return LEFT + (i + 0.5) * step
 
-    def py(v: float) -> float:
-        v = math.log10(v) if log_y else v
-        return TOP + ph * (1 - (v - lo) / (hi - lo))
+@dataclass(frozen=True)
+class _Frame:
+    """A chart's plot area: its size, the y range, and the maps from data to pixel coordinates."""
 
+    width: int
+    height: int
+    n: int
+    lo: float
+    hi: float
+    log_y: bool
+
+    @property
+    def plot_width(self) -> int:
+        """The plot area's width in pixels."""
+        return self.width - LEFT - RIGHT
+
+    @property
+    def plot_height(self) -> int:
+        """The plot area's height in pixels."""
+        return self.height - TOP - BOTTOM
+
+    @property
+    def step(self) -> float:
+        """The width of one x slot."""
+        return self.plot_width / max(self.n, 1)
+
+    @property
+    def zero(self) -> float:
+        """The y pixel of the x axis: y = 0 on a linear axis, the bottom on a log one."""
+        return TOP + self.plot_height if self.log_y else self.py(0.0)
+
+    def px(self, i: float) -> float:
+        """The x pixel of the centre of slot i."""
+        return LEFT + (i + 0.5) * self.step
+
+    def py(self, v: float) -> float:
+        """The y pixel of the value v (a data value, not log10 units, on a log axis)."""
+        v = math.log10(v) if self.log_y else v
+        return TOP + self.plot_height * (1 - (v - self.lo) / (self.hi - self.lo))
+
+
+def _axes_svg(frame: _Frame, x: Sequence[float | int | str], title: str, xlabel: str, ylabel: str) -> list[str]:
+    """The opening <svg> tag, the title, both axes with their ticks and labels."""
+    lo, hi, pw, ph, width, height = frame.lo, frame.hi, frame.plot_width, frame.plot_height, frame.width, frame.height
     parts = [f'<svg class="chart" role="img" width="{width}" height="{height}" viewBox="0 0 {width} {height}" '
              f'xmlns="http://www.w3.org/2000/svg"><title>{escape(title)}</title>']
     parts.append(f'<text x="{LEFT}" y="12" class="ct">{escape(title)}</text>')
-    zero = py(10 ** lo if log_y else 0.0) if not log_y else TOP + ph
     parts.append(f'<line x1="{LEFT}" y1="{TOP}" x2="{LEFT}" y2="{TOP + ph}" class="ax"/>')
-    parts.append(f'<line x1="{LEFT}" y1="{zero:.1f}" x2="{LEFT + pw}" y2="{zero:.1f}" class="ax"/>')
-    ticks = {lo, hi} | ({0.0} if lo < 0 < hi and not log_y else set())
+    parts.append(f'<line x1="{LEFT}" y1="{frame.zero:.1f}" x2="{LEFT + pw}" y2="{frame.zero:.1f}" class="ax"/>')
+    ticks = {lo, hi} | ({0.0} if lo < 0 < hi and not frame.log_y else set())
     for v in sorted(ticks):
-        label = _fmt(10 ** v) if log_y else _fmt(v)
+        label = _fmt(10 ** v) if frame.log_y else _fmt(v)
         y = TOP + ph * (1 - (v - lo) / (hi - lo))
         parts.append(f'<text x="{LEFT - 4}" y="{y + 3:.1f}" class="tk" text-anchor="end">{label}</text>')
-    for i in sorted({0, n // 2, n - 1} if n else set()):
-        parts.append(f'<text x="{px(i):.1f}" y="{TOP + ph + 12}" class="tk" text-anchor="middle">{escape(str(x[i]))}</text>')
+    for i in sorted({0, frame.n // 2, frame.n - 1} if frame.n else set()):
+        parts.append(f'<text x="{frame.px(i):.1f}" y="{TOP + ph + 12}" class="tk" text-anchor="middle">{escape(str(x[i]))}</text>')
     if xlabel:
         parts.append(f'<text x="{LEFT + pw / 2:.1f}" y="{height - 3}" class="tk" text-anchor="middle">{escape(xlabel)}</text>')
     if ylabel:
         parts.append(f'<text x="10" y="{TOP + ph / 2:.1f}" class="tk" text-anchor="middle" '
                      f'transform="rotate(-90 10 {TOP + ph / 2:.1f})">{escape(ylabel)}</text>')
+    return parts
+
+
+def _bars_svg(frame: _Frame, x: Sequence[float | int | str], series: Sequence[Series]) -> list[str]:
+    """The bar series side by side within each x slot, each bar from the x axis to its value."""
+    parts = []
     bars = [s for s in series if s.kind == "bar"]
     for j, s in enumerate(bars):
-        bw = step * 0.8 / len(bars)
+        bw = frame.step * 0.8 / len(bars)
         for i, v in enumerate(s.values):
-            if v is None or not math.isfinite(float(v)) or (log_y and v <= 0):
+            if v is None or not math.isfinite(float(v)) or (frame.log_y and v <= 0):
                 continue
-            y0, y1 = sorted((py(float(v)), zero))
-            parts.append(f'<rect x="{LEFT + i * step + step * 0.1 + j * bw:.1f}" y="{y0:.1f}" width="{bw:.1f}" '
+            y0, y1 = sorted((frame.py(float(v)), frame.zero))
+            parts.append(f'<rect x="{LEFT + i * frame.step + frame.step * 0.1 + j * bw:.1f}" y="{y0:.1f}" width="{bw:.1f}" '
                          f'height="{max(y1 - y0, 0.5):.1f}" fill="{s.colour}"><title>{escape(str(x[i]))}: {_fmt(float(v))}</title></rect>')
+    return parts
+
+
+def _lines_svg(frame: _Frame, series: Sequence[Series]) -> list[str]:
+    """The line and dashed series: a polyline per run of drawable values, a dot for a lone one."""
+    parts = []
     for s in series:
         if s.kind == "bar":
             continue
         dash = ' stroke-dasharray="4 3"' if s.kind == "dashed" else ""
         segment: list[str] = []
         for i, v in enumerate(list(s.values) + [None]):
-            ok = v is not None and math.isfinite(float(v)) and not (log_y and v <= 0)
+            ok = v is not None and math.isfinite(float(v)) and not (frame.log_y and v <= 0)
             if ok:
-                segment.append(f"{px(i):.1f},{py(float(v)):.1f}")
+                segment.append(f"{frame.px(i):.1f},{frame.py(float(v)):.1f}")
             if (not ok or i == len(s.values)) and segment:
                 if len(segment) == 1:
                     x0, y0 = segment[0].split(",")
@@ -99,12 +145,30 @@ def chart(x: Sequence[float | int | str], series: Sequence[Series], title: str =
                 else:
                     parts.append(f'<polyline points="{" ".join(segment)}" fill="none" stroke="{s.colour}" stroke-width="1.6"{dash}/>')
                 segment = []
+    return parts
+
+
+def _legend_svg(series: Sequence[Series]) -> list[str]:
+    """The legend, one row under the title; none for a single series."""
+    if len(series) < 2:
+        return []
+    parts = []
     x_legend = LEFT
-    for s in series:  # legend: one row under the title
-        if len(series) < 2:
-            break
+    for s in series:
         parts.append(f'<rect x="{x_legend}" y="19" width="8" height="8" fill="{s.colour}"/>'
                      f'<text x="{x_legend + 11}" y="26" class="tk">{escape(s.label)}</text>')
         x_legend += 18 + 5.5 * len(s.label)
+    return parts
+
+
+def chart(x: Sequence[float | int | str], series: Sequence[Series], title: str = "", xlabel: str = "", ylabel: str = "",
+          width: int = WIDTH, height: int = HEIGHT, log_y: bool = False) -> str:
+    """An <svg> element (a string) with the series drawn against x; None values leave gaps."""
+    lo, hi = _y_range(series, log_y)
+    frame = _Frame(width, height, len(x), lo, hi, log_y)
+    parts = _axes_svg(frame, x, title, xlabel, ylabel)
+    parts += _bars_svg(frame, x, series)
+    parts += _lines_svg(frame, series)
+    parts += _legend_svg(series)
     parts.append("</svg>")
     return "".join(parts)

@@ -72,9 +72,8 @@ def _link(sae: str, latent: int, pages: dict[str, set[int]], prefix: str = "../"
     return f'<a href="{prefix}{escape(sae)}/{latent}.html">{text}</a>' if latent in pages.get(sae, set()) else text
 
 
-def feature_page(sae: str, f: dict[str, Any], pages: dict[str, set[int]], run: str) -> str:
-    """The page of one latent: its statistics, contexts, quantile samples and profiles."""
-    scale = max([c["activation"] for c in f["top"]] or [1.0])
+def _stats_html(sae: str, f: dict[str, Any], pages: dict[str, set[int]]) -> str:
+    """The statistics block of a feature page: one line per statistic, its control beside it."""
     truth = f.get("truth")
     stats = [
         ("cluster", f["cluster"] if f["cluster"] is not None else "–"),
@@ -89,8 +88,12 @@ def feature_page(sae: str, f: dict[str, Any], pages: dict[str, set[int]], run: s
     if truth is not None:
         word = "matches" if truth["matched"] else "closest (below the match threshold):"
         stats.append(("true feature", f'{word} #{truth["feature"]} ({escape(truth["kind"])}, cosine {fmt(truth["cosine"])})'))
-    stats_html = "".join(f"<div><span>{k}:</span> {v}</div>" for k, v in stats)
+    return "".join(f"<div><span>{k}:</span> {v}</div>" for k, v in stats)
 
+
+def _profile_charts(f: dict[str, Any]) -> list[str]:
+    """The profile charts of a feature page: histogram, activation along the top contexts (a text
+    source only), autocorrelation, run lengths and position profile."""
     K = len(f["autocorr"]["data"])
     hist = f["histogram"]
     centres = [round((a + b) / 2, 3) for a, b in zip(hist["edges"][:-1], hist["edges"][1:])]
@@ -113,38 +116,60 @@ def feature_page(sae: str, f: dict[str, Any], pages: dict[str, set[int]], run: s
               "position profile (share of activation)", "position in document (context fraction)", "share"),
     ]
     if f["top"] and "tokens" in f["top"][0]:
-        offsets = list(range(-max(c["marked"] for c in f["top"]), max(len(c["activations"]) - c["marked"] for c in f["top"])))
-        series = []
-        for i, c in enumerate(f["top"][:5]):
-            pad = offsets.index(-c["marked"])
-            values = [None] * pad + c["activations"] + [None] * (len(offsets) - pad - len(c["activations"]))
-            series.append(Series(f"#{i + 1}", values[: len(offsets)], "line",
-                                 ["#1f6fb2", "#d9822b", "#2f9e44", "#8e44ad", "#c0392b"][i]))
-        charts.insert(1, chart(offsets, series, "activation along the top 5 contexts", "tokens from the marked one", "activation"))
+        charts.insert(1, _top_contexts_chart(f["top"]))
+    return charts
 
+
+def _top_contexts_chart(top: list[dict[str, Any]]) -> str:
+    """The activations along the top 5 contexts, aligned at their marked tokens."""
+    offsets = list(range(-max(c["marked"] for c in top), max(len(c["activations"]) - c["marked"] for c in top)))
+    series = []
+    for i, c in enumerate(top[:5]):
+        pad = offsets.index(-c["marked"])
+        values = [None] * pad + c["activations"] + [None] * (len(offsets) - pad - len(c["activations"]))
+        series.append(Series(f"#{i + 1}", values[: len(offsets)], "line",
+                             ["#1f6fb2", "#d9822b", "#2f9e44", "#8e44ad", "#c0392b"][i]))
+    return chart(offsets, series, "activation along the top 5 contexts", "tokens from the marked one", "activation")
+
+
+def _neighbours_html(sae: str, f: dict[str, Any], pages: dict[str, set[int]]) -> str:
+    """The two decoder-neighbour tables: the closest latents of the same SAE, the closest of every other."""
+    neighbours = "".join(f"<tr><td class=l>{_link(sae, i, pages, '')}</td><td>{fmt(c)}</td></tr>" for i, c in f["neighbours"])
+    others = "".join(f"<tr><td class=l>{_link(o, i, pages)}</td><td>{fmt(c)}</td></tr>" for o, (i, c) in f["others"].items())
+    return (f"<div class=cols><table><tr><th class=l>in {escape(sae)}</th><th>cosine</th></tr>{neighbours}</table>"
+            f"<table><tr><th class=l>closest alive feature in every other SAE</th><th>cosine</th></tr>{others}</table></div>")
+
+
+def _logit_rows(logits: dict[str, Any], side: str) -> str:
+    """Table rows of the tokens whose logits a direction raises (`side` "up") or lowers ("down")."""
+    return "".join(f"<tr><td class=l><code>{escape(t)}</code></td><td>{v:+.3f}</td></tr>" for t, v in logits[side])
+
+
+def _logits_html(f: dict[str, Any]) -> str:
+    """The logit-effects section of a feature page; empty when the feature has no logits."""
+    if not f.get("logits"):
+        return ""
+    return (f"<h2>Logit effects</h2><p class='muted small'>The unit decoder direction through the unembedding alone (the "
+            f"direct path; later blocks and the final normalisation's scale left out).</p>"
+            f"<div class=cols><table><tr><th class=l>raised</th><th>logit</th></tr>{_logit_rows(f['logits'], 'up')}</table>"
+            f"<table><tr><th class=l>lowered</th><th>logit</th></tr>{_logit_rows(f['logits'], 'down')}</table></div>")
+
+
+def feature_page(sae: str, f: dict[str, Any], pages: dict[str, set[int]], run: str) -> str:
+    """The page of one latent: its statistics, contexts, quantile samples and profiles."""
+    scale = max([c["activation"] for c in f["top"]] or [1.0])
     quantiles = "".join(
         f'<div class="qbin">activations {fmt(q["lo"])} – {fmt(q["hi"])}</div>{contexts_html(q["contexts"], scale)}'
         for q in reversed(f["quantiles"]))
-    neighbours = "".join(f"<tr><td class=l>{_link(sae, i, pages, '')}</td><td>{fmt(c)}</td></tr>" for i, c in f["neighbours"])
-    others = "".join(f"<tr><td class=l>{_link(o, i, pages)}</td><td>{fmt(c)}</td></tr>" for o, (i, c) in f["others"].items())
-    logits = ""
-    if f.get("logits"):
-        def tokens(side: str) -> str:
-            return "".join(f"<tr><td class=l><code>{escape(t)}</code></td><td>{v:+.3f}</td></tr>" for t, v in f["logits"][side])
-        logits = (f"<h2>Logit effects</h2><p class='muted small'>The unit decoder direction through the unembedding alone (the "
-                  f"direct path; later blocks and the final normalisation's scale left out).</p>"
-                  f"<div class=cols><table><tr><th class=l>raised</th><th>logit</th></tr>{tokens('up')}</table>"
-                  f"<table><tr><th class=l>lowered</th><th>logit</th></tr>{tokens('down')}</table></div>")
     nav = (f'<nav><a href="../index.html">{escape(run)}</a><a href="index.html">{escape(sae)}: all latents</a>'
            f'<a href="../concepts.html">concepts side by side</a></nav>')
-    body = (f"<h1>{escape(sae)} · latent {f['latent']}</h1><div class=stats>{stats_html}</div>"
-            f"<h2>Profiles</h2><div class=charts>{''.join(charts)}</div>"
+    body = (f"<h1>{escape(sae)} · latent {f['latent']}</h1><div class=stats>{_stats_html(sae, f, pages)}</div>"
+            f"<h2>Profiles</h2><div class=charts>{''.join(_profile_charts(f))}</div>"
             f"<h2>Top-activating contexts</h2><p class='muted small'>The strongest evaluated tokens, at most one per sequence; "
             f"shading: activation relative to the strongest; outlined: the token the number belongs to.</p>"
             f"{contexts_html(f['top'], scale, 'this latent did not fire on the evaluated tokens')}"
             f"<h2>Samples by activation quantile</h2>{quantiles or '<p class=muted>none</p>'}"
-            f"<h2>Decoder neighbours</h2><div class=cols><table><tr><th class=l>in {escape(sae)}</th><th>cosine</th></tr>{neighbours}</table>"
-            f"<table><tr><th class=l>closest alive feature in every other SAE</th><th>cosine</th></tr>{others}</table></div>{logits}")
+            f"<h2>Decoder neighbours</h2>{_neighbours_html(sae, f, pages)}{_logits_html(f)}")
     return page(f"{sae} #{f['latent']} · {run}", body, nav)
 
 

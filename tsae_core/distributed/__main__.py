@@ -186,51 +186,25 @@ def _main_harvest(argv: list[str]) -> int:
 
 
 def _main_train(argv: list[str]) -> int:
-    from tsae_core.config import find_params_file, load_config, parse_override
+    """Train the run's SAEs (all, or those `--only` names) in one process or several; returns the exit status."""
     from tsae_core.interrupts import Interrupted
     from tsae_core.io import DiskFull
-    from tsae_core.repair import record_invocation, run_command
     from tsae_core.run_lock import RunDirectoryLocked
-    from tsae_core.store import ActivationStore, StoreError
-    from tsae_core.train import TrainingDiverged, train_variant
+    from tsae_core.store import StoreError
+    from tsae_core.train import TrainingDiverged
 
     args = _parser("torchrun --nproc_per_node=N -m tsae_core.distributed", harvest=False).parse_args(argv)
     n = world_size()
     try:
-        overrides = dict(parse_override(s) for s in args.sets)
-        cfg = load_config(args.params, overrides)
-        names = _chosen_instances(cfg, args.only)
-        check_batch_divisible(cfg.train.batch_sequences, n)
-        check_device(cfg.run.device, n)
+        cfg, overrides, names = _train_settings(args, n)
     except ConfigError as e:
         _say(f"tsae: invalid parameters: {e}", error=True)
         return EXIT_INVALID
     device = _started(cfg.run.device)
     if device is None:
         return EXIT_FAILED
-    failed: list[str] = []
     try:
-        _say(f"[tsae] {n} process{'es' if n > 1 else ''} on {device.type}"
-             + (f" ({'NCCL' if device.type == 'cuda' else 'gloo'})" if n > 1 else "")
-             + f"; each reads {cfg.train.batch_sequences // n} of every {cfg.train.batch_sequences} sequences")
-        with run_lock_on_main(cfg.run_dir):
-            if is_main():  # repair messages repeat this run's params and overrides (`tsae_core.repair`)
-                record_invocation(cfg, find_params_file(args.params), overrides)
-            harvest_all(cfg)
-            store = ActivationStore.open(cfg.run_dir / "activations")
-            for name in names:
-                s = train_variant(cfg, name, store, cfg.run_dir, progress=is_main())
-                if s.get("failed"):
-                    failed.append(f"{name} ({s['failed']})")
-                    _say(f"[tsae] {name:28s} FAILED: {s['failed']}")
-                    continue
-                final = {k: v if isinstance(v, (int, float)) else float("nan") for k, v in s.get("final", {}).items()}
-                state = "skipped (already trained)" if s["skipped"] else f"{s['steps']} steps"
-                _say(f"[tsae] {name:28s} {state:26s} loss {final.get('loss', float('nan')):.4g}  "
-                     f"FVU {final.get('fvu', float('nan')):.4f}  L0 {final.get('l0', float('nan')):.2f}")
-        _say(f"[tsae] SAEs in {cfg.run_dir / 'saes'}; `{run_command(str(find_params_file(args.params)), overrides)}` "
-             "evaluates, clusters and plots them (their training is skipped)")
-        finish()
+        failed = _train_chosen(cfg, args.params, overrides, names, device, n)
     except ConfigError as e:
         _say(f"tsae: invalid parameters: {e}", error=True)
         return EXIT_INVALID
@@ -252,6 +226,49 @@ def _main_train(argv: list[str]) -> int:
         return EXIT_UNHEALTHY
     return 0
 
+
+def _train_settings(args: argparse.Namespace, n: int) -> tuple[Any, dict[str, Any], list[str]]:
+    """The run's config, the `--set` overrides and the SAEs to train, checked for `n` processes (`ConfigError` if not)."""
+    from tsae_core.config import load_config, parse_override
+
+    overrides = dict(parse_override(s) for s in args.sets)
+    cfg = load_config(args.params, overrides)
+    names = _chosen_instances(cfg, args.only)
+    check_batch_divisible(cfg.train.batch_sequences, n)
+    check_device(cfg.run.device, n)
+    return cfg, overrides, names
+
+
+def _train_chosen(cfg: Any, params: str, overrides: dict[str, Any], names: list[str], device: torch.device, n: int) -> list[str]:
+    """Harvest, then train the SAEs `names` under the run's lock, saying how each went; returns those that failed."""
+    from tsae_core.config import find_params_file
+    from tsae_core.repair import record_invocation, run_command
+    from tsae_core.store import ActivationStore
+    from tsae_core.train import train_variant
+
+    failed: list[str] = []
+    _say(f"[tsae] {n} process{'es' if n > 1 else ''} on {device.type}"
+         + (f" ({'NCCL' if device.type == 'cuda' else 'gloo'})" if n > 1 else "")
+         + f"; each reads {cfg.train.batch_sequences // n} of every {cfg.train.batch_sequences} sequences")
+    with run_lock_on_main(cfg.run_dir):
+        if is_main():  # repair messages repeat this run's params and overrides (`tsae_core.repair`)
+            record_invocation(cfg, find_params_file(params), overrides)
+        harvest_all(cfg)
+        store = ActivationStore.open(cfg.run_dir / "activations")
+        for name in names:
+            s = train_variant(cfg, name, store, cfg.run_dir, progress=is_main())
+            if s.get("failed"):
+                failed.append(f"{name} ({s['failed']})")
+                _say(f"[tsae] {name:28s} FAILED: {s['failed']}")
+                continue
+            final = {k: v if isinstance(v, (int, float)) else float("nan") for k, v in s.get("final", {}).items()}
+            state = "skipped (already trained)" if s["skipped"] else f"{s['steps']} steps"
+            _say(f"[tsae] {name:28s} {state:26s} loss {final.get('loss', float('nan')):.4g}  "
+                 f"FVU {final.get('fvu', float('nan')):.4f}  L0 {final.get('l0', float('nan')):.2f}")
+    _say(f"[tsae] SAEs in {cfg.run_dir / 'saes'}; `{run_command(str(find_params_file(params)), overrides)}` "
+         "evaluates, clusters and plots them (their training is skipped)")
+    finish()
+    return failed
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

@@ -100,6 +100,81 @@ def evaluate_sae(sae: SAE, store: Any, cfg: ExperimentConfig, name: str, progres
     return evaluate_sae_with_latents(sae, store, cfg, name, progress, model)[0]
 
 
+class _EvalAccumulators:
+    """The running metrics one pass over the eval split feeds, and the result sections built from them."""
+
+    def __init__(self, sae: SAE, store: Any, cfg: ExperimentConfig):
+        F = sae.cfg.d_sae
+        self.core = CoreMetrics(dense_threshold=cfg.eval.dense_threshold)
+        # long lags need long documents; beyond a quarter of the context too few pairs remain
+        max_lag = max(1, min(TEMPORAL_MAX_LAG, store.context_size // 4))
+        self.temporal = TemporalMetrics(F, max_lag=max_lag, seed=derive_seed(cfg.run.seed, "temporal"))
+        self.positions = PositionDependence(F, seed=derive_seed(cfg.run.seed, "position"))
+        self.recon_by_position = ReconstructionByPosition(store.d_in)
+        self.redundancy = CrossPositionRedundancy(F, max_lag=min(REDUNDANCY_MAX_LAG, max_lag), seed=derive_seed(cfg.run.seed, "redundancy"))
+        self.cofiring = CoFiring(F)
+        self.truth = store.ground_truth()
+        self.gt = self.truth_temporal = None
+        if self.truth is not None:
+            self.gt = GroundTruthMetrics(sae.decoder_directions().detach().cpu(), self.truth.directions_GD, self.truth.kinds,
+                                         self.truth.rates_G, rare_rate=_rare_rate(cfg), threshold=cfg.eval.recovery_threshold)
+            self.truth_temporal = TemporalMetrics(len(self.truth.kinds), max_lag=1, seed=derive_seed(cfg.run.seed, "truth-temporal"))
+        self.variant_stats = sae.output_statistics()
+
+    def update(self, batch: Any, mask_on_device_BT: torch.Tensor, out: Any) -> None:
+        """Feed one eval batch and the SAE's output on it to every metric."""
+        features, recon = out.features.float().cpu(), out.recon.float().cpu()
+        self.core.update(batch.acts_BTD.float(), recon, features, batch.mask_BT)
+        self.temporal.update(features, batch.doc_start_BT, batch.mask_BT)
+        self.positions.update(features, batch.position_BT, batch.doc_start_BT, batch.mask_BT)
+        self.recon_by_position.update(batch.acts_BTD.float(), recon, batch.position_BT, batch.mask_BT)
+        self.redundancy.update(features, batch.doc_start_BT, batch.mask_BT)
+        self.cofiring.update(features, batch.mask_BT)
+        if self.gt is not None and batch.true_codes_BTG is not None:
+            self.gt.update(features, batch.true_codes_BTG.float(), batch.mask_BT)
+            self.truth_temporal.update(batch.true_codes_BTG.float(), batch.doc_start_BT, batch.mask_BT)
+        if self.variant_stats is not None:
+            self.variant_stats.update(out, mask_on_device_BT)
+
+    def eval_result_metrics(self, sae: SAE, model: Any, store: Any, cfg: ExperimentConfig, name: str,
+                            progress: bool) -> dict[str, Any]:
+        """The `eval_result_metrics` section: core metrics, misc metrics and, with a model, model preservation."""
+        metrics = self.core.result()
+        metrics["misc_metrics"] = misc_metrics(self.core.feature_frequencies(), *latent_vector_cosines(sae))
+        if model is not None and cfg.eval.model_max_sequences > 0:
+            metrics.update(model_preservation(sae, model, store, cfg, name, progress))
+            # SAELens's meaning: the tokens of the batches the CE/KL ran on
+            metrics["token_stats"]["total_tokens_eval_reconstruction"] = metrics[SAELENS_SECTION]["total_tokens_eval_reconstruction"]
+        return metrics
+
+    def temporal_section(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The `temporal` section (with position dependence and FVU by position) and its per-latent numbers."""
+        temporal_result = self.temporal.result()
+        per_latent = temporal_result.pop("per_latent")
+        position_result = self.positions.result()
+        temporal_result.update({"position_dependence_mean": position_result["position_dependence_mean"],
+                                "position_dependence_control_mean": position_result["position_dependence_control_mean"],
+                                "fvu_by_position": self.recon_by_position.result()})
+        return temporal_result, per_latent
+
+    def ground_truth_section(self, per_latent: dict[str, Any]) -> dict[str, Any]:
+        """The `ground_truth` section: recovery of the synthetic sources and the persistence of their matches."""
+        section = self.gt.result()
+        truth_lag1_G = [row[0] for row in self.truth_temporal.result(alive_only=False)["per_latent"]["autocorr_lag_FK"]]
+        section["persistence"] = matched_persistence(
+            self.gt.best_latent_G, self.truth.kinds, [row[0] for row in per_latent["autocorr_lag_FK"]],
+            [row[0] for row in per_latent["autocorr_lag_FK_doc_shuffled"]], truth_lag1_G)
+        return section
+
+    def geometry_section(self, sae: SAE) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+        """The `geometry` section (decoder, co-firing, the variant's extras) and its per-latent tensors."""
+        groups = getattr(sae, "groups", None)  # the orthogonal variant's feature groups
+        labels_F = labels_from_groups(groups, sae.cfg.d_sae) if isinstance(groups, torch.Tensor) else None
+        geometry, geometry_latents = decoder_geometry(sae.decoder_directions().detach(), labels_F)
+        cofiring_summary, geometry_latents["max_cos_cofiring"] = cofiring_max_cosine(self.cofiring.matrix(), sae.decoder_directions())
+        return {**geometry, **cofiring_summary, **sae.extra_metrics()}, geometry_latents
+
+
 @torch.no_grad()
 def evaluate_sae_with_latents(
     sae: SAE, store: Any, cfg: ExperimentConfig, name: str, progress: bool = True, model: Any = None
@@ -108,56 +183,15 @@ def evaluate_sae_with_latents(
     position dependence and its control, max decoder cosine and its partner, redundancy and its
     partner, lag and control, and whether the latent is alive."""
     device = next(sae.parameters()).device
-    F = sae.cfg.d_sae
-    core = CoreMetrics(dense_threshold=cfg.eval.dense_threshold)
-    # long lags need long documents; beyond a quarter of the context too few pairs remain
-    max_lag = max(1, min(TEMPORAL_MAX_LAG, store.context_size // 4))
-    temporal = TemporalMetrics(F, max_lag=max_lag, seed=derive_seed(cfg.run.seed, "temporal"))
-    positions = PositionDependence(F, seed=derive_seed(cfg.run.seed, "position"))
-    recon_by_position = ReconstructionByPosition(store.d_in)
-    redundancy = CrossPositionRedundancy(F, max_lag=min(REDUNDANCY_MAX_LAG, max_lag), seed=derive_seed(cfg.run.seed, "redundancy"))
-    cofiring = CoFiring(F)
-    truth = store.ground_truth()
-    gt = truth_temporal = None
-    if truth is not None:
-        gt = GroundTruthMetrics(
-            sae.decoder_directions().detach().cpu(), truth.directions_GD, truth.kinds, truth.rates_G,
-            rare_rate=_rare_rate(cfg), threshold=cfg.eval.recovery_threshold,
-        )
-        truth_temporal = TemporalMetrics(len(truth.kinds), max_lag=1, seed=derive_seed(cfg.run.seed, "truth-temporal"))
-    variant_stats = sae.output_statistics()
+    acc = _EvalAccumulators(sae, store, cfg)
     n_eval = cfg.eval.max_sequences or store.split("eval").n_sequences
     for batch in tqdm(eval_batches(store, cfg), desc=f"evaluate {name}", disable=not progress,
                       total=math.ceil(n_eval / cfg.eval.batch_sequences)):
         b = batch.to(device)
-        out = sae(b.acts_BTD, b.mask_BT, b.doc_start_BT, b.position_BT)
-        features, recon = out.features.float().cpu(), out.recon.float().cpu()
-        core.update(batch.acts_BTD.float(), recon, features, batch.mask_BT)
-        temporal.update(features, batch.doc_start_BT, batch.mask_BT)
-        positions.update(features, batch.position_BT, batch.doc_start_BT, batch.mask_BT)
-        recon_by_position.update(batch.acts_BTD.float(), recon, batch.position_BT, batch.mask_BT)
-        redundancy.update(features, batch.doc_start_BT, batch.mask_BT)
-        cofiring.update(features, batch.mask_BT)
-        if gt is not None and batch.true_codes_BTG is not None:
-            gt.update(features, batch.true_codes_BTG.float(), batch.mask_BT)
-            truth_temporal.update(batch.true_codes_BTG.float(), batch.doc_start_BT, batch.mask_BT)
-        if variant_stats is not None:
-            variant_stats.update(out, b.mask_BT)
+        acc.update(batch, b.mask_BT, sae(b.acts_BTD, b.mask_BT, b.doc_start_BT, b.position_BT))
 
-    metrics = core.result()
-    metrics["misc_metrics"] = misc_metrics(core.feature_frequencies(), *latent_vector_cosines(sae))
-    if model is not None and cfg.eval.model_max_sequences > 0:
-        metrics.update(model_preservation(sae, model, store, cfg, name, progress))
-        # SAELens's meaning: the tokens of the batches the CE/KL ran on
-        metrics["token_stats"]["total_tokens_eval_reconstruction"] = metrics[SAELENS_SECTION]["total_tokens_eval_reconstruction"]
-    temporal_result = temporal.result()
-    per_latent = temporal_result.pop("per_latent")
-    position_result = positions.result()
-    temporal_result.update({
-        "position_dependence_mean": position_result["position_dependence_mean"],
-        "position_dependence_control_mean": position_result["position_dependence_control_mean"],
-        "fvu_by_position": recon_by_position.result(),
-    })
+    metrics = acc.eval_result_metrics(sae, model, store, cfg, name, progress)
+    temporal_result, per_latent = acc.temporal_section()
     result: dict[str, Any] = {
         "eval_type_id": "core",
         **saebench_identity(sae, name, cfg.run.name),
@@ -170,30 +204,29 @@ def evaluate_sae_with_latents(
             "batch_sequences": cfg.eval.batch_sequences,
             "exclude_special_tokens_from_reconstruction": True,
             "dense_threshold": cfg.eval.dense_threshold,
-            "temporal_max_lag": temporal.max_lag,
-            "redundancy_max_lag": redundancy.max_lag,
+            "temporal_max_lag": acc.temporal.max_lag,
+            "redundancy_max_lag": acc.redundancy.max_lag,
             "metric_conventions": METRIC_CONVENTIONS,
         },
         "sae_cfg": dataclasses.asdict(sae.cfg),
         "eval_result_metrics": metrics,
         "temporal": temporal_result,
-        "redundancy": redundancy.result(),
+        "redundancy": acc.redundancy.result(),
         "eval_result_details": [],
-        "eval_result_unstructured": {"feature_frequencies": core.feature_frequencies().tolist()},
+        "eval_result_unstructured": {"feature_frequencies": acc.core.feature_frequencies().tolist()},
     }
-    if gt is not None:
-        result["ground_truth"] = gt.result()
-        truth_lag1_G = [row[0] for row in truth_temporal.result(alive_only=False)["per_latent"]["autocorr_lag_FK"]]
-        result["ground_truth"]["persistence"] = matched_persistence(
-            gt.best_latent_G, truth.kinds, [row[0] for row in per_latent["autocorr_lag_FK"]],
-            [row[0] for row in per_latent["autocorr_lag_FK_doc_shuffled"]], truth_lag1_G)
-    groups = getattr(sae, "groups", None)  # the orthogonal variant's feature groups
-    labels_F = labels_from_groups(groups, F) if isinstance(groups, torch.Tensor) else None
-    geometry, geometry_latents = decoder_geometry(sae.decoder_directions().detach(), labels_F)
-    cofiring_summary, geometry_latents["max_cos_cofiring"] = cofiring_max_cosine(cofiring.matrix(), sae.decoder_directions())
-    result["geometry"] = {**geometry, **cofiring_summary, **sae.extra_metrics()}
-    if variant_stats is not None:
-        result["variant_metrics"] = variant_stats.result()
+    if acc.gt is not None:
+        result["ground_truth"] = acc.ground_truth_section(per_latent)
+    result["geometry"], geometry_latents = acc.geometry_section(sae)
+    if acc.variant_stats is not None:
+        result["variant_metrics"] = acc.variant_stats.result()
+    _add_sparse_and_reconstruction_l0(result)
+    result["health"] = assess_health(result)
+    return result, _latent_tensors(acc.positions, acc.redundancy, geometry_latents)
+
+
+def _add_sparse_and_reconstruction_l0(result: dict[str, Any]) -> None:
+    """Add `l0_sparse` and `l0_reconstruction` to the result's sparsity section (both `l0` unless the variant says)."""
     # Two L0s beside SAELens's `l0` (non-zero features per token): the sparse code's (`l0_sparse`, the
     # budget a TopK variant spends) and that of everything a token's reconstruction reads
     # (`l0_reconstruction`: a predictive SAE's dense predicted code too, a crosscoder's whole window
@@ -202,8 +235,6 @@ def evaluate_sae_with_latents(
     variant_metrics = result.get("variant_metrics", {})
     sparsity["l0_sparse"] = variant_metrics.get("l0_sparse", sparsity["l0"])
     sparsity["l0_reconstruction"] = variant_metrics.get("l0_reconstruction", sparsity["l0"])
-    result["health"] = assess_health(result)
-    return result, _latent_tensors(positions, redundancy, geometry_latents)
 
 
 def latent_vector_cosines(sae: SAE) -> tuple[torch.Tensor, torch.Tensor]:

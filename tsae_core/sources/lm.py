@@ -57,58 +57,82 @@ def pack_contexts(
         raise ValueError(f"context_size must be at least 2 (BOS + one token), got {context_size}")
     chunk = context_size - 1
     limit = None if max_contexts is None else max_contexts * chunk  # stream tokens needed at most
-    pieces, lengths, indices, total = [], [], [], 0
+    pieces, indices = _nonempty_documents(docs_tokens, limit)
+    if not pieces:
+        return _empty(context_size)
+    stream = _document_stream(pieces, indices, bos_id, special_ids)
+    n_stream = stream["tokens_S"].numel()
+    n_full = n_stream // chunk
+    n = n_full if pad_id is None or n_stream % chunk == 0 else n_full + 1
+    if max_contexts is not None:
+        n = min(n, max_contexts)
+    if n == 0:
+        return _empty(context_size)
+    pad = n * chunk - n_stream
+    if pad > 0:
+        stream = _pad_stream(stream, pad, pad_id)
+    return {
+        "tokens_NT": _cut(stream["tokens_S"], n, chunk, bos_id),
+        "doc_start_NT": _cut(stream["doc_start_S"], n, chunk, False),
+        "position_NT": _cut(stream["position_S"], n, chunk, 0),
+        "special_NT": _cut(stream["special_S"], n, chunk, True),
+        "doc_index_NT": _cut(stream["doc_index_S"], n, chunk, -1),
+    }
+
+
+def _nonempty_documents(
+    docs_tokens: Iterable[Sequence[int] | torch.Tensor], limit: int | None
+) -> tuple[list[torch.Tensor], list[int]]:
+    """The non-empty documents as flat int64 tensors and their indices in `docs_tokens`, converted
+    until their stream (a BOS each) holds `limit` tokens (None: all of them)."""
+    pieces, indices, total = [], [], 0
     for index, doc in enumerate(docs_tokens):
         doc_L = torch.as_tensor(doc, dtype=torch.int64).reshape(-1)
         if doc_L.numel() == 0:
             continue
         pieces.append(doc_L)
-        lengths.append(doc_L.numel())
         indices.append(index)
         total += doc_L.numel() + 1
         if limit is not None and total >= limit:
             break
-    if not pieces:
-        return _empty(context_size)
+    return pieces, indices
 
-    # Stream of S tokens: BOS then the document, for every document.
-    lengths_M = torch.tensor(lengths)
-    seg_len_M = lengths_M + 1
+
+def _document_stream(
+    pieces: list[torch.Tensor], indices: list[int], bos_id: int, special_ids: Iterable[int]
+) -> dict[str, torch.Tensor]:
+    """The stream of S tokens, BOS then the document for every document, and its per-token fields
+    (tokens_S, doc_start_S, position_S, special_S, doc_index_S)."""
+    seg_len_M = torch.tensor([piece.numel() for piece in pieces]) + 1
     seg_start_M = torch.cumsum(seg_len_M, 0) - seg_len_M  # index of each document's BOS
     bos_S = torch.full((1,), bos_id, dtype=torch.int64)
     tokens_S = torch.cat([t for piece in pieces for t in (bos_S, piece)])
     offset_S = torch.arange(tokens_S.numel()) - torch.repeat_interleave(seg_start_M, seg_len_M)
     is_bos_S = offset_S == 0  # by layout, not by id: a document may contain the BOS id itself
-    position_S = (offset_S - 1).clamp(min=0)
-    doc_start_S = offset_S == 1
-    doc_index_S = torch.repeat_interleave(torch.tensor(indices, dtype=torch.int64), seg_len_M)
-    special_S = is_bos_S | _isin(tokens_S, special_ids)
-
-    n_full = tokens_S.numel() // chunk
-    n = n_full if pad_id is None or tokens_S.numel() % chunk == 0 else n_full + 1
-    if max_contexts is not None:
-        n = min(n, max_contexts)
-    if n == 0:
-        return _empty(context_size)
-    pad = n * chunk - tokens_S.numel()
-    if pad > 0:
-        tokens_S = torch.cat([tokens_S, torch.full((pad,), pad_id, dtype=torch.int64)])
-        position_S = torch.cat([position_S, torch.zeros(pad, dtype=torch.int64)])
-        doc_start_S = torch.cat([doc_start_S, torch.zeros(pad, dtype=torch.bool)])
-        special_S = torch.cat([special_S, torch.ones(pad, dtype=torch.bool)])
-        doc_index_S = torch.cat([doc_index_S, torch.full((pad,), -1, dtype=torch.int64)])
-
-    def cut(stream_S: torch.Tensor, first: int | bool) -> torch.Tensor:
-        body_NC = stream_S[: n * chunk].reshape(n, chunk)
-        return torch.cat([torch.full((n, 1), first, dtype=stream_S.dtype), body_NC], dim=1)
-
     return {
-        "tokens_NT": cut(tokens_S, bos_id),
-        "doc_start_NT": cut(doc_start_S, False),
-        "position_NT": cut(position_S, 0),
-        "special_NT": cut(special_S, True),
-        "doc_index_NT": cut(doc_index_S, -1),
+        "tokens_S": tokens_S,
+        "doc_start_S": offset_S == 1,
+        "position_S": (offset_S - 1).clamp(min=0),
+        "special_S": is_bos_S | _isin(tokens_S, special_ids),
+        "doc_index_S": torch.repeat_interleave(torch.tensor(indices, dtype=torch.int64), seg_len_M),
     }
+
+
+def _pad_stream(stream: dict[str, torch.Tensor], pad: int, pad_id: int | None) -> dict[str, torch.Tensor]:
+    """The stream with `pad` padding tokens appended: special, position 0, in no document."""
+    return {
+        "tokens_S": torch.cat([stream["tokens_S"], torch.full((pad,), pad_id, dtype=torch.int64)]),
+        "doc_start_S": torch.cat([stream["doc_start_S"], torch.zeros(pad, dtype=torch.bool)]),
+        "position_S": torch.cat([stream["position_S"], torch.zeros(pad, dtype=torch.int64)]),
+        "special_S": torch.cat([stream["special_S"], torch.ones(pad, dtype=torch.bool)]),
+        "doc_index_S": torch.cat([stream["doc_index_S"], torch.full((pad,), -1, dtype=torch.int64)]),
+    }
+
+
+def _cut(stream_S: torch.Tensor, n: int, chunk: int, first: int | bool) -> torch.Tensor:
+    """The first n chunks of the stream as rows, each behind a leading `first` (BOS's value)."""
+    body_NC = stream_S[: n * chunk].reshape(n, chunk)
+    return torch.cat([torch.full((n, 1), first, dtype=stream_S.dtype), body_NC], dim=1)
 
 
 def _isin(tokens_S: torch.Tensor, ids: Iterable[int]) -> torch.Tensor:

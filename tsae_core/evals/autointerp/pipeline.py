@@ -80,14 +80,7 @@ def run_autointerp(scan_: Scan, cfg: AutointerpConfig, judge: Any, tokenizer: An
     `random_control`: also score every latent's scoring sequences with `RandomScorer`
     (`RANDOM_SCORER_REPEATS` times; no LLM): `controls.random_scorer_score` must equal the chance level."""
     texts = Texts(scan_, tokenizer)
-    samples: dict[int, tuple[int, LatentExamples]] = {}
-    skipped: dict[str, str] = {}
-    for column, latent in enumerate(scan_.latents):
-        s = sample_latent(scan_, column, cfg)
-        if isinstance(s, str):
-            skipped[str(latent)] = s
-        else:
-            samples[latent] = (column, s)
+    samples, skipped = _sample_latents(scan_, cfg)
 
     explain = [Task(lat, col, s.generation, prompts.explain_messages(texts(s.generation, mark=True), cfg.use_demos_in_explanation),
                     cfg.max_tokens_in_explanation) for lat, (col, s) in samples.items()]
@@ -98,7 +91,39 @@ def run_autointerp(scan_: Scan, cfg: AutointerpConfig, judge: Any, tokenizer: An
     explanations = _explanations(explain, judge.answer(explain), samples, texts, per_latent, unparsed)
     sources = _shuffled_sources(list(explanations), cfg.seed) if cfg.shuffled_control else {}
     scoring = _scoring_tasks(cfg, explanations, sources, samples, scan_, texts)
-    for task, answer in zip(scoring, judge.answer(scoring)):
+    _record_scores(cfg, scoring, judge.answer(scoring), sources, texts, per_latent, unparsed)
+    if random_control:
+        _add_random_scorer_control(cfg, scoring, per_latent)
+
+    metrics = _metrics(per_latent, cfg)
+    counts = {"n_latents_requested": cfg.n_latents, "n_alive": scan_.n_alive, "n_sampled": len(scan_.latents),
+              "n_with_examples": len(samples), "n_explained": len(explanations),
+              "n_scored": sum(r.get("score") is not None for r in per_latent.values()),
+              "n_skipped": len(skipped), "skipped": skipped, "unparsed": unparsed,
+              "n_tokens_scanned": scan_.n_tokens, "n_sequences_scanned": scan_.n_sequences}
+    if any(unparsed.values()):
+        log(f"[autointerp] {label}answers that did not parse (left out of the scores): " +
+            ", ".join(f"{k} {v}" for k, v in unparsed.items() if v))
+    return {"metrics": metrics, "per_latent": per_latent, "counts": counts}
+
+
+def _sample_latents(scan_: Scan, cfg: AutointerpConfig) -> tuple[dict[int, tuple[int, LatentExamples]], dict[str, str]]:
+    """latent -> (its column, its sampled examples), and latent -> why it was skipped."""
+    samples: dict[int, tuple[int, LatentExamples]] = {}
+    skipped: dict[str, str] = {}
+    for column, latent in enumerate(scan_.latents):
+        s = sample_latent(scan_, column, cfg)
+        if isinstance(s, str):
+            skipped[str(latent)] = s
+        else:
+            samples[latent] = (column, s)
+    return samples, skipped
+
+
+def _record_scores(cfg: AutointerpConfig, scoring: list[Task], answers: list[str], sources: dict[int, int], texts: Texts,
+                   per_latent: dict[str, dict[str, Any]], unparsed: dict[str, int]) -> None:
+    """Put each scoring answer's predictions and score in its latent's record, by purpose, counting what did not parse."""
+    for task, answer in zip(scoring, answers):
         record = per_latent[str(task.latent)]
         labels = [e.is_positive for e in task.examples]
         predictions = prompts.parse_predictions(answer)
@@ -119,24 +144,15 @@ def run_autointerp(scan_: Scan, cfg: AutointerpConfig, judge: Any, tokenizer: An
             record["temporal"] = {"window_before": cfg.temporal_window, "scoring_examples": texts(task.examples, mark=False),
                                   "correct seqs": [i for i, y in enumerate(labels, start=1) if y], **entry}
 
-    if random_control:
-        rs = RandomScorer(cfg.n_correct_for_scoring, derive_seed(cfg.seed, "autointerp-random-scorer"))
-        for task in (t for t in scoring if t.purpose == "score"):
-            labels = [e.is_positive for e in task.examples]
-            runs = [prompts.score_predictions(prompts.parse_predictions(a) or [], labels)
-                    for a in rs.answer([task] * RANDOM_SCORER_REPEATS)]
-            per_latent[str(task.latent)]["random_scorer_score"] = sum(runs) / len(runs)
 
-    metrics = _metrics(per_latent, cfg)
-    counts = {"n_latents_requested": cfg.n_latents, "n_alive": scan_.n_alive, "n_sampled": len(scan_.latents),
-              "n_with_examples": len(samples), "n_explained": len(explanations),
-              "n_scored": sum(r.get("score") is not None for r in per_latent.values()),
-              "n_skipped": len(skipped), "skipped": skipped, "unparsed": unparsed,
-              "n_tokens_scanned": scan_.n_tokens, "n_sequences_scanned": scan_.n_sequences}
-    if any(unparsed.values()):
-        log(f"[autointerp] {label}answers that did not parse (left out of the scores): " +
-            ", ".join(f"{k} {v}" for k, v in unparsed.items() if v))
-    return {"metrics": metrics, "per_latent": per_latent, "counts": counts}
+def _add_random_scorer_control(cfg: AutointerpConfig, scoring: list[Task], per_latent: dict[str, dict[str, Any]]) -> None:
+    """Add each scored latent's mean `random_scorer_score` over `RANDOM_SCORER_REPEATS` `RandomScorer` answers."""
+    rs = RandomScorer(cfg.n_correct_for_scoring, derive_seed(cfg.seed, "autointerp-random-scorer"))
+    for task in (t for t in scoring if t.purpose == "score"):
+        labels = [e.is_positive for e in task.examples]
+        runs = [prompts.score_predictions(prompts.parse_predictions(a) or [], labels)
+                for a in rs.answer([task] * RANDOM_SCORER_REPEATS)]
+        per_latent[str(task.latent)]["random_scorer_score"] = sum(runs) / len(runs)
 
 
 def _explanations(explain: list[Task], answers: list[str], samples: dict[int, tuple[int, LatentExamples]], texts: Texts,

@@ -319,6 +319,16 @@ def cluster_run_variant(cfg: Any, name: str, store: Any, run_dir: str | Path, to
         b = batch.to(device)
         seen.update(sae(b.acts_BTD, b.mask_BT, b.doc_start_BT, b.position_BT).features.float().cpu(), batch)
 
+    result = _describe_and_cluster(sae, seen, store, cfg, name, max_lag, seed, tokenizer)
+    result["sae_weights_sha256"] = recorded_weights_sha256(run_dir / "saes" / name)  # which weights this describes
+    write_json(run_dir / "analysis" / f"clusters_{name}.json", result, stamp=provenance(cfg.hash()))
+    return result
+
+
+def _describe_and_cluster(sae: Any, seen: LatentObservations, store: Any, cfg: Any, name: str, max_lag: int, seed: int,
+                          tokenizer: Any) -> dict[str, Any]:
+    """The clusters JSON less the weights' hash: descriptors, chosen clusters, profiles, examples, 2-D picture, truth scores."""
+    cc, F = cfg.cluster, sae.cfg.d_sae
     per_latent = seen.temporal.result()["per_latent"]
     coactivation_FC = coactivation_embedding(seen.cofiring.matrix(), cc.coactivation_dims, seed)
     position_FP = seen.position.result()
@@ -331,7 +341,7 @@ def cluster_run_variant(cfg: Any, name: str, store: Any, run_dir: str | Path, to
     labels_F = np.full(F, -1, dtype=np.int64)
     labels_F[alive_idx] = labels
     conds = group_condition_numbers(sae.decoder_directions().detach().cpu(), labels_F)
-    result = {
+    return {
         "variant": name,
         "n_latents": F,
         "n_alive": len(alive_idx),
@@ -341,7 +351,7 @@ def cluster_run_variant(cfg: Any, name: str, store: Any, run_dir: str | Path, to
         "coactivation_share": float((coactivation_FC[alive_idx] ** 2).sum(1).mean()) if len(alive_idx) else 0.0,
         "max_lag": max_lag,
         "position_bins": POSITION_BINS,
-        "context_size": T,
+        "context_size": store.context_size,
         "profile": cluster_profile(labels, per_latent, alive_idx, position_FP),
         "examples": seen.examples(typical_latents(X, labels, alive_idx, cc.example_latents), tokenizer),
         "has_ground_truth": truth is not None,
@@ -354,7 +364,4 @@ def cluster_run_variant(cfg: Any, name: str, store: Any, run_dir: str | Path, to
         "ari": cmp["adjusted_rand_index"] if truth is not None else None,
         "nmi": cmp["normalized_mutual_information"] if truth is not None else None,
         **{k: v for k, v in cmp.items() if k not in ("adjusted_rand_index", "normalized_mutual_information")},
-        "sae_weights_sha256": recorded_weights_sha256(run_dir / "saes" / name),  # which weights this describes
     }
-    write_json(run_dir / "analysis" / f"clusters_{name}.json", result, stamp=provenance(cfg.hash()))
-    return result
