@@ -47,8 +47,11 @@ $(INTEROP_STAMP): pyproject.toml $(STAMP)
 ## beyond the package registries (JupyterLab for the lab's browser test, SAELens for the interop tests and the
 ## packaged GGUF models for the real-model tests come from PyPI, Chromium for the browser tests from Debian's).
 ## Nothing is skipped for want of a package: pytest's summary (-ra) lists any test that skips, with its reason.
+## TEST_WORKERS processes share the suite (pytest-xdist), a whole test file each at a time, one torch thread
+## each (tests/conftest.py); on a machine with more cores, raise it: make test TEST_WORKERS=4.
+TEST_WORKERS ?= 2
 test: $(STAMP) $(INTEROP_STAMP) $(MODELS_STAMP) $(BIN)/jupyter-lab browser
-	TSAE_REQUIRE_BROWSER=$$(test -x $(CHROMIUM) && echo 1 || echo 0) $(BIN)/python -m pytest
+	TSAE_REQUIRE_BROWSER=$$(test -x $(CHROMIUM) && echo 1 || echo 0) $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 	rm -rf runs/nbmake-ci
 	$(MAKE) --no-print-directory nbmake PARAMS=params/ci.yaml 'NB_OVERRIDES={"run.name": "nbmake-ci"}'
 

@@ -16,7 +16,7 @@ from tsae_core.harvest import harvest
 from tsae_core.store import ActivationStore
 from tsae_core.train import train_variant
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.slow(minutes=8)  # its cost on 2 cores: the costliest files start first
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import pytest
 from tsae_core.io import read_json
 from tsae_core.runner import STAGE_NAMES, main
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.slow(minutes=3)  # its cost on 2 cores: the costliest files start first
 
 FIGURES = ("reconstruction_metrics", "sparsity_metrics", "training_metrics", "final_metrics", "gt_recovery")
 

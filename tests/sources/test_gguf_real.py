@@ -16,7 +16,7 @@ import torch
 from tests.conftest import ci_config
 from tsae_core.config import load_config
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.slow(minutes=4)  # its cost on 2 cores: the costliest files start first
 
 
 def _installed(packages: list[str]) -> bool:
