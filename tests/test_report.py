@@ -18,8 +18,8 @@ import yaml
 from tsae_core.aggregate import group_by_variant
 from tsae_core.comparison import compare_variants, metric_value
 from tsae_core.io import read_json, write_json
+from tsae_core.metric_table import BY_NAME
 from tsae_core.report import build_report, load_run
-from tsae_core.report.summary import METRIC_BY_NAME
 from tsae_core.report.text import PLAIN_NAMES, plain_name
 
 VARIANTS = {
@@ -126,7 +126,7 @@ def test_summary_means_equal_the_evals(run_dir):
         for row in rows[1:]:
             for title, metric in columns.items():
                 if title in header:
-                    values = [metric_value(e, METRIC_BY_NAME[metric]) for e in groups[row[0]]]
+                    values = [metric_value(e, BY_NAME[metric]) for e in groups[row[0]]]
                     mean, std = row[header.index(title)].split(" ± ")
                     assert _close(mean, sum(values) / len(values))
                     assert _close(std, float(np.std(values, ddof=1)))

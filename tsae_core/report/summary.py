@@ -16,8 +16,6 @@ from tsae_core.plots import variant_order
 from tsae_core.report.roles import Roles
 from tsae_core.report.text import md_table, mean_std_text
 
-METRIC_BY_NAME = BY_NAME
-"""Metric key -> its row of `tsae_core.metric_table`."""
 SLOW_TRUTH = BY_NAME["slow_true_persistence"]
 """The lag-1 autocorrelation of the slow true features themselves: what a perfect SAE's matched latents would show."""
 L0_SPARSE = BY_NAME["l0_sparse"]
@@ -33,17 +31,17 @@ class Table:
 
 TABLES = (
     Table("Reconstruction and sparsity", (
-        ("EV", METRIC_BY_NAME["explained_variance"]), ("CE loss score", METRIC_BY_NAME["ce_loss_score"]),
-        ("KL div score", METRIC_BY_NAME["kl_div_score"]), ("L0 reconstruction", METRIC_BY_NAME["l0"]),
-        ("L0 sparse code", L0_SPARSE), ("dead fraction", METRIC_BY_NAME["dead_fraction"]))),
+        ("EV", BY_NAME["explained_variance"]), ("CE loss score", BY_NAME["ce_loss_score"]),
+        ("KL div score", BY_NAME["kl_div_score"]), ("L0 reconstruction", BY_NAME["l0"]),
+        ("L0 sparse code", L0_SPARSE), ("dead fraction", BY_NAME["dead_fraction"]))),
     Table("Temporal statistics and structure", (
-        ("lag-1 autocorr.", METRIC_BY_NAME["autocorr_lag1"]), ("shuffled in sequences", METRIC_BY_NAME["autocorr_lag1_control"]),
-        ("shuffled in documents", METRIC_BY_NAME["autocorr_lag1_doc_shuffled"]), ("redundancy", METRIC_BY_NAME["redundancy"]),
-        ("max cos co-firing", METRIC_BY_NAME["max_cos_cofiring"]))),
+        ("lag-1 autocorr.", BY_NAME["autocorr_lag1"]), ("shuffled in sequences", BY_NAME["autocorr_lag1_control"]),
+        ("shuffled in documents", BY_NAME["autocorr_lag1_doc_shuffled"]), ("redundancy", BY_NAME["redundancy"]),
+        ("max cos co-firing", BY_NAME["max_cos_cofiring"]))),
     Table("Ground truth (synthetic source)", (
-        ("recovered overall", METRIC_BY_NAME["gt_recovered_overall"]), ("recovered rare slow", METRIC_BY_NAME["gt_recovered_rare_slow"]),
-        ("slow persistence", METRIC_BY_NAME["slow_persistence"]),
-        ("its doc-shuffled control", METRIC_BY_NAME["slow_persistence_doc_shuffled"]), ("truth", SLOW_TRUTH))),
+        ("recovered overall", BY_NAME["gt_recovered_overall"]), ("recovered rare slow", BY_NAME["gt_recovered_rare_slow"]),
+        ("slow persistence", BY_NAME["slow_persistence"]),
+        ("its doc-shuffled control", BY_NAME["slow_persistence_doc_shuffled"]), ("truth", SLOW_TRUTH))),
 )
 
 

@@ -20,9 +20,10 @@ from typing import Any
 
 from tsae_core.aggregate import group_by_variant
 from tsae_core.comparison import compare_variants, metric_value
+from tsae_core.metric_table import BY_NAME
 from tsae_core.plots import variant_order
 from tsae_core.report.roles import Roles
-from tsae_core.report.summary import METRIC_BY_NAME, SLOW_TRUTH
+from tsae_core.report.summary import SLOW_TRUTH
 from tsae_core.report.text import interval, md_table, mean_std_text, plain_name, signed
 
 PERSISTENCE_METRICS = ("slow_persistence", "autocorr_lag1")
@@ -32,7 +33,7 @@ PERSISTENCE_METRICS = ("slow_persistence", "autocorr_lag1")
 def _excess(es: list[dict[str, Any]], stat: str, control: str) -> list[float | None]:
     out = []
     for e in es:
-        a, b = metric_value(e, METRIC_BY_NAME[stat]), metric_value(e, METRIC_BY_NAME[control])
+        a, b = metric_value(e, BY_NAME[stat]), metric_value(e, BY_NAME[control])
         out.append(None if a is None or b is None else a - b)
     return out
 
@@ -40,12 +41,12 @@ def _excess(es: list[dict[str, Any]], stat: str, control: str) -> list[float | N
 def temporal_table(evals: dict[str, dict[str, Any]]) -> str | None:
     """Per variant: lag-1 with both shuffles and its excess; slow persistence with its control, excess and truth."""
     groups = group_by_variant(evals)
-    columns = [("lag-1", lambda es: [metric_value(e, METRIC_BY_NAME["autocorr_lag1"]) for e in es]),
-               ("shuffled in sequences", lambda es: [metric_value(e, METRIC_BY_NAME["autocorr_lag1_control"]) for e in es]),
-               ("shuffled in documents", lambda es: [metric_value(e, METRIC_BY_NAME["autocorr_lag1_doc_shuffled"]) for e in es]),
+    columns = [("lag-1", lambda es: [metric_value(e, BY_NAME["autocorr_lag1"]) for e in es]),
+               ("shuffled in sequences", lambda es: [metric_value(e, BY_NAME["autocorr_lag1_control"]) for e in es]),
+               ("shuffled in documents", lambda es: [metric_value(e, BY_NAME["autocorr_lag1_doc_shuffled"]) for e in es]),
                ("lag-1 excess over doc shuffle", lambda es: _excess(es, "autocorr_lag1", "autocorr_lag1_doc_shuffled")),
-               ("slow persistence", lambda es: [metric_value(e, METRIC_BY_NAME["slow_persistence"]) for e in es]),
-               ("its doc shuffle", lambda es: [metric_value(e, METRIC_BY_NAME["slow_persistence_doc_shuffled"]) for e in es]),
+               ("slow persistence", lambda es: [metric_value(e, BY_NAME["slow_persistence"]) for e in es]),
+               ("its doc shuffle", lambda es: [metric_value(e, BY_NAME["slow_persistence_doc_shuffled"]) for e in es]),
                ("slow excess", lambda es: _excess(es, "slow_persistence", "slow_persistence_doc_shuffled")),
                ("truth", lambda es: [metric_value(e, SLOW_TRUTH) for e in es])]
     values = {title: {v: f(es) for v, es in groups.items()} for title, f in columns}
