@@ -301,7 +301,9 @@ def _run_or_validate(args: argparse.Namespace) -> int:
         print(f"\ntsae: interrupted during {e}; rerun the same command{again} to {resume_point(str(e), cfg)}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except KeyboardInterrupt:
-        print("\ntsae: interrupted before any stage ran; nothing to resume", file=sys.stderr)
+        # outside a stage: while reading the params, between two stages or during the health summary
+        print("\ntsae: interrupted outside a stage; every finished stage is kept: rerun the same command to go on",
+              file=sys.stderr)
         return EXIT_INTERRUPTED
     except (DiskFull, StageFailed, RunDirectoryLocked) as e:
         print(f"\ntsae: {e}", file=sys.stderr)  # on a line of its own, after any unfinished progress bar

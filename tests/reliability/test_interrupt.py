@@ -101,3 +101,19 @@ def test_a_second_ctrl_c_stops_at_once(tmp_path):
     assert "stopping at once" in err and "interrupted during train; rerun the same command" in err, err[-3000:]
     assert "Traceback" not in err
     assert kernel_folders_of(proc.pid) == [] and _kernel_processes_of(proc.pid) == [], "the kernel and its files are gone"
+
+
+def test_ctrl_c_between_stages_says_the_finished_ones_are_kept(tmp_path, monkeypatch, capsys):
+    """A Ctrl-C outside any stage (here: during the health summary, after every stage) is status 130
+    and says that a rerun goes on from the finished stages, not that nothing ran."""
+    from tsae_core import runner
+
+    def interrupted(cfg):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner, "_run_stages", lambda *a, **k: None)
+    monkeypatch.setattr(runner, "_print_health", interrupted)
+    params = write_params(tmp_path)
+    assert main(["run", str(params)]) == EXIT_INTERRUPTED
+    err = capsys.readouterr().err
+    assert "interrupted outside a stage; every finished stage is kept" in err and "nothing to resume" not in err
