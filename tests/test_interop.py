@@ -5,6 +5,7 @@ atomic writes, and SAELens-format folders written by hand (the real library: tes
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -294,6 +295,19 @@ def test_unsupported_saelens_folders_are_refused(tmp_path, architecture, cfg, te
     _saelens_folder(tmp_path / "sl", architecture, tensors=tensors, **cfg)
     with pytest.raises(NotRepresentable, match=match):
         load_sae(tmp_path / "sl")
+
+
+@pytest.mark.parametrize("d_in", ["768x", 12.5, None, 0, True])
+def test_a_saelens_config_with_a_bad_size_names_the_key_and_the_value(tmp_path, d_in):
+    _saelens_folder(tmp_path / "sl", d_in=d_in)
+    with pytest.raises(SAEFileError, match=rf"cfg.json: d_in must be a positive integer, not {re.escape(repr(d_in))}"):
+        load_sae(tmp_path / "sl")
+
+
+def test_a_saelens_config_may_write_its_sizes_as_whole_floats(tmp_path):
+    _saelens_folder(tmp_path / "sl", d_in=float(D_IN), d_sae=float(D_SAE))
+    sae = load_sae(tmp_path / "sl")
+    assert (sae.cfg.d_in, sae.cfg.d_sae) == (D_IN, D_SAE) and isinstance(sae.cfg.d_in, int)
 
 
 def test_tsae_folders_keep_their_checksum_and_a_renamed_one_is_explained(tmp_path):

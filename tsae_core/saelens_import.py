@@ -102,10 +102,15 @@ def _check_saelens_cfg(directory: Path, raw: dict[str, Any], version: Any) -> tu
                "`sae.fold_activation_norm_scaling_factor(s)` in SAELens and save again"
                if norm == "expected_average_only_in" else "it normalises each input at run time, which a tsae SAE does not")
         raise _refuse(directory, f"normalize_activations is {norm!r}: {why}")
-    try:
-        d_in, d_sae = int(raw["d_in"]), int(raw["d_sae"])
-    except (KeyError, TypeError, ValueError) as e:
-        raise SAEFileError(f"SAELens config {directory / SAELENS_CFG} lacks a valid {e}") from None
+    sizes = {}
+    for key in ("d_in", "d_sae"):
+        value = raw.get(key)
+        whole = isinstance(value, int) or (isinstance(value, float) and value.is_integer())
+        if isinstance(value, bool) or not whole or value < 1:
+            raise SAEFileError(f"SAELens config {directory / SAELENS_CFG}: {key} must be a positive integer, "
+                               f"not {value!r}")
+        sizes[key] = int(value)
+    d_in, d_sae = sizes["d_in"], sizes["d_sae"]
     return architecture, d_in, d_sae
 
 
