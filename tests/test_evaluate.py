@@ -3,13 +3,15 @@ the per-latent arrays behind them land in `analysis/<instance>_latents.safetenso
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
 from safetensors.torch import load_file
 
 from tests.conftest import ci_config
-from tsae_core.evals.core import evaluate_variant, latents_path
+from tsae_core.evals.core import evaluate_sae, evaluate_variant, latents_path
+from tsae_core.loading import load_sae
 from tsae_core.stage_outputs import output_problems
 from tsae_core.train import train_variant
 
@@ -106,3 +108,13 @@ def test_synthetic_eval_json_breaks_saebench_schema_only_where_there_is_no_model
     share = sum(f for f in freq if f > 0.1) / sum(freq)
     assert misc["normalized_freq_over_10_percent"] == pytest.approx(share)
     assert 0 < misc["average_max_decoder_cosine_sim"] < 1 and 0 < misc["average_max_encoder_cosine_sim"] < 1
+
+
+def test_eval_config_records_the_sequences_read_not_the_cap(evaluated):
+    cfg, store, _ = evaluated
+    n_split = store.split("eval").n_sequences
+    sae = load_sae(cfg.run_dir / "saes" / "topk")
+    for cap, read in ((n_split + 100, n_split), (2, 2)):
+        capped = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, max_sequences=cap))
+        result = evaluate_sae(sae, store, capped, "topk", progress=False)
+        assert result["eval_config"]["n_sequences"] == read

@@ -184,7 +184,8 @@ def evaluate_sae_with_latents(
     partner, lag and control, and whether the latent is alive."""
     device = next(sae.parameters()).device
     acc = _EvalAccumulators(sae, store, cfg)
-    n_eval = cfg.eval.max_sequences or store.split("eval").n_sequences
+    n_split = store.split("eval").n_sequences
+    n_eval = min(cfg.eval.max_sequences, n_split) if cfg.eval.max_sequences else n_split  # what was read
     for batch in tqdm(eval_batches(store, cfg), desc=f"evaluate {name}", disable=not progress,
                       total=math.ceil(n_eval / cfg.eval.batch_sequences)):
         b = batch.to(device)
