@@ -362,3 +362,9 @@ def test_unhealthy_saes_are_marked_in_every_comparison_figure(evals, tmp_path, m
     for v in evals:
         evals[v]["health"]["healthy"] = True
     assert _check_png(plots.plot_final_metrics(evals, tmp_path), "final_metrics")["unhealthy"] == []
+
+
+def test_knob_values_sort_by_number_across_ints_and_floats():
+    from tsae_core.plots.ablation import knob_order
+
+    assert sorted([4, 0.5, 2.0, 1, "auto", None], key=knob_order) == [0.5, 1, 2.0, 4, "auto", None]

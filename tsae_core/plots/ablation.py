@@ -29,6 +29,13 @@ The smallest span keeps differences below noise level from filling a panel."""
 BASELINE = "topk"
 
 
+def knob_order(v: Any) -> tuple[int, float, str]:
+    """A sort key for a knob's values: numbers by value (ints and floats mixed), then anything else by its text."""
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        return (0, float(v), "")
+    return (1, 0.0, repr(v))
+
+
 def sweep_groups(evals: Evals) -> dict[str, dict[str, dict[str, Any]]]:
     """swept variant -> sweep name -> {"knobs": [paths], "points": {eval name: knob values}}."""
     groups: dict[str, dict[str, dict[str, Any]]] = {}
@@ -62,9 +69,9 @@ def _sweep_series(variant: str, sweep_name: str, sw: dict[str, Any],
     configured = {k: _get(evals.get(variant, {}).get("sae_cfg", {}), *_cfg_path(k)) for k in sw["knobs"]}
     if variant in evals and None not in configured.values() and configured not in points.values():
         points[variant] = configured  # the variant as configured is the grid point at its own values
-    xs = sorted({p[x_knob] for p in points.values()}, key=lambda v: (str(type(v)), v))
+    xs = sorted({p[x_knob] for p in points.values()}, key=knob_order)
     series = {}
-    for combo in itertools.product(*(sorted({p[k] for p in points.values()}) for k in other)):
+    for combo in itertools.product(*(sorted({p[k] for p in points.values()}, key=knob_order) for k in other)):
         fixed = dict(zip(other, combo))
         members = {p[x_knob]: n for n, p in points.items() if all(p[k] == fixed[k] for k in other)}
         label = ", ".join(f"{k.rsplit('.', 1)[-1]} = {v}" for k, v in fixed.items()) or sweep_name
