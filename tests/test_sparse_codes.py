@@ -123,6 +123,15 @@ def test_sparse_path_is_training_only():
     assert sparse.train()(x, mask, doc_start).codes is not None
 
 
+def test_a_2d_input_keeps_the_sparse_codes_of_its_tokens():
+    """(N, D) input: the output drops the batch axis of its tensors but keeps the kept codes and picks."""
+    _, sparse = _pair("topk")
+    x = _batch()[0][0]  # (T, D)
+    out = sparse.train()(x)
+    assert out.features.shape == (x.shape[0], F) and out.codes is not None and out.pick is not None
+    assert torch.equal(out.codes.dense().view(x.shape[0], F), out.features)
+
+
 @pytest.mark.parametrize("setting,activation,d_sae,device,expected", [
     ("auto", "topk", MIN_SPARSE_LATENTS, "cpu", True),
     ("auto", "batchtopk", 16384, "cpu", True),

@@ -177,8 +177,9 @@ class SAE(nn.Module):
             features = self.activation(pre.reshape(B * T, F), mask_N).view(B, T, F)
             recon_n = self.decode(features)
             out = SAEOutput(features, recon_n / s, pre, x_n, recon_n)
-        if squeeze:
-            out = SAEOutput(*(t.squeeze(0) for t in (out.features, out.recon, out.pre_acts, out.x_normalized, out.recon_normalized)))
+        if squeeze:  # codes and pick index the flattened tokens, the same with or without the batch axis
+            out = SAEOutput(*(t.squeeze(0) for t in (out.features, out.recon, out.pre_acts, out.x_normalized, out.recon_normalized)),
+                            extras=out.extras, codes=out.codes, pick=out.pick)  # extras keep their batch axis
         return out
 
     def _sparse_forward(self, x_n_BTD: torch.Tensor, mask_BT: torch.Tensor | None, doc_start_BT: torch.Tensor | None,
