@@ -110,11 +110,12 @@ def test_timeout_bounds_the_whole_request_of_a_trickling_server(trickle, tmp_pat
 
 
 CTRL_C_CHILD = """
-import sys, time
+import faulthandler, sys, time
 from tsae_core.evals.autointerp.client import ChatClient, ResponseCache
 client = ChatClient(sys.argv[1], "judge-model", cache=ResponseCache(sys.argv[2]), timeout_s=120, retries=3, concurrency=2)
 bodies = [client.body([{"role": "user", "content": str(i)}], 5) for i in range(4)]
 print("waiting", flush=True)
+faulthandler.dump_traceback_later(20, file=sys.stderr)  # should it still run then: where each of its threads is
 try:
     client.complete_many(bodies)
 except KeyboardInterrupt:
@@ -129,18 +130,22 @@ def test_ctrl_c_stops_requests_that_are_still_arriving(trickle, tmp_path):
     proc = subprocess.Popen([sys.executable, "-c", CTRL_C_CHILD, trickle.url, str(tmp_path / "cache")], cwd=project_root(),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "PYTHONPATH": str(project_root()), "OMP_NUM_THREADS": "1"})
+    assert proc.stdout.readline().strip() == "waiting"
+    time.sleep(1.0)  # the requests are out, their replies arriving byte by byte
+    proc.send_signal(signal.SIGINT)
+    t0 = time.monotonic()
+    # complete_many returns at once (the claim), and the process then exits: timed apart, so that a slow
+    # exit on a loaded machine is told from a Ctrl-C that was not acted on, with the child's thread dump
+    finished, line = _in_thread(proc.stdout.readline, 30)
+    returned_s = time.monotonic() - t0
     try:
-        assert proc.stdout.readline().strip() == "waiting"
-        time.sleep(1.0)  # the requests are out, their replies arriving byte by byte
-        proc.send_signal(signal.SIGINT)
-        t0 = time.monotonic()
         out, err = proc.communicate(timeout=30)
     except subprocess.TimeoutExpired:
         proc.kill()
-        proc.communicate()
-        raise AssertionError("Ctrl-C did not stop complete_many within 30 s") from None
-    assert proc.returncode == 130 and "interrupted" in out, err[-2000:]
-    assert time.monotonic() - t0 < 10
+        out, err = proc.communicate()
+    assert finished and line.strip() == "interrupted", f"Ctrl-C did not stop complete_many within 30 s; child stderr:\n{err[-6000:]}"
+    assert returned_s < 10, f"complete_many took {returned_s:.1f} s to return after Ctrl-C"
+    assert proc.returncode == 130, f"the child did not exit within 30 s of returning (status {proc.returncode}):\n{err[-6000:]}"
 
 
 # ------------------------------------------------------------------ case 4: a server that echoes the key
