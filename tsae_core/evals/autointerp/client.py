@@ -40,6 +40,8 @@ from tsae_core.evals.autointerp.http import Abandoned, bounded_request, redact
 from tsae_core.io import write_text
 
 MAX_RETRY_AFTER_S = 60.0
+WAKE_S = 0.1
+"""How often `complete_many` wakes while it waits for answers, to act on a Ctrl-C."""
 
 
 class AutointerpError(RuntimeError):
@@ -248,11 +250,15 @@ class ChatClient:
         pool = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="tsae-judge")
         try:
             futures = {pool.submit(self.complete, b, stop): i for i, b in enumerate(bodies)}
-            done, _ = wait(futures, return_when=FIRST_EXCEPTION)
-            for f in done:
-                if f.exception() is not None:
-                    raise f.exception()  # type: ignore[misc]
-                out[futures[f]] = f.result()
+            pending = set(futures)
+            while pending:
+                # A timed wait: Ctrl-C is acted on at the main thread's next bytecode, and the kernel may hand
+                # SIGINT to a worker thread, which does not wake an untimed lock wait (seen on loaded machines)
+                done, pending = wait(pending, timeout=WAKE_S, return_when=FIRST_EXCEPTION)
+                for f in done:
+                    if f.exception() is not None:
+                        raise f.exception()  # type: ignore[misc]
+                    out[futures[f]] = f.result()
         finally:  # on success every request is done; else abandon the rest without waiting for them
             stop.set()
             pool.shutdown(wait=False, cancel_futures=True)
