@@ -185,7 +185,7 @@ def evaluate_sae_with_latents(
     device = next(sae.parameters()).device
     acc = _EvalAccumulators(sae, store, cfg)
     n_split = store.split("eval").n_sequences
-    n_eval = min(cfg.eval.max_sequences, n_split) if cfg.eval.max_sequences else n_split  # what was read
+    n_eval = min(cfg.eval.max_sequences or n_split, n_split)  # what is read: the cap (0: none) within the split
     for batch in tqdm(eval_batches(store, cfg), desc=f"evaluate {name}", disable=not progress,
                       total=math.ceil(n_eval / cfg.eval.batch_sequences)):
         b = batch.to(device)
