@@ -94,6 +94,18 @@ def _key():
     return make_key("r", "topk", pairs, {"topk": "a", "consistency": "b", "conv": "c"})
 
 
+def test_top_contexts_chart_spans_only_the_five_it_draws():
+    """A sixth context marked far into its window does not widen the x axis of the five drawn."""
+    from tsae_core.dashboard.pages import _top_contexts_chart
+
+    top = [{"marked": 2, "activations": [0.1, 0.5, 1.0, 0.4]} for _ in range(5)]
+    top.append({"marked": 30, "activations": [0.0] * 40})
+    svg = _top_contexts_chart(top)
+    ticks = re.findall(r'class="tk" text-anchor="middle">(-?\d+)</text>', svg)
+    assert ticks[0] == "-2" and ticks[-1] == "1", ticks
+    assert "#6" not in svg
+
+
 def test_pairs_put_each_variant_beside_the_baseline_on_random_sides():
     key = _key()
     assert len(key["pairs"]) == 6 and len({p["id"] for p in key["pairs"]}) == 6

@@ -121,10 +121,11 @@ def _profile_charts(f: dict[str, Any]) -> list[str]:
 
 
 def _top_contexts_chart(top: list[dict[str, Any]]) -> str:
-    """The activations along the top 5 contexts, aligned at their marked tokens."""
+    """The activations along the top 5 contexts, aligned at their marked tokens; the x axis spans those 5 only."""
+    top = top[:5]
     offsets = list(range(-max(c["marked"] for c in top), max(len(c["activations"]) - c["marked"] for c in top)))
     series = []
-    for i, c in enumerate(top[:5]):
+    for i, c in enumerate(top):
         pad = offsets.index(-c["marked"])
         values = [None] * pad + c["activations"] + [None] * (len(offsets) - pad - len(c["activations"]))
         series.append(Series(f"#{i + 1}", values[: len(offsets)], "line",
