@@ -5,6 +5,7 @@ each, so that two workers on two cores do not slow each other down, and the cost
 from __future__ import annotations
 
 import os
+import signal
 
 import pytest
 
@@ -32,6 +33,13 @@ def harvested(tmp_path_factory):
     cfg = ci_config(tmp_path_factory.mktemp("runs"))
     harvest(cfg, cfg.run_dir / "activations", progress=False)
     return cfg, ActivationStore.open(cfg.run_dir / "activations")
+
+
+def sigint_at_default() -> None:
+    """`preexec_fn` of a child that a test sends Ctrl-C: SIGINT at its default, as in a terminal's
+    foreground job. A suite started in the background of a non-interactive shell (`make test &` in a
+    script) ignores SIGINT; its children inherit that, Python keeps ignoring it, and the Ctrl-C is lost."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _minutes(item: pytest.Item) -> float:

@@ -15,6 +15,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from tests.conftest import sigint_at_default
 from tests.test_autointerp import ENV, KEY, MESSAGES, FakeServer, _llm_cfg, api_key, server, trained  # noqa: F401 (fixtures)
 from tsae_core.config import project_root
 from tsae_core.evals.autointerp.client import (
@@ -128,7 +129,7 @@ def test_ctrl_c_stops_requests_that_are_still_arriving(trickle, tmp_path):
     """The first Ctrl-C (what the runner forwards to the autointerp kernel) stops at once, even
     while replies trickle in and timeout_s is long; before, it waited for every request in flight."""
     proc = subprocess.Popen([sys.executable, "-c", CTRL_C_CHILD, trickle.url, str(tmp_path / "cache")], cwd=project_root(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=sigint_at_default,
                             env={**os.environ, "PYTHONPATH": str(project_root()), "OMP_NUM_THREADS": "1"})
     assert proc.stdout.readline().strip() == "waiting"
     time.sleep(1.0)  # the requests are out, their replies arriving byte by byte

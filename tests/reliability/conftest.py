@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.conftest import sigint_at_default
 from tsae_core.config import load_config, project_root
 
 ROOT = project_root()
@@ -53,7 +53,7 @@ def tsae_process(*args: str, **popen) -> subprocess.Popen:
     """`tsae ...` in its own session (like a job started from a terminal), SIGINT at its default."""
     return subprocess.Popen(
         [sys.executable, "-m", "tsae_core.runner", *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True, start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        text=True, start_new_session=True, preexec_fn=sigint_at_default,
         env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}, **popen)
 
 
