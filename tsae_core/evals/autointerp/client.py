@@ -252,8 +252,8 @@ class ChatClient:
             futures = {pool.submit(self.complete, b, stop): i for i, b in enumerate(bodies)}
             pending = set(futures)
             while pending:
-                # A timed wait: Ctrl-C is acted on at the main thread's next bytecode, and the kernel may hand
-                # SIGINT to a worker thread, which does not wake an untimed lock wait (seen on loaded machines)
+                # A timed wait: should SIGINT land on a worker thread, CPython only flags it for the main thread,
+                # which notices when it next takes the GIL; an untimed wait would defer the Ctrl-C to the next answer
                 done, pending = wait(pending, timeout=WAKE_S, return_when=FIRST_EXCEPTION)
                 for f in done:
                     if f.exception() is not None:
